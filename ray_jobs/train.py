@@ -1,0 +1,36 @@
+"""Train the whole UPS stack: `python -m ray_jobs.train --config configs/smoke.yaml`.
+
+Runs on an embedded local Ray when RAY_ADDRESS is unset, and on the cluster under
+`ray job submit`. Re-running with the same --name and --storage resumes the run.
+"""
+
+from __future__ import annotations
+
+from ray_jobs._cli import load, parser, user_errors
+
+
+@user_errors
+def main() -> int:
+    p = parser("train", __doc__.splitlines()[0])
+    p.add_argument("--restart", action="store_true", help="config changed: move the old run aside and start over")
+    p.add_argument("--accept-config-change", action="store_true",
+                   help="config changed: keep finished stages and continue under the new config")
+    p.add_argument("--validate-only", action="store_true", help="check config and data, print the resolved config")
+    args = p.parse_args()
+    loaded, name = load(args)
+
+    from ups import pipeline
+
+    if args.validate_only:
+        from ups.config import digest, to_yaml
+
+        pipeline.preflight(loaded)
+        print(to_yaml(loaded.cfg) + f"# digest: {digest(loaded.cfg)}")
+        return 0
+    pipeline.run(loaded, pipeline.PipelineOptions(name=name, storage=args.storage, restart=args.restart,
+                                                  accept_config_change=args.accept_config_change))
+    return 0
+
+
+if __name__ == "__main__":
+    main()

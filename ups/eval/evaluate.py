@@ -1,0 +1,110 @@
+"""Decoded evaluation of a trained stack on one split, with PDEBench's metrics.
+
+Protocol (PDEBench): the first `initial_step` frames are given; the surrogate encodes the last of
+them and rolls out autoregressively to the end (or `eval.horizon` frames); predictions are
+decoded to the grid, denormalised and scored on the predicted frames only. The persistence
+baseline u(t) = u(t0) is scored beside it, and so is the bare operator when a corrector is used.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ups.config import Config
+from ups.data.views import DataMeta, Task
+from ups.eval.metrics import pdebench_metrics
+from ups.eval.rollout import Corrector, Surrogate
+from ups.models.codec import AnyPointDecoder, GridEncoder
+from ups.models.latent import LatentOperator, ResidualDenoiser
+
+
+def build_surrogate(cfg: Config, meta: DataMeta, exports: dict[str, dict], device: str = "cpu") -> Surrogate:
+    """The stack from stage exports; the corrector follows `eval.corrector` ("auto": best trained)."""
+    grid = torch.as_tensor(meta.grid)
+    enc = GridEncoder(grid, meta.channels, cfg.latent.tokens, cfg.latent.dim, cfg.model.encoder)
+    dec = AnyPointDecoder(grid.shape[-1], meta.channels, cfg.latent.dim, cfg.model.decoder)
+    enc.load_state_dict(exports["autoencoder"]["encoder"])
+    dec.load_state_dict(exports["autoencoder"]["decoder"])
+    op = LatentOperator(cfg.latent.tokens, cfg.latent.dim, cfg.model.operator, len(meta.tasks))
+    op.load_state_dict(exports["operator"]["operator"])
+    kind = cfg.eval.corrector
+    if kind == "auto":
+        kind = next((k for k in ("consistency", "diffusion") if _stage_of(k) in exports), "none")
+    corrector = None
+    if kind != "none":
+        if _stage_of(kind) not in exports:
+            raise ValueError(f"eval.corrector={kind} but stage {_stage_of(kind)} was not trained")
+        ex = exports[_stage_of(kind)]
+        diff = cfg.stages.diffusion_residual
+        net = ResidualDenoiser(cfg.latent.tokens, cfg.latent.dim, cfg.model.denoiser, consistency=kind == "consistency",
+                               sigma_min=diff.sigma_min)
+        net.load_state_dict(ex["student" if kind == "consistency" else "denoiser"])
+        corrector = Corrector(kind, net.to(device).eval(), float(ex["residual_scale"]), diff.sigma_min,
+                              diff.sigma_max, diff.sample_steps, cfg.eval.noise_scale)
+    for m in (enc, dec, op):
+        m.to(device).eval()
+    return Surrogate(meta, dec, op, encoder=enc, corrector=corrector, device=device)
+
+
+def _stage_of(kind: str) -> str:
+    return {"consistency": "consistency_distill", "diffusion": "diffusion_residual"}[kind]
+
+
+def _pdebench_layout(u: np.ndarray) -> np.ndarray:
+    """(B, T, X[, Y], C) -> PDEBench's (B, X[, Y], T, C)."""
+    return np.moveaxis(u, 1, -2)
+
+
+@torch.no_grad()
+def evaluate(model: Surrogate, tasks: list[Task], split: str, cfg: Config, seed: int = 0) -> dict[str, Any]:
+    """Metrics of the model, the bare operator and persistence on `split`, overall and per task."""
+    t_start = time.perf_counter()
+    meta, init = model.meta, model.meta.initial_step
+    steps = meta.frames - init if cfg.eval.horizon is None else min(cfg.eval.horizon, meta.frames - init)
+    preds: dict[str, list] = {"model": [], "operator": [], "persistence": []}
+    truths, task_ids = [], []
+    gen = torch.Generator().manual_seed(seed)
+    for ti, task in enumerate(tasks):
+        rows = task.splits[split][:cfg.eval.max_samples]
+        u = torch.as_tensor(task.u[rows])
+        for chunk in u.split(cfg.eval.batch_size):
+            chunk = chunk.to(model.device)
+            tid = torch.full((len(chunk),), ti, dtype=torch.long, device=model.device)
+            truth = model.denormalize(chunk[:, :init + steps], tid)
+            z0 = model.encode(chunk[:, init - 1])
+            given = truth[:, :init]
+            preds["model"].append(torch.cat([given, model.predict_fields(z0, steps, tid, gen)], 1).cpu())
+            if model.corrector is not None:
+                preds["operator"].append(torch.cat([given, model.predict_fields(z0, steps, tid, correct=False)], 1).cpu())
+            preds["persistence"].append(torch.cat([given, given[:, -1:].expand(-1, steps, *given.shape[2:])], 1).cpu())
+            truths.append(truth.cpu())
+            task_ids.append(tid.cpu())
+    truth = torch.cat(truths).numpy()
+    tid = torch.cat(task_ids).numpy()
+    lx = meta.lengths[0]
+    out: dict[str, Any] = {"split": split, "samples": int(len(truth)), "horizon": steps, "initial_step": init,
+                           "corrector": model.corrector.kind if model.corrector else "none"}
+    curves = {}
+    for name, p in preds.items():
+        if not p:
+            continue
+        pred = torch.cat(p).numpy()
+        prefix = "" if name == "model" else f"{name}_"
+        for k, v in pdebench_metrics(_pdebench_layout(pred), _pdebench_layout(truth), init, Lx=lx).items():
+            out[prefix + k] = v
+        curves[name] = pdebench_metrics(_pdebench_layout(pred), _pdebench_layout(truth), init, Lx=lx,
+                                        per_time=True)["nRMSE"].tolist()
+        if len(tasks) > 1:
+            for ti, t in enumerate(tasks):
+                m = tid == ti
+                r = pdebench_metrics(_pdebench_layout(pred[m]), _pdebench_layout(truth[m]), init, Lx=lx)
+                out.setdefault("per_task", {}).setdefault(t.name, {})[prefix + "nRMSE"] = r["nRMSE"]
+    out["horizon_nRMSE"] = curves
+    out["wall_time_s"] = round(time.perf_counter() - t_start, 3)
+    out["_arrays"] = {"truth": truth, "pred": torch.cat(preds["model"]).numpy(),
+                      "persistence": torch.cat(preds["persistence"]).numpy()}
+    return out

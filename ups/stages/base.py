@@ -1,0 +1,102 @@
+"""The small interface through which the one training loop knows a stage.
+
+A stage owns its networks, its loss on a batch, its validation metric and what it hands to later
+stages; it knows nothing of Ray. The loop owns everything else: data order, DDP, AMP,
+accumulation, clipping, EMA, schedules, checkpoints, early stopping and logging.
+
+The trainable networks live in one `nn.Module` whose `forward(batch)` returns the loss, so DDP
+sees every forward pass. Frozen networks from earlier stages (teachers, the decoder) live on the
+stage object and are used while building batches and validating, outside DDP.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from ups.config import Config, StageConfig
+from ups.data.views import DataMeta
+from ups.train.shard import Trajectories
+
+# (sum, count) pairs that the loop all-reduces across ranks before dividing.
+Sums = dict[str, tuple[float, float]]
+ReduceSum = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Stage:
+    name: ClassVar[str]
+    inputs: ClassVar[str] = "latents"  # "fields": physical trajectories; "latents": the latent cache
+    needs: ClassVar[tuple[str, ...]] = ()  # earlier stages whose exports this one reads
+    val_metric: ClassVar[str]  # lower is better; early stopping and the best weights follow it
+
+    def __init__(self, cfg: Config, meta: DataMeta, handoff: dict[str, dict[str, Any]], device: torch.device):
+        missing = [n for n in self.needs if n not in handoff]
+        if missing:
+            raise RuntimeError(f"stage {self.name} needs the output of {missing}, which was not handed over")
+        self.cfg, self.meta, self.handoff, self.device = cfg, meta, handoff, device
+        self.stage_cfg: StageConfig = getattr(cfg.stages, self.name)
+        self.dts = torch.tensor(meta.dts, device=device)
+
+    @classmethod
+    def samples_per_trajectory(cls, frames: int, stage_cfg: StageConfig) -> int:
+        """Training samples one trajectory yields; the driver checks the batch fits before Ray starts."""
+        raise NotImplementedError
+
+    def build(self) -> nn.Module:
+        """The trainable networks, freshly initialised (the loop seeds the RNG first)."""
+        raise NotImplementedError
+
+    def setup(self, train: Trajectories, val: Trajectories, reduce_sum: ReduceSum) -> None:
+        """Work done once per (re)start before training, e.g. residuals of a frozen operator."""
+
+    def num_samples(self, train: Trajectories) -> int:
+        return len(train) * self.samples_per_trajectory(self.meta.frames, self.stage_cfg)
+
+    def batch(self, train: Trajectories, ids: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """Tensors for one micro-batch; all randomness comes from `gen` (a function of the step)."""
+        raise NotImplementedError
+
+    def after_step(self, module: nn.Module) -> None:
+        """Called after every optimizer step with the unwrapped module."""
+
+    @torch.no_grad()
+    def validate(self, module: nn.Module, val: Trajectories, rows: torch.Tensor) -> Sums:
+        """Validation sums over `rows` of the val set (this rank's share); uses EMA weights."""
+        raise NotImplementedError
+
+    def export(self, module: nn.Module) -> dict[str, Any]:
+        """What later stages and evaluation read: state dicts and the tensors they need."""
+        raise NotImplementedError
+
+    # Extra training state beyond the module (e.g. a consistency target network).
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def dt(self, task: torch.Tensor) -> torch.Tensor:
+        return self.dts[task]
+
+
+def pair_index(ids: torch.Tensor, per_traj: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat sample ids -> (trajectory row, start frame)."""
+    return ids // per_traj, ids % per_traj
+
+
+def chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int = 512) -> torch.Tensor:
+    """Apply a network to a large stack in chunks (setup and validation, not the hot path)."""
+    return torch.cat([fn(x[i:i + size]) for i in range(0, len(x), size)]) if len(x) else x
+
+
+def task_sums(name: str, values: torch.Tensor, task: torch.Tensor, tasks: list[str]) -> Sums:
+    """Sums of a per-sample metric, overall and (for multi-task runs) per task as `name/<task>`."""
+    values = values.reshape(len(task), -1)
+    out = {name: (values.sum().item(), float(values.numel()))}
+    if len(tasks) > 1:
+        for i, t in enumerate(tasks):
+            v = values[task == i]
+            out[f"{name}/{t}"] = (v.sum().item(), float(v.numel()))
+    return out

@@ -1,0 +1,125 @@
+"""Stage 3: a real denoiser of the operator's residual r = z_{t+1} - op(z_t), conditioned on op(z_t).
+
+The operator is frozen; its residuals are computed once per (re)start and standardised by their
+RMS over the whole training set (all ranks), so the denoiser works on unit-scale data as EDM
+assumes. Training samples a noise level from EDM's log-normal, noises the residual and regresses
+the clean residual with EDM's loss weighting. At inference a few Heun steps of the
+probability-flow ODE draw a residual that corrects the operator's step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ups.config import DiffusionStageConfig
+from ups.models.latent import LatentOperator, ResidualDenoiser
+from ups.stages.base import ReduceSum, Stage, Sums, task_sums
+from ups.train.shard import Trajectories
+
+VAL_PAIRS = 4096  # validation pairs kept (a fixed, evenly strided subset of the val split)
+
+
+class DenoiserObjective(nn.Module):
+    def __init__(self, denoiser: ResidualDenoiser):
+        super().__init__()
+        self.denoiser = denoiser
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        sigma = batch["sigma"]
+        pred = self.denoiser(batch["x"], sigma, batch["cond"])
+        weight = ((sigma ** 2 + 1) / sigma ** 2)[:, None, None]  # EDM λ(σ) for unit-std data
+        return (weight * (pred - batch["target"]) ** 2).mean(), {}
+
+
+class Residuals:
+    """op(z_t) and the standardised residual for every (trajectory, t) pair of a split."""
+
+    def __init__(self, operator: nn.Module, trajs: Trajectories, dts: torch.Tensor, device: torch.device):
+        z = trajs.z
+        n, frames = z.shape[:2]
+        self.task = trajs.task.repeat_interleave(frames - 1)
+        z_t, z_next = z[:, :-1].flatten(0, 1), z[:, 1:].flatten(0, 1)
+        conds = []
+        with torch.no_grad():
+            for i in range(0, len(z_t), 512):
+                task = self.task[i:i + 512].to(device)
+                conds.append(operator(z_t[i:i + 512].to(device), dts[task], task).cpu())
+        self.cond = torch.cat(conds) if conds else z_t.clone()
+        self.res = z_next - self.cond  # in latent units until standardise()
+
+    def standardise(self, scale: float) -> None:
+        self.res = self.res / scale
+
+    def __len__(self) -> int:
+        return len(self.res)
+
+
+def frozen_operator(stage: Stage) -> LatentOperator:
+    cfg = stage.cfg
+    op = LatentOperator(cfg.latent.tokens, cfg.latent.dim, cfg.model.operator, len(stage.meta.tasks))
+    op.load_state_dict(stage.handoff["operator"]["operator"])
+    return op.to(stage.device).eval().requires_grad_(False)
+
+
+def val_pairs(n_pairs: int) -> torch.Tensor:
+    return torch.arange(0, n_pairs, max(1, math.ceil(n_pairs / VAL_PAIRS)))
+
+
+class DiffusionResidualStage(Stage):
+    name = "diffusion_residual"
+    needs = ("operator",)
+    val_metric = "val_denoise_loss"
+    stage_cfg: DiffusionStageConfig
+
+    @classmethod
+    def samples_per_trajectory(cls, frames: int, stage_cfg) -> int:
+        return frames - 1
+
+    def build(self) -> DenoiserObjective:
+        self.operator = frozen_operator(self)
+        return DenoiserObjective(ResidualDenoiser(self.cfg.latent.tokens, self.cfg.latent.dim, self.cfg.model.denoiser))
+
+    def setup(self, train: Trajectories, val: Trajectories, reduce_sum: ReduceSum) -> None:
+        self.train_res = Residuals(self.operator, train, self.dts, self.device)
+        sums = reduce_sum(torch.tensor([self.train_res.res.double().pow(2).sum().item(), self.train_res.res.numel()],
+                                       dtype=torch.float64))
+        self.scale = float((sums[0] / sums[1]).sqrt().clamp_min(1e-12))
+        self.train_res.standardise(self.scale)
+        self.val_res = Residuals(self.operator, val, self.dts, self.device)
+        self.val_res.standardise(self.scale)
+        # Fixed validation noise: one deterministic noise level and draw per kept pair.
+        keep = val_pairs(len(self.val_res))
+        gen = torch.Generator().manual_seed(self.cfg.training.seed)
+        levels = torch.exp(self.stage_cfg.p_mean + self.stage_cfg.p_std * torch.linspace(-1.5, 1.5, 8))
+        self.val_keep = keep
+        self.val_sigma = levels[torch.arange(len(keep)) % len(levels)]
+        self.val_noise = torch.randn((len(keep),) + tuple(self.val_res.res.shape[1:]), generator=gen)
+
+    def batch(self, train: Trajectories, ids: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        r = self.train_res.res[ids]
+        sigma = torch.exp(self.stage_cfg.p_mean + self.stage_cfg.p_std * torch.randn(len(ids), generator=gen))
+        noise = torch.randn(r.shape, generator=gen)
+        to = lambda t: t.to(self.device)  # noqa: E731
+        return {"x": to(r + sigma[:, None, None] * noise), "sigma": to(sigma), "cond": to(self.train_res.cond[ids]),
+                "target": to(r)}
+
+    @torch.no_grad()
+    def validate(self, module: DenoiserObjective, val: Trajectories, rows: torch.Tensor) -> Sums:
+        mine = torch.isin(self.val_keep // (self.meta.frames - 1), rows)
+        pick = self.val_keep[mine]
+        batch = {"x": self.val_res.res[pick] + self.val_sigma[mine][:, None, None] * self.val_noise[mine],
+                 "sigma": self.val_sigma[mine], "cond": self.val_res.cond[pick], "target": self.val_res.res[pick]}
+        losses = []
+        for i in range(0, len(pick), 512):
+            part = {k: v[i:i + 512].to(self.device) for k, v in batch.items()}
+            pred = module.denoiser(part["x"], part["sigma"], part["cond"])
+            w = ((part["sigma"] ** 2 + 1) / part["sigma"] ** 2)[:, None, None]
+            losses.append((w * (pred - part["target"]) ** 2).flatten(1).mean(1).cpu())
+        loss = torch.cat(losses) if losses else torch.zeros(0)
+        return task_sums(self.val_metric, loss, self.val_res.task[pick], self.meta.tasks)
+
+    def export(self, module: DenoiserObjective) -> dict:
+        return {"denoiser": module.denoiser.state_dict(), "residual_scale": torch.tensor(self.scale)}
