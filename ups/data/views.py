@@ -1,0 +1,183 @@
+"""What training sees of a PDEBench file: a strided view, split by PDEBench's protocol, normalised
+with statistics of the training split only.
+
+Splits: the first `test_fraction` of samples are the test set (PDEBench); the next `val_fraction`
+of the remainder are validation; the rest train. Positions are normalised to [0, 1) per axis from
+the file's own coordinates, so models never assume a domain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ups.config import ConfigError, DataConfig
+from ups.data import pdebench
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Normalizer:
+    """Per-channel z-score, fitted on the training split only."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, u: np.ndarray, enabled: bool = True) -> "Normalizer":
+        c = u.shape[-1]
+        if not enabled:
+            return cls(np.zeros(c, np.float32), np.ones(c, np.float32))
+        flat = u.reshape(-1, c).astype(np.float64)
+        std = flat.std(0)
+        return cls(flat.mean(0).astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32))
+
+    def normalize(self, u):
+        return (u - self.mean) / self.std
+
+    def denormalize(self, u):
+        return u * self.std + self.mean
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Normalizer":
+        return cls(np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32))
+
+
+def split_indices(n: int, test_fraction: float, val_fraction: float) -> dict[str, np.ndarray]:
+    n_test = int(round(n * test_fraction))
+    n_val = int(round((n - n_test) * val_fraction))
+    idx = np.arange(n)
+    return {"test": idx[:n_test], "val": idx[n_test:n_test + n_val], "train": idx[n_test + n_val:]}
+
+
+def grid_positions(coords: dict[str, np.ndarray], spatial_shape: tuple[int, ...]) -> tuple[np.ndarray, list[float]]:
+    """Positions in [0, 1)^d on the grid, and the domain length along each axis.
+
+    Coordinates are cell centres (PDEBench), so the domain is [c0 - dx/2, c_end + dx/2).
+    """
+    axes, lengths = [], []
+    for name, n in zip("xyz", spatial_shape):
+        c = np.asarray(coords[name], np.float64)
+        dx = (c[-1] - c[0]) / (n - 1) if n > 1 else 1.0
+        length = c[-1] - c[0] + dx
+        axes.append((c - (c[0] - dx / 2)) / length)
+        lengths.append(float(length))
+    mesh = np.meshgrid(*axes, indexing="ij")
+    return np.stack(mesh, axis=-1).astype(np.float32), lengths
+
+
+@dataclass
+class Task:
+    """One dataset (file) as the pipeline uses it; `u` holds the normalised strided view."""
+
+    name: str
+    path: str
+    u: np.ndarray  # (N, T, X[, Y], C), normalised
+    t: np.ndarray  # (T,) times of the view
+    grid: np.ndarray  # (X[, Y], d) in [0, 1)
+    lengths: list[float]
+    normalizer: Normalizer
+    splits: dict[str, np.ndarray] = field(default_factory=dict)
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def dt(self) -> float:
+        return float(self.t[1] - self.t[0])
+
+
+def check_file(path: str, cfg: DataConfig, source: str = "config") -> pdebench.FileInfo:
+    """Everything about a data file that can be wrong, found before any Ray resource is used."""
+    if not Path(path).exists():
+        raise ConfigError(f"{source}: data.path: file not found: {path}")
+    try:
+        info = pdebench.inspect(path)
+    except pdebench.PDEBenchFormatError as e:
+        raise ConfigError(str(e)) from None
+    n_t = len(range(0, info.n_times, cfg.t_stride))
+    if n_t <= cfg.initial_step:
+        raise ConfigError(f"{source}: data.initial_step: {cfg.initial_step} leaves no frame to predict in {path} "
+                          f"({n_t} frames after t_stride={cfg.t_stride})")
+    return info
+
+
+def load_task(path: str, cfg: DataConfig) -> Task:
+    info = pdebench.inspect(path)
+    n = min(info.n_samples, cfg.max_samples or info.n_samples)
+    u, coords = pdebench.read(path, samples=slice(0, n), t=slice(None, None, cfg.t_stride),
+                              space=slice(None, None, cfg.x_stride))
+    splits = split_indices(n, cfg.test_fraction, cfg.val_fraction)
+    if len(splits["train"]) == 0:
+        raise ConfigError(f"{path}: no training samples left after test/val splits of {n} samples")
+    norm = Normalizer.fit(u[splits["train"]], cfg.normalize)
+    grid, lengths = grid_positions(coords, u.shape[2:-1])
+    return Task(name=Path(path).stem, path=path, u=norm.normalize(u).astype(np.float32), t=coords["t"], grid=grid,
+                lengths=lengths, normalizer=norm, splits=splits, attrs=info.attrs)
+
+
+def load_tasks(cfg: DataConfig) -> list[Task]:
+    tasks = [load_task(p, cfg) for p in cfg.paths]
+    ref = tasks[0]
+    for t in tasks[1:]:
+        if t.u.shape[1:] != ref.u.shape[1:]:
+            raise ConfigError(f"data.path: {t.path} has frames x grid x channels {t.u.shape[1:]}, "
+                              f"but {ref.path} has {ref.u.shape[1:]}; multi-task runs need one shape")
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"data.path: two files share a name ({names}); task names come from file names")
+    return tasks
+
+
+def data_digest(tasks: list[Task]) -> str:
+    """Identity of what training reads: the normalised views and their splits."""
+    h = hashlib.sha256()
+    for t in tasks:
+        h.update(t.name.encode())
+        h.update(np.ascontiguousarray(t.u).tobytes())
+        for s in SPLITS:
+            h.update(t.splits[s].tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class DataMeta:
+    """What models and stages need to know about the data, small enough to ship to every worker."""
+
+    tasks: list[str]
+    dts: list[float]
+    grid: np.ndarray  # (X[, Y], d) positions in [0, 1)
+    lengths: list[float]
+    normalizers: list[Normalizer]
+    frames: int
+    initial_step: int
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.grid.shape[:-1])
+
+    @property
+    def channels(self) -> int:
+        return len(self.normalizers[0].mean)
+
+    @classmethod
+    def from_tasks(cls, tasks: list[Task], initial_step: int) -> "DataMeta":
+        return cls(tasks=[t.name for t in tasks], dts=[t.dt for t in tasks], grid=tasks[0].grid,
+                   lengths=tasks[0].lengths, normalizers=[t.normalizer for t in tasks],
+                   frames=tasks[0].u.shape[1], initial_step=initial_step)
+
+    def to_dict(self) -> dict:
+        return {"tasks": self.tasks, "dts": self.dts, "grid": self.grid.tolist(), "lengths": self.lengths,
+                "normalizers": [n.to_dict() for n in self.normalizers], "frames": self.frames,
+                "initial_step": self.initial_step}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataMeta":
+        return cls(tasks=d["tasks"], dts=d["dts"], grid=np.asarray(d["grid"], np.float32), lengths=d["lengths"],
+                   normalizers=[Normalizer.from_dict(n) for n in d["normalizers"]], frames=d["frames"],
+                   initial_step=d["initial_step"])
