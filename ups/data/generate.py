@@ -36,7 +36,7 @@ def solve_chunk(cfg: GenerateConfig, start: int, stop: int) -> np.ndarray:
     u0 = initial_conditions(cfg, start, stop)
     _, t = grid(cfg)
     if cfg.pde == "burgers":
-        u = burgers.solve(u0, cfg.nu, t)
+        u = burgers.solve(u0, cfg.nu, t, threads=1)  # one thread per chunk (and per Ray task)
     else:
         u = advection.solve(u0, cfg.beta, t)
     return np.asarray(u, dtype=np.float32)

@@ -29,8 +29,16 @@ class MuonAdamW(torch.optim.Optimizer):
         if others:
             self.parts.append(torch.optim.AdamW(others, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
                                                 eps=cfg.eps))
-        # The parts' group dicts are shared with this optimizer, so lr changes reach both.
-        super().__init__([g for part in self.parts for g in part.param_groups], {})
+        super().__init__([{"params": []}], {})  # base bookkeeping only; the parts hold the groups
+
+    # The parts own their groups (load_state_dict replaces the dicts), so always look them up.
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for part in self.parts for g in part.param_groups]
+
+    @param_groups.setter
+    def param_groups(self, _groups) -> None:
+        pass
 
     @torch.no_grad()
     def step(self, closure=None):

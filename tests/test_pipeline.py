@@ -1,0 +1,76 @@
+"""The smoke pipeline end to end on a real local Ray with 2 workers, then the same command again."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from ups import pipeline
+from ups.config import STAGE_NAMES, load_config
+from ups.stages import STAGES
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC_KEYS = {"stage", "epoch", "world_size", "train_loss", "lr", "epoch_time_s", "samples_per_s"}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(ray_session, smoke_data, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("runs")
+    loaded = load_config(ROOT / "configs" / "smoke.yaml", [f"data.path={smoke_data}"])
+    summary = pipeline.run(loaded, pipeline.PipelineOptions(name="smoke", storage=str(storage), quiet=True))
+    return loaded, storage, summary
+
+
+@pytest.mark.ray
+def test_smoke_trains_every_stage_and_beats_persistence(smoke_run):
+    loaded, storage, summary = smoke_run
+    run = storage / "smoke"
+    stages = summary["stages"]
+    assert stages["steady_prior"]["status"] == "skipped"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for name in STAGE_NAMES[:4]:
+        rec = stages[name]
+        assert rec["status"] == "completed" and rec["world_size"] == 2
+        assert rec["epochs"] == getattr(loaded.cfg.stages, name).epochs
+        assert len(rec["weights_sha256"]) == 64 and Path(rec["export"]).exists()
+        assert (run / "ray" / name).is_dir() and Path(rec["checkpoint"]).is_dir()
+        mine = [r for r in rows if r["stage"] == name]
+        assert [r["epoch"] for r in mine] == list(range(1, rec["epochs"] + 1))
+        assert all(METRIC_KEYS <= r.keys() and r["world_size"] == 2 for r in mine)
+        metric = STAGES[name].val_metric
+        assert rec["best"]["metric"] == metric
+        assert rec["best"]["value"] < mine[0][metric], f"{name}: validation did not improve on epoch 1"
+    ev = summary["eval"]
+    assert ev["split"] == "val" and ev["nRMSE"] < ev["persistence_nRMSE"]
+    for key in ("RMSE", "nRMSE", "cRMSE", "bRMSE", "max_err", "fRMSE_low", "fRMSE_mid", "fRMSE_high"):
+        assert key in ev and f"persistence_{key}" in ev
+    assert len(ev["horizon_nRMSE"]["model"]) == ev["horizon"]
+    assert summary["eval_test"]["split"] == "test"
+    for split in ("val", "test"):
+        assert json.loads((run / "eval" / split / "metrics.json").read_text())["nRMSE"] == summary[
+            "eval" if split == "val" else "eval_test"]["nRMSE"]
+        for png in ("fields.png", "horizon.png"):
+            assert (run / "eval" / split / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "config.yaml").exists() and json.loads((run / "run.json").read_text())["config_digest"]
+
+
+@pytest.mark.ray
+def test_one_wandb_run_per_pipeline_run_and_rerun_skips_finished_stages(smoke_run, capsys):
+    loaded, storage, first = smoke_run
+    run = storage / "smoke"
+    wandb_id = json.loads((run / "run.json").read_text())["wandb_id"]
+
+    def run_ids() -> set[str]:
+        return {re.sub(r"^offline-run-\d{8}_\d{6}-", "", p.name) for p in (run / "wandb").glob("offline-run-*")}
+
+    assert run_ids() == {wandb_id}
+    again = pipeline.run(loaded, pipeline.PipelineOptions(name="smoke", storage=str(storage)))
+    out = capsys.readouterr().out
+    for name in STAGE_NAMES[:4]:
+        assert f"== {name}: completed earlier" in out
+        assert again["stages"][name]["weights_sha256"] == first["stages"][name]["weights_sha256"]
+    assert run_ids() == {wandb_id}  # the eval summary reopened the same W&B run
+    assert again["eval"]["nRMSE"] == first["eval"]["nRMSE"]  # deterministic evaluation

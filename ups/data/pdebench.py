@@ -1,0 +1,293 @@
+"""Read and write PDEBench HDF5 files.
+
+Three layouts exist in the wild (reference §1): one `tensor` dataset (scalar PDEs), one
+dataset per variable (CFD), and per-seed groups `0000`, `0001`, ... (diff-react, SWE,
+diff-sorp). Files are tens of GiB, so `read` only asks HDF5 for the requested hyperslab and
+`inspect` touches metadata only. Coordinates are always read from the file: the domain
+differs between datasets and even between download dates of the same dataset.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import h5py
+import numpy as np
+
+VARIABLES = ("density", "pressure", "Vx", "Vy", "Vz")
+_SPACE_NAMES = ("x", "y", "z")
+_COORD_KEYS = {"x": "x-coordinate", "y": "y-coordinate", "z": "z-coordinate", "t": "t-coordinate"}
+
+Space = slice | tuple[slice, ...] | None
+
+
+class PDEBenchFormatError(ValueError):
+    """A file that is not a PDEBench layout we understand; the message is one line."""
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    layout: str  # "tensor" | "variables" | "per_seed"
+    n_samples: int
+    n_times: int
+    spatial_shape: tuple[int, ...]
+    channels: tuple[str, ...]
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What `_detect` learnt: where the data and the coordinates live."""
+
+    kind: str
+    shape: tuple[int, ...]  # (N, T, *space) for every layout
+    channels: tuple[str, ...]
+    datasets: tuple[str, ...]  # tensor/variable names, or per-seed group names
+    coords: dict[str, str]  # axis -> dataset path ("grid/x" is relative to a seed group)
+
+
+def _err(path: str, what: str) -> PDEBenchFormatError:
+    return PDEBenchFormatError(f"{path}: {what}")
+
+
+def _py(value: Any) -> Any:
+    """h5py hands back numpy scalars and bytes; callers want plain Python values."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray):
+        return [_py(v) for v in value.tolist()] if value.dtype.kind in "SO" else value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _dataset(f: h5py.File | h5py.Group, key: str, path: str, where: str = "") -> h5py.Dataset:
+    obj = f.get(key)
+    if not isinstance(obj, h5py.Dataset):
+        raise _err(path, f"missing dataset '{where}{key}'")
+    return obj
+
+
+def _check_coords(
+    f: h5py.Group, path: str, coords: dict[str, str], shape: tuple[int, ...], prefix: str = ""
+) -> None:
+    """Coordinate datasets must exist, be 1-D, and match the data (t may have one extra entry)."""
+    n_times, space = shape[1], shape[2:]
+    for axis, key in coords.items():
+        ds = _dataset(f, key, path, prefix)
+        if ds.ndim != 1:
+            raise _err(path, f"coordinate '{prefix}{key}' has rank {ds.ndim}, expected 1")
+        if axis == "t":
+            if ds.shape[0] not in (n_times, n_times + 1):
+                raise _err(
+                    path,
+                    f"coordinate '{prefix}{key}' has {ds.shape[0]} entries, "
+                    f"expected {n_times} or {n_times + 1} (data has {n_times} frames)",
+                )
+        else:
+            n = space[_SPACE_NAMES.index(axis)]
+            if ds.shape[0] != n:
+                raise _err(
+                    path, f"coordinate '{prefix}{key}' has {ds.shape[0]} entries, data has {n} along {axis}"
+                )
+
+
+def _single_file(f: h5py.File, path: str, names: tuple[str, ...], kind: str) -> _Layout:
+    first = _dataset(f, names[0], path)
+    # The rank decides how many spatial axes (and so which coordinates) there must be.
+    n_space = first.ndim - 2
+    if not 1 <= n_space <= 3:
+        raise _err(path, f"dataset '{names[0]}' has rank {first.ndim} {first.shape}, expected 3 to 5 (N, T, X[, Y, Z])")
+    extra = [_COORD_KEYS[a] for a in _SPACE_NAMES[n_space:] if _COORD_KEYS[a] in f]
+    if extra:
+        raise _err(path, f"dataset '{names[0]}' has rank {first.ndim} but the file also has '{extra[0]}'")
+    for name in names[1:]:
+        ds = _dataset(f, name, path)
+        if ds.shape != first.shape:
+            raise _err(path, f"dataset '{name}' has shape {ds.shape}, '{names[0]}' has {first.shape}")
+    coords = {a: _COORD_KEYS[a] for a in (*_SPACE_NAMES[:n_space], "t")}
+    _check_coords(f, path, coords, first.shape)
+    return _Layout(kind, tuple(first.shape), names if kind == "variables" else ("u",), names, coords)
+
+
+def _seed_data(f: h5py.File, path: str, name: str, ref_shape: tuple[int, ...] | None) -> h5py.Dataset:
+    ds = f[name].get("data")
+    if not isinstance(ds, h5py.Dataset):
+        raise _err(path, f"missing dataset '{name}/data'")
+    if ref_shape is not None and ds.shape != ref_shape:
+        raise _err(path, f"dataset '{name}/data' has shape {ds.shape}, the first seed's has {ref_shape}")
+    return ds
+
+
+def _per_seed(f: h5py.File, path: str, seeds: list[str], check_all: bool) -> _Layout:
+    ref = _seed_data(f, path, seeds[0], None)
+    n_space = ref.ndim - 2
+    if not 1 <= n_space <= 3:
+        raise _err(
+            path, f"dataset '{seeds[0]}/data' has rank {ref.ndim} {ref.shape}, expected 3 to 5 (T, X[, Y, Z], C)"
+        )
+    # inspect() checks every seed (metadata only); read() checks just the seeds it reads.
+    for name in seeds[1:] if check_all else ():
+        _seed_data(f, path, name, ref.shape)
+    shape = (len(seeds), ref.shape[0], *ref.shape[1:-1])
+    coords = {a: f"grid/{a}" for a in (*_SPACE_NAMES[:n_space], "t")}
+    _check_coords(f[seeds[0]], path, coords, shape, prefix=f"{seeds[0]}/")
+    channels = tuple(f"c{i}" for i in range(ref.shape[-1]))
+    return _Layout("per_seed", shape, channels, tuple(seeds), coords)
+
+
+def _detect(f: h5py.File, path: str, check_all: bool = True) -> _Layout:
+    keys = list(f.keys())
+    if "tensor" in f:
+        return _single_file(f, path, ("tensor",), "tensor")
+    present = tuple(v for v in VARIABLES if v in f)
+    if present:
+        return _single_file(f, path, present, "variables")
+    seeds = sorted(k for k in keys if k.isdigit() and isinstance(f[k], h5py.Group))
+    if seeds:
+        return _per_seed(f, path, seeds, check_all)
+    shown = ", ".join(keys[:20]) + (", ..." if len(keys) > 20 else "")
+    raise _err(
+        path, f"unknown layout: no 'tensor', no {'/'.join(VARIABLES)}, no per-seed groups; top-level keys: [{shown}]"
+    )
+
+
+def inspect(path: str | os.PathLike) -> FileInfo:
+    """Layout, shapes and attributes of a PDEBench file, validated, without reading the data."""
+    path = os.fspath(path)
+    with h5py.File(path, "r") as f:
+        lay = _detect(f, path)
+        attrs = {k: _py(v) for k, v in f.attrs.items()}
+    return FileInfo(path, lay.kind, lay.shape[0], lay.shape[1], lay.shape[2:], lay.channels, attrs)
+
+
+def _positive(s: slice | None, name: str) -> slice:
+    s = slice(None) if s is None else s
+    if not isinstance(s, slice):
+        raise TypeError(f"{name} must be a slice or None, got {type(s).__name__}")
+    if s.step is not None and s.step <= 0:
+        raise ValueError(f"{name}: only positive slice steps are supported (HDF5 hyperslabs), got {s.step}")
+    return s
+
+
+def _space_slices(space: Space, n_space: int) -> tuple[slice, ...]:
+    if space is None or isinstance(space, slice):
+        return (_positive(space, "space"),) * n_space
+    space = tuple(space)
+    if len(space) != n_space:
+        raise ValueError(f"space has {len(space)} slices, the data has {n_space} spatial dimensions")
+    return tuple(_positive(s, "space") for s in space)
+
+
+def _finite(u: np.ndarray, path: str, dataset: str) -> None:
+    if not np.isfinite(u).all():
+        raise _err(path, f"dataset '{dataset}' contains NaN/Inf")
+
+
+def read(
+    path: str | os.PathLike,
+    *,
+    samples: slice | None = None,
+    t: slice | None = None,
+    space: Space = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Read a hyperslab as float32 `(N, T, X[, Y, Z], C)` plus float64 coordinates.
+
+    Only the selected hyperslab leaves the disk (h5py strided selections), and only the
+    selected seed groups are visited. `t` coordinates are trimmed to the data's frames first,
+    because PDEBench stores T+1 times for T frames.
+    """
+    path = os.fspath(path)
+    samples, t = _positive(samples, "samples"), _positive(t, "t")
+    with h5py.File(path, "r") as f:
+        lay = _detect(f, path, check_all=False)
+        n_space = len(lay.shape) - 2
+        sp = _space_slices(space, n_space)
+        if lay.kind == "per_seed":
+            groups = lay.datasets[samples]
+            parts = []
+            ref_shape = (lay.shape[1], *lay.shape[2:], len(lay.channels))
+            for g in groups:
+                block = _seed_data(f, path, g, ref_shape)[(t, *sp, slice(None))]
+                _finite(block, path, f"{g}/data")
+                parts.append(block.astype(np.float32, copy=False))
+            empty = (0, *_selected_shape(lay.shape[1:], (t, *sp)), len(lay.channels))
+            u = np.stack(parts) if parts else np.empty(empty, np.float32)
+            coord_root = f[groups[0]] if groups else f[lay.datasets[0]]
+        else:
+            chans = []
+            for name in lay.datasets:
+                block = f[name][(samples, t, *sp)]
+                _finite(block, path, name)
+                chans.append(block.astype(np.float32, copy=False))
+            u = np.stack(chans, axis=-1)
+            coord_root = f
+        coords = {}
+        for axis, key in lay.coords.items():
+            c = np.asarray(coord_root[key][()], dtype=np.float64)
+            if axis == "t":
+                coords["t"] = c[: lay.shape[1]][t]
+            else:
+                coords[axis] = c[sp[_SPACE_NAMES.index(axis)]]
+    return u, coords
+
+
+def _selected_shape(shape: tuple[int, ...], slices: tuple[slice, ...]) -> tuple[int, ...]:
+    return tuple(len(range(*s.indices(n))) for n, s in zip(shape, slices))
+
+
+def write(
+    path: str | os.PathLike,
+    u: np.ndarray,
+    coords: dict[str, np.ndarray],
+    attrs: dict[str, Any] | None = None,
+) -> None:
+    """Write the single-file `tensor` layout that PDEBench's `FNODatasetSingle` reads.
+
+    float32, no chunking or compression (as `Data_Merge.py` writes), a `t-coordinate` with T+1
+    entries. The file appears atomically: it is built under a temporary name in the target
+    directory and moved into place, so a crash never leaves a truncated file under `path`.
+    """
+    path = os.fspath(path)
+    u = np.asarray(u)
+    if u.ndim == 4 and u.shape[-1] == 1:
+        u = u[..., 0]
+    if u.ndim != 3:
+        raise ValueError(f"u must be (N, T, X) or (N, T, X, 1), got shape {u.shape}")
+    if not np.isfinite(u).all():
+        raise ValueError("u contains NaN/Inf; read() would reject the file")
+    if "x" not in coords or "t" not in coords:
+        raise ValueError(f"coords needs 'x' and 't', got {sorted(coords)}")
+    n_times, nx = u.shape[1], u.shape[2]
+    x = np.asarray(coords["x"], dtype=np.float64)
+    tc = np.asarray(coords["t"], dtype=np.float64)
+    if x.shape != (nx,):
+        raise ValueError(f"coords['x'] has shape {x.shape}, u has {nx} points")
+    if tc.shape == (n_times,):
+        if n_times < 2:
+            raise ValueError("need at least 2 times to extrapolate the extra t-coordinate entry")
+        tc = np.append(tc, tc[-1] + (tc[-1] - tc[-2]))
+    elif tc.shape != (n_times + 1,):
+        raise ValueError(f"coords['t'] has shape {tc.shape}, expected ({n_times},) or ({n_times + 1},)")
+
+    # Same directory, so os.replace is an atomic rename; h5py creates it with normal permissions.
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("tensor", data=u.astype(np.float32, copy=False))
+            f.create_dataset("x-coordinate", data=x.astype(np.float32))
+            f.create_dataset("t-coordinate", data=tc.astype(np.float32))
+            for k, v in (attrs or {}).items():
+                f.attrs[k] = v
+        with open(tmp, "rb+") as fh:  # data on disk before the rename makes it visible
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
