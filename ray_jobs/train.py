@@ -6,6 +6,8 @@ Runs on an embedded local Ray when RAY_ADDRESS is unset, and on the cluster unde
 
 from __future__ import annotations
 
+import sys
+
 from ray_jobs._cli import load, parser, user_errors
 
 
@@ -27,8 +29,12 @@ def main() -> int:
         pipeline.preflight(loaded)
         print(to_yaml(loaded.cfg) + f"# digest: {digest(loaded.cfg)}")
         return 0
-    pipeline.run(loaded, pipeline.PipelineOptions(name=name, storage=args.storage, restart=args.restart,
-                                                  accept_config_change=args.accept_config_change))
+    try:
+        pipeline.run(loaded, pipeline.PipelineOptions(name=name, storage=args.storage, restart=args.restart,
+                                                      accept_config_change=args.accept_config_change))
+    except pipeline.Preempted as e:
+        print(f"preempted: {e}", file=sys.stderr)
+        return 143  # 128 + SIGTERM: not finished, state saved
     return 0
 
 

@@ -367,6 +367,8 @@ class ScalingConfig(_Section):
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
+    resources: dict[str, float] = {}  # extra custom resources per worker (e.g. a node label resource)
+    elastic_resize_interval_s: float = 60.0  # how often an elastic run reconsiders its size
 
     @field_validator("num_workers", mode="before")
     @classmethod
@@ -386,7 +388,7 @@ class ScalingConfig(_Section):
             return (lo, hi)
         raise ValueError(f"must be an int or [min, max] (got {v!r})")
 
-    @field_validator("cpus_per_worker", "gpus_per_worker")
+    @field_validator("cpus_per_worker", "gpus_per_worker", "elastic_resize_interval_s")
     @classmethod
     def _pos(cls, v, info):
         return _positive(info.field_name, v)

@@ -10,6 +10,7 @@ rebuilt (into a temporary folder, then swapped in) when either differs.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ups.storage import Storage
 from ups.train.state import from_bytes
 
 CACHE_DIR, MANIFEST, FORMAT = "latent_cache", "manifest.json", 1
+ROWS_PER_BLOCK = 256  # trajectories per block when the cache is read back
 
 
 def fields_table(tasks: list[Task], splits: tuple[str, ...]) -> pa.Table:
@@ -73,8 +75,18 @@ class LatentCache:
     manifest: dict
 
     def dataset(self, split: str) -> ray.data.Dataset:
+        """One split sorted by trajectory id, with block boundaries fixed by its row count alone.
+
+        Ray's partitioned write appends blocks in completion order, so row order and row
+        groups vary from one cache build to the next; the trainer's equal split across ranks
+        follows rows and blocks. Sorting and re-blocking makes each rank's share a function of
+        the data only, so separate runs (and restarts) shard identically.
+        """
         ds = ray.data.read_parquet(f"{self.uri}/split={split}", partitioning=None)
-        return ds if split != "train" else ds.drop_columns(["u"])
+        if split == "train":
+            ds = ds.drop_columns(["u"])
+        blocks = max(1, math.ceil(self.manifest["rows"][split] / ROWS_PER_BLOCK))
+        return ds.sort("idx").repartition(blocks)
 
 
 def build_or_reuse(run: Storage, tasks: list[Task], meta: DataMeta, cfg: Config, encoder_export_uri: str,

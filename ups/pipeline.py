@@ -12,6 +12,7 @@ from __future__ import annotations
 
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,10 @@ from ups.stages import STAGES
 from ups.storage import Storage
 
 EXPORT_FILE = "export.pt"
+
+
+class Preempted(RuntimeError):
+    """A stop was requested (SIGTERM); the interrupted stage checkpointed where it was."""
 
 
 @dataclass
@@ -114,6 +119,7 @@ def run(loaded: C.LoadedConfig, opts: PipelineOptions) -> dict[str, Any]:
     say(f"run {opts.name} -> {rundir.dir.uri}")
 
     runtime.connect(cfg)
+    stopper = _Stopper(rundir.dir.uri)
     _ensure_data(cfg, infos, say)
     tasks = views.load_tasks(cfg.data)
     meta = views.DataMeta.from_tasks(tasks, cfg.data.initial_step)
@@ -132,15 +138,19 @@ def run(loaded: C.LoadedConfig, opts: PipelineOptions) -> dict[str, Any]:
             continue
         if rec.get("status") == "completed" and rundir.dir.exists("stages", name, EXPORT_FILE):
             say(f"== {name}: completed earlier (best {rec['best']['metric']}={rec['best']['value']:.4g}), skipped")
-        else:
-            if stage_cls.inputs == "latents" and cache is None:
-                cache = _latent_datasets(_latent_cache(rundir, tasks, meta, cfg, summary, data_sha, say))
-            datasets = _datasets(stage_cls.inputs, tasks, cache)
-            say(f"== {name}: {scfg.epochs} epochs on {cfg.scaling.num_workers} worker(s)")
-            summary["stages"][name] = _run_stage(name, cfg, info, meta, rundir, summary, datasets, wandb,
-                                                 opts.accept_config_change)
-            rundir.write_summary(summary)
+            continue
+        stopper.check(name)
+        if stage_cls.inputs == "latents" and cache is None:
+            cache = _latent_datasets(_latent_cache(rundir, tasks, meta, cfg, summary, data_sha, say))
+        datasets = _datasets(stage_cls.inputs, tasks, cache)
+        say(f"== {name}: {scfg.epochs} epochs on {cfg.scaling.num_workers} worker(s)")
+        summary["stages"][name] = _run_stage(name, cfg, info, meta, rundir, summary, datasets, wandb,
+                                             opts.accept_config_change, stopper.name)
+        rundir.write_summary(summary)
+        if summary["stages"][name]["status"] == "interrupted":
+            raise Preempted(f"stage {name} stopped on request and checkpointed; run the same command to resume")
 
+    stopper.check("evaluation")
     exports = load_exports(rundir, summary)
     summary["eval"] = evaluate_run(rundir, cfg, meta, tasks, exports, "val", say)
     if cfg.eval.test if opts.eval_test is None else opts.eval_test:
@@ -187,7 +197,7 @@ def _latent_cache(rundir: RunDir, tasks, meta, cfg, summary, data_sha, say):
     return cache
 
 
-def _run_stage(name, cfg: Config, info, meta, rundir: RunDir, summary, datasets, wandb, accept) -> dict:
+def _run_stage(name, cfg: Config, info, meta, rundir: RunDir, summary, datasets, wandb, accept, stop_flag) -> dict:
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchTrainer
@@ -199,14 +209,15 @@ def _run_stage(name, cfg: Config, info, meta, rundir: RunDir, summary, datasets,
         "cfg": C.to_dict(cfg), "config_digest": info["config_digest"], "stage": name, "meta": meta.to_dict(),
         "handoff": {n: summary["stages"][n]["export"] for n in STAGES[name].needs},
         "run_uri": rundir.dir.uri, "ray_run_uri": rundir.dir.uri_of("ray", name), "export_uri": export_uri,
-        "wandb": wandb, "accept_config_change": accept,
+        "wandb": wandb, "accept_config_change": accept, "stop_flag": stop_flag,
     }
     sc = cfg.scaling
-    resources = {"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {})}
+    resources = {"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {}), **sc.resources}
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=resources,
+                                               elastic_resize_monitor_interval_s=sc.elastic_resize_interval_s),
         run_config=ray.train.RunConfig(
             name=name, storage_path=rundir.dir.uri_of("ray"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
@@ -219,10 +230,37 @@ def _run_stage(name, cfg: Config, info, meta, rundir: RunDir, summary, datasets,
     t0 = time.perf_counter()
     result = trainer.fit()
     out = result.return_value or {}
-    return {"status": "completed", "epochs": out.get("epochs"), "best": out.get("best"),
-            "stopped_early": out.get("stopped_early"), "world_size": out.get("world_size"),
+    return {"status": "interrupted" if out.get("preempted") else "completed", "epochs": out.get("epochs"),
+            "best": out.get("best"), "stopped_early": out.get("stopped_early"), "world_size": out.get("world_size"),
+            "restarts": out.get("restarts"), "world_sizes": out.get("world_sizes"),
             "checkpoint": result.checkpoint.path if result.checkpoint else None, "export": export_uri,
-            "weights_sha256": out.get("weights_sha256"), "wall_time_s": round(time.perf_counter() - t0, 2)}
+            "weights_sha256": out.get("weights_sha256"), "wall_time_s": round(time.perf_counter() - t0, 2),
+            "phases_s": out.get("phases_s")}
+
+
+class _Stopper:
+    """SIGTERM -> ask the running stage to checkpoint and return, and start nothing new."""
+
+    def __init__(self, run_uri: str):
+        import signal
+        import uuid
+
+        from ups.train.stop import StopFlag, flag_name
+
+        self.name = flag_name(f"{run_uri}#{uuid.uuid4().hex}")
+        self.flag = StopFlag.options(name=self.name).remote()
+        self.reason: str | None = None
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.reason = "SIGTERM"
+        print("SIGTERM: asking the running stage to checkpoint and stop", flush=True)
+        self.flag.set.remote(self.reason)
+
+    def check(self, next_step: str) -> None:
+        if self.reason:
+            raise Preempted(f"stopped on {self.reason} before {next_step}; run the same command to resume")
 
 
 def load_exports(rundir: RunDir, summary: dict) -> dict[str, dict]:

@@ -81,9 +81,10 @@ class Storage:
     def write_json(self, obj: Any, *parts: str) -> None:
         self.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", *parts)
 
-    def listdir(self, *parts: str) -> list[str]:
+    def listdir(self, *parts: str, dirs_only: bool = False) -> list[str]:
         sel = pafs.FileSelector(self.path(*parts), allow_not_found=True)
-        return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(sel))
+        return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(sel)
+                      if not dirs_only or i.type == pafs.FileType.Directory)
 
     def delete_dir(self, *parts: str) -> None:
         if self.exists(*parts):

@@ -34,7 +34,8 @@ from ups.stages.base import Stage
 from ups.storage import Storage
 from ups.tracking import MetricsLog, WandbRun
 from ups.train.optim import LRSchedule, build_optimizer, ema_model
-from ups.train.shard import Trajectories, collect
+from ups.train.shard import collect
+from ups.train.stop import StopWatcher
 from ups.train.state import CorruptCheckpoint, from_bytes, load_checkpoint, rng_state, save_checkpoint, \
     set_rng_state, tensors_sha256, to_bytes
 
@@ -65,6 +66,13 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return int(t.item())
 
+    def any(self, flag: bool) -> bool:
+        if not self.on:
+            return flag
+        t = torch.tensor([int(flag)], dtype=torch.long, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def gather(self, obj: Any) -> list[Any]:
         if not self.on:
             return [obj]
@@ -73,7 +81,21 @@ class Dist:
         return out
 
 
+class Phases:
+    """Wall time of each named phase of a stage on this worker (returned to the driver)."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[name] = round(self.times.get(name, 0.0) + now - self._last, 3)
+        self._last = now
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    phases = Phases()
     quiet_train_logs()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -82,7 +104,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     name = config["stage"]
     tcfg, scfg = cfg.training, getattr(cfg.stages, name)
     seed = tcfg.seed + STAGE_NAMES.index(name)
-    if tcfg.deterministic:
+    if tcfg.deterministic and device.type == "cuda":
+        # CPU kernels used here are deterministic already; the switch imports torch._inductor (~2 s).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(seed)  # identical initial weights on every rank
@@ -92,10 +115,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     stage: Stage = STAGES[name](cfg, meta, handoff, device)
     module = stage.build().to(device)
     comm = Dist(device)
+    phases.done("build")
 
     train = collect(ray.train.get_dataset_shard("train"))
     val = collect(ray.train.get_dataset_shard("val"))
+    phases.done("ingest")
     stage.setup(train, val, comm.sum)
+    phases.done("stage_setup")
     val_rows = torch.arange(rank, len(val), world)
 
     micro = tcfg.batch_size // (world * tcfg.accum_steps)
@@ -110,7 +136,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16")
     ema = ema_model(module, tcfg.ema_decay) if tcfg.ema_decay else None
     progress = {"epoch": 0, "micro": 0, "global_step": 0, "best": math.inf, "best_epoch": 0, "bad_epochs": 0,
-                "finished": False, "stopped_early": False, "loss_sum": 0.0, "loss_count": 0}
+                "finished": False, "stopped_early": False, "loss_sum": 0.0, "loss_count": 0, "restarts": 0,
+                "world_sizes": []}
     history: list[dict] = []
     best_weights: dict[str, torch.Tensor] | None = None
 
@@ -126,6 +153,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             ema.load_state_dict(state["ema"])
         stage.load_state_dict(state["stage"])
         progress, history, best_weights = state["progress"], state["history"], state["best_weights"]
+        progress["restarts"] = progress.get("restarts", 0) + 1
         if state["world_size"] == world:
             set_rng_state(state["rng"][rank])
         elif progress["micro"]:
@@ -134,14 +162,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             print(f"[{name}] resumed at epoch {progress['epoch'] + 1}, micro-batch {progress['micro']} "
                   f"(world size {state['world_size']} -> {world})", flush=True)
 
+    progress["world_sizes"] = progress.get("world_sizes", []) + [world]  # one entry per (re)start
+    phases.done("restore")
     ddp = ray.train.torch.prepare_model(module)
     model = torch.compile(ddp) if tcfg.compile else ddp
     eval_module = ema.module if ema is not None else module
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tcfg.amp)
     log = MetricsLog(Storage(config["run_uri"]), name) if rank == 0 else None
+    stop_watch = StopWatcher(config.get("stop_flag") if rank == 0 else None)
     wb = WandbRun(config.get("wandb"), config=config["cfg"]) if rank == 0 else None
     if wb:
         wb.define_stage(name)
+    phases.done("prepare")
 
     def checkpoint(row: dict) -> None:
         """Every rank calls this (report() is a collective); rank 0 writes the state."""
@@ -162,6 +194,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    preempted = False
     while not progress["finished"]:
         epoch = progress["epoch"]
         order = torch.randperm(stage.num_samples(train), generator=torch.Generator().manual_seed(
@@ -196,12 +229,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             progress["global_step"] += 1
             progress["micro"] = m + 1
             every = cfg.checkpoint.every_steps
-            if every and progress["global_step"] % every == 0 and m + 1 < micro_per_epoch:
+            preempted = comm.any(stop_watch.requested())
+            if preempted or (every and progress["global_step"] % every == 0 and m + 1 < micro_per_epoch):
                 progress["loss_sum"] += loss_acc.item()  # the epoch's loss so far travels with the state
                 progress["loss_count"] += count_acc
                 loss_acc.zero_()
                 count_acc = 0
-                checkpoint({"epoch": epoch + 1, "global_step": progress["global_step"], "mid_epoch": True})
+                checkpoint({"epoch": epoch + 1, "global_step": progress["global_step"], "mid_epoch": True,
+                            "preempted": preempted})
+            if preempted:
+                break
+        if preempted:
+            break
         train_time = time.perf_counter() - t_start
         train_loss = comm.sum(torch.tensor([progress["loss_sum"] + loss_acc.item(),
                                             progress["loss_count"] + count_acc], dtype=torch.float64))
@@ -223,8 +262,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             progress["bad_epochs"] += 1
         schedule.epoch_end(metric)
         progress.update(epoch=epoch + 1, micro=0, loss_sum=0.0, loss_count=0)
-        stop = scfg.patience is not None and progress["bad_epochs"] >= scfg.patience
-        progress.update(finished=stop or epoch + 1 >= scfg.epochs, stopped_early=stop and epoch + 1 < scfg.epochs)
+        early_stop = scfg.patience is not None and progress["bad_epochs"] >= scfg.patience
+        progress.update(finished=early_stop or epoch + 1 >= scfg.epochs,
+                        stopped_early=early_stop and epoch + 1 < scfg.epochs)
         row = {"stage": name, "epoch": epoch + 1, "world_size": world,
                "train_loss": (train_loss[0] / train_loss[1]).item(), **val_metrics, "lr": schedule.lr,
                "epoch_time_s": round(time.perf_counter() - t_start, 4),
@@ -238,8 +278,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                   f"{stage.val_metric}={metric:.4g}  lr={row['lr']:.2e}  {row['epoch_time_s']:.1f}s", flush=True)
         checkpoint(row)
 
+    phases.done("epochs")
+    stop_watch.close()
     result = {"epochs": progress["epoch"], "stopped_early": progress["stopped_early"], "world_size": world,
+              "restarts": progress["restarts"], "world_sizes": progress["world_sizes"], "preempted": preempted,
               "best": {"metric": stage.val_metric, "value": progress["best"], "epoch": progress["best_epoch"]}}
+    if preempted:
+        if rank == 0:
+            print(f"[{name}] stop requested: checkpointed at epoch {progress['epoch'] + 1}, "
+                  f"micro-batch {progress['micro']}", flush=True)
+            if wb:
+                wb.finish()
+        return result
     if rank == 0:
         if best_weights is not None:
             eval_module.load_state_dict(best_weights)
@@ -249,6 +299,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         result["weights_sha256"] = tensors_sha256(tensors)
         if wb:
             wb.finish()
+    phases.done("export")
+    result["phases_s"] = phases.times
     return result
 
 
@@ -259,7 +311,7 @@ def _restore(config: dict, rank: int) -> dict | None:
         return None
     runs = Storage(config["ray_run_uri"])
     others = [ray.train.Checkpoint(runs.path(d), filesystem=runs.fs)
-              for d in reversed(runs.listdir()) if d.startswith("checkpoint_")]
+              for d in reversed(runs.listdir(dirs_only=True)) if d.startswith("checkpoint_")]
     for ck in [latest] + [c for c in others if c.path.rstrip("/") != latest.path.rstrip("/")]:
         with ck.as_directory() as d:
             try:
