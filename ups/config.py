@@ -456,6 +456,87 @@ class EvalConfig(_Section):
         return v
 
 
+class SchedulerSpec(_Section):
+    name: Literal["asha", "fifo"] = "asha"
+    stage: Literal["autoencoder", "operator", "diffusion_residual", "consistency_distill", "steady_prior"] = "operator"
+    grace_period: int = 1  # epochs of that stage before a trial can be stopped
+    reduction_factor: float = 2.0
+
+    @field_validator("grace_period", "reduction_factor")
+    @classmethod
+    def _pos(cls, v, info):
+        return _positive(info.field_name, v)
+
+
+_SPACE_KINDS = {"choice", "uniform", "loguniform", "randint", "grid"}
+
+
+class SweepConfig(_Section):
+    """A Ray Tune sweep: each trial runs the whole pipeline with sampled keys."""
+
+    space: dict[str, dict[str, list]] = {}  # dotted config key -> {choice|uniform|loguniform|randint|grid: [...]}
+    num_samples: int = 1
+    max_concurrent_trials: int = 1
+    scheduler: SchedulerSpec = SchedulerSpec()
+    seed: int = 0
+    trial_cpus: float = 0.01  # the trial's own driver process; its TorchTrainers reserve their own
+
+    @field_validator("num_samples", "max_concurrent_trials", "trial_cpus")
+    @classmethod
+    def _pos(cls, v, info):
+        return _positive(info.field_name, v)
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, space):
+        for key, spec in space.items():
+            if len(spec) != 1 or next(iter(spec)) not in _SPACE_KINDS:
+                raise ValueError(f"{key}: give exactly one of {sorted(_SPACE_KINDS)} (got {sorted(spec)})")
+            kind, args = next(iter(spec.items()))
+            if kind in ("uniform", "loguniform", "randint") and len(args) != 2:
+                raise ValueError(f"{key}: {kind} takes [low, high] (got {args})")
+            if kind in ("choice", "grid") and not args:
+                raise ValueError(f"{key}: {kind} needs at least one value")
+            if kind == "loguniform" and not 0 < args[0] < args[1]:
+                raise ValueError(f"{key}: loguniform needs 0 < low < high (got {args})")
+        return space
+
+
+class SmallEvalConfig(_Section):
+    max_samples: int = 8  # val trajectories
+    horizon: int = 5  # predicted frames
+
+    @field_validator("max_samples", "horizon")
+    @classmethod
+    def _pos(cls, v, info):
+        return _positive(info.field_name, v)
+
+
+class GateConfig(_Section):
+    """When a sweep's best trial replaces its family's champion."""
+
+    family: str | None = None  # default: tasks + grid + frames + protocol
+    min_improvement: float = 0.02  # relative nRMSE margin over the champion
+    min_delta: float | None = None  # optional absolute nRMSE margin, applied as well
+    ratios: dict[str, float] = {"cRMSE": 1.25, "bRMSE": 1.25, "wall_clock": 2.0}  # candidate <= ratio x champion
+    small: SmallEvalConfig = SmallEvalConfig()
+
+    @field_validator("min_improvement")
+    @classmethod
+    def _margin(cls, v):
+        if not 0 <= v < 1:
+            raise ValueError(f"must be in [0, 1) (got {v})")
+        return v
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v):
+        for k, r in v.items():
+            if not r > 0:
+                raise ValueError(f"{k}: ratio must be > 0 (got {r})")
+        return v
+
+
 class WandbConfig(_Section):
     enabled: bool = True
     mode: Literal["auto", "offline", "online", "disabled"] = "auto"  # auto: online iff WANDB_API_KEY is set
@@ -480,7 +561,8 @@ class Config(_Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     eval: EvalConfig = EvalConfig()
     logging: LoggingConfig = LoggingConfig()
-    sweep: dict[str, Any] | None = None  # validated by ups.sweep when a sweep runs
+    sweep: SweepConfig = SweepConfig()
+    gate: GateConfig = GateConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -699,7 +781,7 @@ def _known_keys(dotted_parent: str) -> list[str]:
 # The resolved config, as saved with every run.
 
 # Keys that change how a run is watched, not what it computes: they do not enter the digest.
-_NOT_DIGESTED = ("logging", "sweep")
+_NOT_DIGESTED = ("logging", "sweep", "gate")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -1,22 +1,22 @@
 """The latent cache: trajectories encoded once by the trained encoder, as Parquet shards.
 
 A Ray Data job maps the encoder (a callable class, on GPU actors when there are GPUs) over all
-trajectories and writes Parquet partitioned by split, with fixed-shape tensor columns: `idx`,
-`task`, `z` (T, tokens, dim) and the normalised fields `u` (T, X[, Y], C), which decoded
-validation compares against (and which are smaller than the latents on PDEBench grids). A manifest records
+trajectories and writes Parquet files per split with fixed-shape tensor columns: `idx`, `task`,
+`z` (T, tokens, dim) and the normalised fields `u` (T, X[, Y], C), which decoded validation
+compares against (and which are smaller than the latents on PDEBench grids). A manifest records
 the encoder's weight digest and the data digest; the cache is reused only when both match and is
 rebuilt (into a temporary folder, then swapped in) when either differs.
 """
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray.data
 import torch
 
@@ -26,8 +26,8 @@ from ups.models.codec import GridEncoder
 from ups.storage import Storage
 from ups.train.state import from_bytes
 
-CACHE_DIR, MANIFEST, FORMAT = "latent_cache", "manifest.json", 1
-ROWS_PER_BLOCK = 256  # trajectories per block when the cache is read back
+CACHE_DIR, MANIFEST, FORMAT = "latent_cache", "manifest.json", 2
+ENCODE_BATCH = 32  # trajectories per encoder batch, hence per Parquet file
 
 
 def fields_table(tasks: list[Task], splits: tuple[str, ...]) -> pa.Table:
@@ -51,42 +51,54 @@ def fields_dataset(tasks: list[Task], split: str) -> ray.data.Dataset:
 
 
 class Encode:
-    """Ray Data callable class: loads the encoder once per actor, encodes whole trajectories."""
+    """Ray Data callable class: loads the encoder once per actor, encodes whole trajectories and
+    writes each (split, batch) as one Parquet file named by its first trajectory id.
 
-    def __init__(self, export_uri: str, cfg: dict, meta: dict):
+    Writing here rather than with `write_parquet(partition_cols=...)` keeps row order fixed:
+    Ray's partitioned write appends blocks in completion order, which would change each rank's
+    shard from one cache build to the next. Files hold pyarrow's canonical fixed-shape tensor
+    type, readable without Ray.
+    """
+
+    def __init__(self, export_uri: str, cfg: dict, meta: dict, out_uri: str):
         cfg_, meta_ = Config.model_validate(cfg), DataMeta.from_dict(meta)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.encoder = GridEncoder(torch.as_tensor(meta_.grid), meta_.channels, cfg_.latent.tokens, cfg_.latent.dim,
                                    cfg_.model.encoder)
         self.encoder.load_state_dict(from_bytes(Storage(export_uri).read_bytes())["tensors"]["encoder"])
         self.encoder.to(self.device).eval()
+        self.out = Storage(out_uri)
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        u = torch.as_tensor(np.array(batch["u"]), device=self.device)  # a writable copy
+        u = np.array(batch["u"], dtype=np.float32)  # a writable copy
         # One trajectory per encoder call: the result of a row never depends on its batch-mates.
-        z = torch.stack([self.encoder(traj) for traj in u]).cpu().numpy()
-        return {"idx": batch["idx"], "task": batch["task"], "split": batch["split"], "z": z, "u": batch["u"]}
+        z = torch.stack([self.encoder(traj) for traj in torch.as_tensor(u, device=self.device)]).cpu().numpy()
+        files, counts, splits = [], [], []
+        for split in sorted(set(batch["split"].tolist())):
+            m = batch["split"] == split
+            table = pa.table({"idx": batch["idx"][m], "task": batch["task"][m],
+                              "z": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(z[m])),
+                              "u": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(u[m]))})
+            name = f"part-{int(batch['idx'][m][0]):010d}.parquet"
+            self.out.makedirs(split)
+            pq.write_table(table, self.out.path(split, name), filesystem=self.out.fs)
+            files.append(f"{split}/{name}")
+            counts.append(int(m.sum()))
+            splits.append(split)
+        return {"split": np.array(splits), "file": np.array(files), "rows": np.array(counts)}
 
 
 @dataclass
 class LatentCache:
-    uri: str  # folder holding {split}/ shards and the manifest
+    uri: str  # folder holding {split}/part-*.parquet and the manifest
     manifest: dict
 
     def dataset(self, split: str) -> ray.data.Dataset:
-        """One split sorted by trajectory id, with block boundaries fixed by its row count alone.
-
-        Ray's partitioned write appends blocks in completion order, so row order and row
-        groups vary from one cache build to the next; the trainer's equal split across ranks
-        follows rows and blocks. Sorting and re-blocking makes each rank's share a function of
-        the data only, so separate runs (and restarts) shard identically.
-        """
-        ds = ray.data.read_parquet(f"{self.uri}/split={split}", partitioning=None)
-        if split == "train":
-            ds = ds.drop_columns(["u"])
-        blocks = max(1, math.ceil(self.manifest["rows"][split] / ROWS_PER_BLOCK))
-        return ds.sort("idx").repartition(blocks)
+        """One split, files in trajectory order (deterministic, so every run shards identically)."""
+        files = [f"{self.uri}/{f}" for f in self.manifest["files"][split]]
+        ds = ray.data.read_parquet(files)
+        return ds.drop_columns(["u"]) if split == "train" else ds
 
 
 def build_or_reuse(run: Storage, tasks: list[Task], meta: DataMeta, cfg: Config, encoder_export_uri: str,
@@ -101,15 +113,15 @@ def build_or_reuse(run: Storage, tasks: list[Task], meta: DataMeta, cfg: Config,
 
     t0 = time.perf_counter()
     tmp = f"{CACHE_DIR}.tmp-{uuid.uuid4().hex[:8]}"
-    # One Ray Data job for all splits (one encoder actor start), written partitioned by split.
-    ds = ray.data.from_arrow(fields_table(tasks, SPLITS)).map_batches(
+    # One Ray Data job for all splits (one encoder actor start); the actor writes the files.
+    written = ray.data.from_arrow(fields_table(tasks, SPLITS)).map_batches(
         Encode, fn_constructor_kwargs={"export_uri": encoder_export_uri, "cfg": cfg.model_dump(mode="json"),
-                                       "meta": meta.to_dict()},
-        batch_size=32, compute=ray.data.ActorPoolStrategy(size=1), batch_format="numpy",
-        num_gpus=1 if cfg.scaling.use_gpu else 0, num_cpus=0 if cfg.scaling.use_gpu else 1)
-    ds.write_parquet(run.uri_of(tmp), partition_cols=["split"])
-    rows = {split: sum(len(t.splits[split]) for t in tasks) for split in SPLITS}
-    manifest = {**expect, "normalizers": [n.to_dict() for n in meta.normalizers], "tasks": meta.tasks,
+                                       "meta": meta.to_dict(), "out_uri": run.uri_of(tmp)},
+        batch_size=ENCODE_BATCH, compute=ray.data.ActorPoolStrategy(size=1), batch_format="numpy",
+        num_gpus=1 if cfg.scaling.use_gpu else 0, num_cpus=0 if cfg.scaling.use_gpu else 1).take_all()
+    files = {split: sorted(r["file"] for r in written if r["split"] == split) for split in SPLITS}
+    rows = {split: sum(int(r["rows"]) for r in written if r["split"] == split) for split in SPLITS}
+    manifest = {**expect, "files": files, "normalizers": [n.to_dict() for n in meta.normalizers], "tasks": meta.tasks,
                 "shapes": {"z": [meta.frames, cfg.latent.tokens, cfg.latent.dim],
                            "u": [meta.frames, *meta.spatial_shape, meta.channels]},
                 "dtype": "float32", "rows": rows, "build_time_s": round(time.perf_counter() - t0, 2)}

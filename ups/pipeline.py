@@ -40,6 +40,7 @@ class PipelineOptions:
     accept_config_change: bool = False
     eval_test: bool | None = None  # None: follow eval.test
     quiet: bool = False
+    stage_callbacks: dict | None = None  # stage -> Ray Train UserCallbacks (e.g. reports to Tune)
 
 
 # -- Before Ray: everything that can be wrong with the config and the data -----------------------
@@ -145,7 +146,8 @@ def run(loaded: C.LoadedConfig, opts: PipelineOptions) -> dict[str, Any]:
         datasets = _datasets(stage_cls.inputs, tasks, cache)
         say(f"== {name}: {scfg.epochs} epochs on {cfg.scaling.num_workers} worker(s)")
         summary["stages"][name] = _run_stage(name, cfg, info, meta, rundir, summary, datasets, wandb,
-                                             opts.accept_config_change, stopper.name)
+                                             opts.accept_config_change, stopper.name,
+                                             (opts.stage_callbacks or {}).get(name, []))
         rundir.write_summary(summary)
         if summary["stages"][name]["status"] == "interrupted":
             raise Preempted(f"stage {name} stopped on request and checkpointed; run the same command to resume")
@@ -197,7 +199,8 @@ def _latent_cache(rundir: RunDir, tasks, meta, cfg, summary, data_sha, say):
     return cache
 
 
-def _run_stage(name, cfg: Config, info, meta, rundir: RunDir, summary, datasets, wandb, accept, stop_flag) -> dict:
+def _run_stage(name, cfg: Config, info, meta, rundir: RunDir, summary, datasets, wandb, accept, stop_flag,
+               callbacks) -> dict:
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchTrainer
@@ -222,7 +225,7 @@ def _run_stage(name, cfg: Config, info, meta, rundir: RunDir, summary, datasets,
             name=name, storage_path=rundir.dir.uri_of("ray"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
-            logging_config=ray.train.LoggingConfig(log_level="WARNING")),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"), callbacks=callbacks),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
                                             execution_options=ExecutionOptions(preserve_order=True)),
@@ -270,12 +273,22 @@ def load_exports(rundir: RunDir, summary: dict) -> dict[str, dict]:
             for n, rec in summary["stages"].items() if rec.get("status") == "completed"}
 
 
-def evaluate_run(rundir: RunDir, cfg: Config, meta, tasks, exports: dict, split: str, say) -> dict:
-    """Run the decoded evaluation as a Ray task (a GPU one when the run uses GPUs); write eval/."""
+def outside_placement_group():
+    """Schedule a task on the cluster, not inside the caller's placement group (e.g. a Tune trial's)."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return PlacementGroupSchedulingStrategy(placement_group=None)
+
+
+def evaluate_exports(cfg: Config, meta, tasks, exports: dict, split: str, *, max_samples: int | None = None,
+                     horizon: int | None = None) -> dict:
+    """Decoded evaluation of stage exports as a Ray task (a GPU one when the run uses GPUs)."""
     import ray
 
-    from ups.eval import plots
     from ups.eval.evaluate import build_surrogate, evaluate
+
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={
+        "max_samples": max_samples or cfg.eval.max_samples, "horizon": horizon or cfg.eval.horizon})})
 
     def job(cfg_dict, meta_dict, exports, tasks, split):
         cfg_, meta_ = Config.model_validate(cfg_dict), views.DataMeta.from_dict(meta_dict)
@@ -285,7 +298,15 @@ def evaluate_run(rundir: RunDir, cfg: Config, meta, tasks, exports: dict, split:
         return evaluate(build_surrogate(cfg_, meta_, exports, device), tasks, split, cfg_)
 
     opts = {"num_gpus": 1, "num_cpus": 0} if cfg.scaling.use_gpu else {"num_cpus": 1}
-    result = ray.get(ray.remote(job).options(**opts).remote(C.to_dict(cfg), meta.to_dict(), exports, tasks, split))
+    opts["scheduling_strategy"] = outside_placement_group()
+    return ray.get(ray.remote(job).options(**opts).remote(C.to_dict(cfg), meta.to_dict(), exports, tasks, split))
+
+
+def evaluate_run(rundir: RunDir, cfg: Config, meta, tasks, exports: dict, split: str, say) -> dict:
+    """The run's evaluation on a split: metrics, plots and eval/{split}/ files."""
+    from ups.eval import plots
+
+    result = evaluate_exports(cfg, meta, tasks, exports, split)
     arrays = result.pop("_arrays")
     rundir.dir.write_json(result, "eval", split, "metrics.json")
     if cfg.eval.plots:

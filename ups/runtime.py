@@ -24,13 +24,21 @@ _LOCAL_ENV = {
 }
 
 
-def local_cpus(cfg: Config) -> int:
+def local_cpus(cfg: Config, trials: int = 0) -> int:
+    """Logical CPUs for an embedded Ray: each concurrent run (a sweep trial, or the one pipeline)
+    needs its workers, Ray Data and an evaluation task at once."""
     workers = max(cfg.scaling.world_sizes) * cfg.scaling.cpus_per_worker
-    return max(os.cpu_count() or 1, math.ceil(workers + cfg.ray.data_cpus + 1))
+    per_run = workers + cfg.ray.data_cpus + 1
+    if trials:
+        per_run += cfg.sweep.trial_cpus + cfg.ray.data_cpus  # a trial also holds its own bundles
+    return max(os.cpu_count() or 1, math.ceil(per_run * max(trials, 1)))
 
 
-def connect(cfg: Config) -> bool:
-    """Start or join Ray; returns True when this process started an embedded local Ray."""
+def connect(cfg: Config, trials: int = 0) -> bool:
+    """Start or join Ray; returns True when this process started an embedded local Ray.
+
+    `trials`: concurrent sweep trials the embedded Ray must hold at once (0 for a single run).
+    """
     import ray
 
     local = not os.environ.get("RAY_ADDRESS")
@@ -38,7 +46,7 @@ def connect(cfg: Config) -> bool:
         if local:
             for k, v in _LOCAL_ENV.items():
                 os.environ.setdefault(k, v)  # inherited by the raylet and every worker it starts
-            ray.init(num_cpus=cfg.ray.num_cpus or local_cpus(cfg), include_dashboard=True,
+            ray.init(num_cpus=cfg.ray.num_cpus or local_cpus(cfg, trials), include_dashboard=True,
                      dashboard_host="127.0.0.1",
                      object_store_memory=cfg.ray.object_store_mb * 2**20 if cfg.ray.object_store_mb else None,
                      configure_logging=False, log_to_driver=True)

@@ -51,7 +51,10 @@ def generate(cfg: GenerateConfig, path: str, *, use_ray: bool = False,
     if use_ray and len(chunks) > 1:
         import ray
 
-        task = ray.remote(num_cpus=1)(solve_chunk)
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        task = ray.remote(num_cpus=1)(solve_chunk).options(
+            scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
         pending = {task.remote(cfg, s, e): i for i, (s, e) in enumerate(chunks)}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

@@ -105,6 +105,8 @@ def evaluate(model: Surrogate, tasks: list[Task], split: str, cfg: Config, seed:
                 out.setdefault("per_task", {}).setdefault(t.name, {})[prefix + "nRMSE"] = r["nRMSE"]
     out["horizon_nRMSE"] = curves
     out["wall_time_s"] = round(time.perf_counter() - t_start, 3)
+    out["wall_clock"] = out["wall_time_s"] / max(len(truth), 1)  # seconds per trajectory, all predictors
+    out["protocol"] = {"split": split, "samples": int(len(truth)), "horizon": steps, "initial_step": init}
     out["_arrays"] = {"truth": truth, "pred": torch.cat(preds["model"]).numpy(),
                       "persistence": torch.cat(preds["persistence"]).numpy()}
     return out

@@ -55,14 +55,14 @@ class AnyPointDecoder(nn.Module):
         super().__init__()
         self.frequencies = cfg.frequencies
         self.query = nn.Linear(fourier_dim(spatial_dims, cfg.frequencies), cfg.hidden)
-        self.context = nn.Linear(dim, cfg.hidden)
+        self.context = nn.Linear(dim, cfg.hidden) if cfg.depth else None  # depth 0: no use for tokens
         self.blocks = nn.ModuleList(CrossBlock(cfg.hidden, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.head = nn.Sequential(nn.LayerNorm(cfg.hidden), MLP(cfg.hidden, cfg.hidden, channels))
 
     def forward(self, z: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """z (B, tokens, dim), points (B or 1, Q, d) in [0, 1) -> (B, Q, C)."""
         q = self.query(fourier_features(points, self.frequencies).to(z.dtype)).expand(len(z), -1, -1)
-        ctx = self.context(z)
+        ctx = self.context(z) if self.context is not None else None
         for block in self.blocks:
             q = block(q, ctx)
         return self.head(q)

@@ -1,0 +1,290 @@
+"""Ray Tune around the pipeline: a sweep, then gating and promotion of its best trial.
+
+Each trial runs the whole pipeline (a TorchTrainer per stage) with sampled config keys; the
+watched stage's per-epoch validation metric reaches Tune, so ASHA can stop a bad trial early.
+Trials keep their own run folders under `{storage}/{sweep}/trials/`, so an interrupted sweep is
+resumed by running the same command: Tune restores finished trials and each unfinished trial's
+pipeline resumes its interrupted stage from its checkpoint.
+
+After the sweep: best trial by val nRMSE -> small evaluation (val subset, short horizon) next to
+the champion -> gate -> full evaluation (whole val split, full horizon) -> gate -> promote.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ups import config as C
+from ups.config import Config, ConfigError
+from ups.data import views
+from ups.gating import Registry, family_of, gate
+from ups.stages import STAGES
+from ups.storage import Storage
+
+FORBIDDEN_PREFIXES = ("data.", "eval.", "sweep.", "gate.", "scaling.", "ray.", "logging.")
+
+
+def check_space(loaded: C.LoadedConfig) -> None:
+    """Every key of the search space must be a config key that a trial may change."""
+    cfg, base = loaded.cfg, C.to_dict(loaded.cfg)
+    where = C._source_of("sweep.space", loaded.sources, str(loaded.path))
+    if not cfg.sweep.space:
+        raise ConfigError(f"{where}: sweep.space: empty (nothing to search)")
+    for key, spec in cfg.sweep.space.items():
+        if key.startswith(FORBIDDEN_PREFIXES):
+            raise ConfigError(f"{where}: sweep.space.{key}: trials may not change data, eval, scaling or sweep "
+                              f"settings (they define the family and the protocol)")
+        kind, args = next(iter(spec.items()))
+        tree = copy.deepcopy(base)
+        for value in (args if kind in ("choice", "grid") else args[:2]):
+            try:
+                C.validate(C.apply_override(copy.deepcopy(tree), f"{key}={value}", {}))
+            except ConfigError as e:
+                raise ConfigError(f"{where}: sweep.space.{key}: {str(e).split(': ', 1)[-1]}") from None
+    stage = cfg.sweep.scheduler.stage
+    if getattr(cfg.stages, stage).epochs == 0:
+        raise ConfigError(f"{where}: sweep.scheduler.stage: {stage} has 0 epochs, nothing to watch")
+
+
+def trial_config(base: dict, params: dict[str, Any], sweep: str) -> Config:
+    tree = copy.deepcopy(base)
+    for key, value in params.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    cfg = C.validate(tree)
+    return cfg.model_copy(update={
+        "eval": cfg.eval.model_copy(update={"test": False}),  # trials never look at the test split
+        "logging": cfg.logging.model_copy(update={"wandb": cfg.logging.wandb.model_copy(update={"group": sweep})})})
+
+
+def _param_space(cfg: Config) -> dict:
+    from ray import tune
+
+    make = {"choice": tune.choice, "grid": tune.grid_search, "uniform": lambda a: tune.uniform(*a),
+            "loguniform": lambda a: tune.loguniform(*a), "randint": lambda a: tune.randint(a[0], a[1] + 1)}
+    return {key: make[kind](args) for key, spec in cfg.sweep.space.items() for kind, args in spec.items()}
+
+
+class _EpochReports:
+    """Forward only the watched stage's epoch-end rows (not mid-epoch checkpoints) to Tune."""
+
+    @staticmethod
+    def make(metric: str):
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        class EpochReports(TuneReportCallback):
+            def after_report(self, run_context, metrics, checkpoint):
+                if metrics and metric in metrics[0]:
+                    row = metrics[0]
+                    self._training_actor_item_queue.put({"epoch": row["epoch"], metric: row[metric],
+                                                         "stage": row["stage"]})
+
+        return EpochReports()
+
+
+def _trial(params: dict, *, base: dict, trials_uri: str, sweep: str, stage: str) -> None:
+    """One Tune trial: the whole pipeline under its trial id, reporting the watched stage."""
+    import ray.tune
+
+    from ups import pipeline
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = trial_config(base, params, sweep)
+    loaded = C.LoadedConfig(cfg, Path(f"{sweep}.yaml"), {})
+    metric = STAGES[stage].val_metric
+    summary = pipeline.run(loaded, pipeline.PipelineOptions(
+        name=f"trial-{trial_id}", storage=trials_uri, quiet=True, eval_test=False,
+        stage_callbacks={stage: [_EpochReports.make(metric)]}))
+    rec = summary["stages"][stage]
+    ray.tune.report({"epoch": rec["epochs"] + 1, metric: rec["best"]["value"], "final": True,
+                     "eval_nRMSE": summary["eval"]["nRMSE"],
+                     "eval_persistence_nRMSE": summary["eval"]["persistence_nRMSE"]})
+
+
+def run(loaded: C.LoadedConfig, name: str, storage: str, quiet: bool = False) -> dict[str, Any]:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from ups import pipeline, runtime
+
+    say = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
+    cfg = loaded.cfg
+    pipeline.preflight(loaded)
+    check_space(loaded)
+    root = Storage(storage)
+    sweep_dir = root.sub(name)
+    runtime.connect(cfg, trials=cfg.sweep.max_concurrent_trials)
+    pipeline._ensure_data(cfg, {p: None for p in cfg.data.paths if not os.path.exists(p)}, say)
+
+    sc = cfg.sweep.scheduler
+    metric = STAGES[sc.stage].val_metric
+    # The final report (after evaluation) lands at epochs + 1: ASHA must not stop a trial before it.
+    scheduler = (ASHAScheduler(time_attr="epoch", max_t=getattr(cfg.stages, sc.stage).epochs + 1,
+                               grace_period=sc.grace_period, reduction_factor=sc.reduction_factor)
+                 if sc.name == "asha" else FIFOScheduler())
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, base=C.to_dict(cfg), trials_uri=sweep_dir.uri_of("trials"), sweep=name,
+                             stage=sc.stage),
+        # The trial's own process, plus a bundle for the Ray Data work it runs itself (cache build,
+        # re-blocking): Tune captures a trial's child tasks into its placement group.
+        tune.PlacementGroupFactory([{"CPU": cfg.sweep.trial_cpus}, {"CPU": cfg.ray.data_cpus}]))
+    tune_dir = sweep_dir.uri_of("tune")
+    t0 = time.perf_counter()
+    if tune.Tuner.can_restore(tune_dir):
+        say(f"sweep {name}: resuming from {tune_dir}")
+        tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        from ray.tune.search import BasicVariantGenerator
+
+        tuner = tune.Tuner(
+            trainable, param_space=_param_space(cfg),
+            tune_config=tune.TuneConfig(metric=metric, mode="min", scheduler=scheduler,
+                                        trial_dirname_creator=lambda trial: trial.trial_id,
+                                        num_samples=cfg.sweep.num_samples,
+                                        max_concurrent_trials=cfg.sweep.max_concurrent_trials,
+                                        search_alg=BasicVariantGenerator(
+                                            random_state=cfg.sweep.seed,
+                                            max_concurrent=cfg.sweep.max_concurrent_trials)),
+            run_config=tune.RunConfig(name="tune", storage_path=sweep_dir.uri,
+                                      failure_config=tune.FailureConfig(max_failures=0)))
+    grid = tuner.fit()
+    trials = _trials(grid, sweep_dir)
+    say(f"sweep {name}: {len(trials)} trials in {time.perf_counter() - t0:.0f}s")
+
+    tasks = views.load_tasks(cfg.data)
+    meta = views.DataMeta.from_tasks(tasks, cfg.data.initial_step)
+    decision = decide(cfg, meta, tasks, root, name, trials, say)
+    summary = {"sweep": name, "metric": metric, "trials": trials, **decision}
+    sweep_dir.write_json(summary, "sweep_summary.json")
+    _wandb_table(cfg, name, trials)
+    return summary
+
+
+def _trials(grid, sweep_dir: Storage) -> list[dict[str, Any]]:
+    out = []
+    for r in grid:
+        trial_id = r.path.rstrip("/").rsplit("/", 1)[-1]  # trial dirs are named by trial id
+        m = r.metrics or {}
+        status = "error" if r.error else ("completed" if m.get("final") else "stopped")
+        out.append({"trial": trial_id, "config": r.config, "status": status, "epochs": m.get("epoch"),
+                    "metrics": {k: v for k, v in m.items() if k.startswith(("eval_", "val_"))},
+                    "run": sweep_dir.uri_of("trials", f"trial-{trial_id}"),
+                    "error": repr(r.error)[:500] if r.error else None})
+    return sorted(out, key=lambda t: str(t["trial"]))
+
+
+def decide(cfg: Config, meta, tasks, root: Storage, sweep: str, trials: list[dict], say) -> dict[str, Any]:
+    """Best trial by val nRMSE -> small eval + gate -> full eval + gate -> promote, under the lock."""
+    from ups import pipeline
+    from ups.run import RunDir
+
+    family = family_of(cfg, meta)
+    out: dict[str, Any] = {"family": family, "best": None, "gate": {"passed": False, "reasons": []},
+                           "promoted": False, "champion": None, "champion_test": None}
+    done = [t for t in trials if t["status"] == "completed" and "eval_nRMSE" in t["metrics"]]
+    if not done:
+        out["gate"]["reasons"] = ["no trial completed"]
+        return out
+    best = min(done, key=lambda t: t["metrics"]["eval_nRMSE"])
+    out["best"] = best
+    run_root, run_name = best["run"].rsplit("/", 1)
+    cand_run = RunDir(Storage(run_root), run_name)
+    cand_summary = cand_run.summary()
+    cand_cfg = cand_run.config()
+    cand_exports = pipeline.load_exports(cand_run, cand_summary)
+    digests = {n: r.get("weights_sha256") for n, r in cand_summary["stages"].items() if r.get("status") == "completed"}
+    registry = Registry(root, family)
+
+    with registry.lock():
+        champ = registry.champion()
+        champ_exports = champ_cfg = None
+        if champ:
+            champ_exports = {n: _load(uri) for n, uri in champ["exports"].items()}
+            champ_cfg = C.validate(yaml.safe_load(Storage(champ["checkpoint"]).read_text("config.yaml")))
+
+        def evaluate(which: str, small: bool) -> dict:
+            c, ex = (cand_cfg, cand_exports) if which == "candidate" else (champ_cfg, champ_exports)
+            kw = {"max_samples": cfg.gate.small.max_samples, "horizon": cfg.gate.small.horizon} if small else {}
+            r = pipeline.evaluate_exports(c, meta, tasks, ex, "val", **kw)
+            r.pop("_arrays")
+            return r
+
+        steps, passed, reasons = {}, True, []
+        if champ and champ.get("weights_sha256") == digests:
+            passed, reasons = False, [f"the candidate is the current champion (trial {champ['trial']}, same weights)"]
+        elif champ and champ.get("data_sha256") != cand_summary.get("data_sha256"):
+            passed, reasons = False, [f"the champion was trained on other data (digest {champ.get('data_sha256')})"
+                                      f"; set gate.family to start a new family"]
+        else:
+            for phase, small in (("small", True), ("full", False)):
+                cand = evaluate("candidate", small)
+                champ_m = evaluate("champion", small) if champ else None
+                ok, why = gate(cand, champ_m, cfg.gate)
+                steps[phase] = {"candidate": _scalars(cand), "champion": _scalars(champ_m) if champ_m else None,
+                                "passed": ok, "reasons": why}
+                reasons += [f"{phase}: {r}" for r in why]
+                say(f"gate {phase}: {'passed' if ok else 'failed'} — " + "; ".join(why))
+                if not ok:
+                    passed = False
+                    break
+        entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sweep": sweep, "trial": best["trial"],
+                 "run": best["run"], "config_digest": cand_summary.get("config_digest"),
+                 "data_sha256": cand_summary.get("data_sha256"),
+                 "weights_sha256": digests, "promoted": passed, "reasons": reasons,
+                 "metrics": steps.get("full", {}).get("candidate") or best["metrics"],
+                 "champion_before": champ and {"trial": champ["trial"], "sweep": champ["sweep"]}}
+        if passed:
+            champ = registry.promote(Storage(best["run"]), cand_summary["stages"], entry)
+            say(f"promoted trial {best['trial']} to champion of {family}")
+        else:
+            say(f"not promoted: {'; '.join(reasons)}")
+        registry.record(entry)
+
+    test = None
+    if champ:  # the champion's test metrics are reported; they never select anything
+        ccfg = C.validate(yaml.safe_load(Storage(champ["checkpoint"]).read_text("config.yaml")))
+        r = pipeline.evaluate_exports(ccfg, meta, tasks, {n: _load(u) for n, u in champ["exports"].items()}, "test")
+        r.pop("_arrays")
+        test = _scalars(r)
+    out.update(gate={"passed": passed, "reasons": reasons, "steps": steps}, promoted=passed,
+               champion={k: champ[k] for k in ("trial", "sweep", "checkpoint")} if champ else None,
+               champion_test=test)
+    return out
+
+
+def _load(uri: str) -> dict:
+    from ups.train.state import from_bytes
+
+    return from_bytes(Storage(uri).read_bytes())["tensors"]
+
+
+def _scalars(d: dict | None) -> dict:
+    return {k: v for k, v in (d or {}).items() if isinstance(v, (int, float, str)) or k == "protocol"}
+
+
+def _wandb_table(cfg: Config, sweep: str, trials: list[dict]) -> None:
+    from ups.tracking import WandbRun
+
+    w = cfg.logging.wandb
+    if not w.enabled or w.mode == "disabled":
+        return
+    run = WandbRun({"enabled": True, "mode": w.mode, "project": w.project, "entity": w.entity, "group": sweep,
+                    "tags": w.tags, "id": f"{sweep}-summary", "name": f"{sweep}-summary"})
+    if run.run is not None:
+        import wandb
+
+        cols = ["trial", "status", "epochs", "eval_nRMSE", "config"]
+        table = wandb.Table(columns=cols, data=[[t["trial"], t["status"], t["epochs"],
+                                                 t["metrics"].get("eval_nRMSE"), str(t["config"])] for t in trials])
+        run.run.log({"trials": table})
+    run.finish()
