@@ -52,3 +52,17 @@ def smoke_data(tmp_path_factory) -> Path:
     else:
         generate(cfg.data.generate, str(path), progress=lambda _: None)
     return path
+
+
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(ray_session, smoke_data, tmp_path_factory) -> dict:
+    """The tiny pipeline (2 workers) run once, uninterrupted: the digests others must match."""
+    from ups import pipeline
+    from ups.config import load_config
+
+    loaded = load_config(TINY, [f"data.path={smoke_data}"])
+    storage = tmp_path_factory.mktemp("reference")
+    return pipeline.run(loaded, pipeline.PipelineOptions(name="reference", storage=str(storage), quiet=True))

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ups import pipeline
-from ups.config import STAGE_NAMES, load_config
+from ups.config import STAGE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
@@ -49,12 +48,6 @@ def storage(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("ft")
 
 
-@pytest.fixture(scope="module")
-def reference(ray_session, smoke_data, storage) -> dict:
-    loaded = load_config(TINY, [f"data.path={smoke_data}"])
-    return pipeline.run(loaded, pipeline.PipelineOptions(name="reference", storage=str(storage), quiet=True))
-
-
 def driver(name: str, storage: Path, smoke_data: Path) -> list[str]:
     return [sys.executable, "-m", "ray_jobs.train", "--config", str(TINY), "--set", f"data.path={smoke_data}",
             "--name", name, "--storage", str(storage)]
@@ -80,7 +73,7 @@ def newest_registered(run: Path, stage: str) -> Path:
     return run / "ray" / stage / snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
 
 
-def test_one_run_survives_worker_kill_preemption_driver_kill_and_corruption(ray_session, reference, smoke_data,
+def test_one_run_survives_worker_kill_preemption_driver_kill_and_corruption(ray_session, tiny_reference, smoke_data,
                                                                             storage):
     """One run, four blows, same weights as the uninterrupted reference:
     1. a training worker SIGKILLed mid-autoencoder -> Ray restarts the group from the last checkpoint;
@@ -119,4 +112,4 @@ def test_one_run_survives_worker_kill_preemption_driver_kill_and_corruption(ray_
     assert f"corrupt checkpoint skipped: {newest.name}" in log and "[operator] resumed at epoch" in log
     summary = summary_of(run)
     assert summary["latent_cache"]["reused"] is True
-    assert digests(summary) == digests(reference)
+    assert digests(summary) == digests(tiny_reference)
