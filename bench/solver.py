@@ -11,33 +11,17 @@ average is recorded because the 2-core dev box is often shared, which skews timi
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _common import emit
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ups.data import burgers  # noqa: E402
-from ups.data.initial import pdebench_initial_conditions  # noqa: E402
+from ups.data import burgers
+from ups.data.initial import pdebench_initial_conditions
 
 N_CELLS, N_FRAMES, T_END, NU = 1024, 201, 2.0, 0.001
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run(batch: int, dtype: str, threads: int, seed: int = 0) -> dict:
@@ -66,28 +50,9 @@ def main() -> None:
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
     results = [run(args.batch, d, t) for d in args.dtypes for t in args.threads]
-    print(
-        json.dumps(
-            {
-                "bench": "burgers_solver",
-                "setting": {
-                    "Nu": NU, "cells": N_CELLS, "frames": N_FRAMES, "t_end": T_END, "ic": "pdebench init_multi"
-                },
-                "results": results,
-                "context": {
-                    "date": datetime.date.today().isoformat(),
-                    "cpu": _cpu_model(),
-                    "cpu_count": os.cpu_count(),
-                    "machine": platform.machine(),
-                    "python": platform.python_version(),
-                    "torch": torch.__version__,
-                    "numpy": np.__version__,
-                    "loadavg_1min_before": round(load_before, 2),
-                    "loadavg_1min_after": round(os.getloadavg()[0], 2),
-                },
-            }
-        )
-    )
+    emit("burgers_solver", {"results": results},
+         setting={"Nu": NU, "cells": N_CELLS, "frames": N_FRAMES, "t_end": T_END, "ic": "pdebench init_multi"},
+         loadavg_1min_before=round(load_before, 2))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@ before `import ray`, so they live here at import time)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,7 +34,7 @@ def ray_session():
     from ups.config import Config
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False,
+        ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False,
                  log_to_driver=True)
     runtime.configure_data(Config(), local=True)
     yield ray
@@ -54,15 +57,35 @@ def smoke_data(tmp_path_factory) -> Path:
     return path
 
 
-TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+
+@dataclass
+class SubmittedRun:
+    summary: dict
+    logs: str
+    runs: Path  # the local directory behind the job's file:// storage URI
 
 
 @pytest.fixture(scope="session")
-def tiny_reference(ray_session, smoke_data, tmp_path_factory) -> dict:
-    """The tiny pipeline (2 workers) run once, uninterrupted: the digests others must match."""
-    from ups import pipeline
-    from ups.config import load_config
+def tiny_reference(ray_session, smoke_data, tmp_path_factory) -> SubmittedRun:
+    """The tiny pipeline (2 workers) submitted with `ray job submit`'s client to the session's head
+    and run uninterrupted. It is both the job-submission test's subject and the reference the
+    interrupted runs must match: one pipeline serves two claims (the suite pays per pipeline)."""
+    import yaml
+    from ray._private.worker import get_dashboard_url
+    from ray.job_submission import JobStatus, JobSubmissionClient
 
-    loaded = load_config(TINY, [f"data.path={smoke_data}"])
-    storage = tmp_path_factory.mktemp("reference")
-    return pipeline.run(loaded, pipeline.PipelineOptions(name="reference", storage=str(storage), quiet=True))
+    runs = tmp_path_factory.mktemp("submitted")
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray 2.59+ local heads require the token
+    jobs = JobSubmissionClient(f"http://{get_dashboard_url()}")
+    # The job's interpreter is this virtualenv's; on a cluster it is the image's `python`.
+    entry = (f"{sys.executable} -m ray_jobs.train --config tests/configs/tiny.yaml --set data.path={smoke_data} "
+             f"--name reference --storage file://{runs}")
+    runtime_env = {"working_dir": str(ROOT), **yaml.safe_load((ROOT / "runtime_env.yaml").read_text())}
+    job = jobs.submit_job(entrypoint=entry, runtime_env=runtime_env)
+    end = time.time() + 600
+    while (status := jobs.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.time() < end, "the reference job did not finish"
+        time.sleep(1)
+    logs = jobs.get_job_logs(job)
+    assert status == JobStatus.SUCCEEDED, logs[-4000:]
+    return SubmittedRun(json.loads((runs / "reference" / "summary.json").read_text()), logs, runs)

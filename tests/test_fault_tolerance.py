@@ -62,7 +62,9 @@ def alive(class_name: str, other_jobs: bool = False) -> list:
     import ray
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
+    # The session's own address: left to itself the state API may find another test's (stopped) head.
+    actors = list_actors(address=ray.get_runtime_context().gcs_address,
+                         filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
     mine = ray.get_runtime_context().get_job_id()
     return [a for a in actors if a.job_id != mine] if other_jobs else actors
 
@@ -75,7 +77,7 @@ def newest_registered(run: Path, stage: str) -> Path:
 
 def test_one_run_survives_worker_kill_preemption_driver_kill_and_corruption(ray_session, tiny_reference, smoke_data,
                                                                             storage):
-    """One run, four blows, same weights as the uninterrupted reference:
+    """One run, four blows, same weights as the uninterrupted reference (a submitted job):
     1. a training worker SIGKILLed mid-autoencoder -> Ray restarts the group from the last checkpoint;
     2. SIGTERM to the driver mid-operator -> just-in-time checkpoint, exit 143;
     3. the same command again, then the driver SIGKILLed mid-operator;
@@ -112,4 +114,4 @@ def test_one_run_survives_worker_kill_preemption_driver_kill_and_corruption(ray_
     assert f"corrupt checkpoint skipped: {newest.name}" in log and "[operator] resumed at epoch" in log
     summary = summary_of(run)
     assert summary["latent_cache"]["reused"] is True
-    assert digests(summary) == digests(tiny_reference)
+    assert digests(summary) == digests(tiny_reference.summary)

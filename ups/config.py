@@ -346,6 +346,9 @@ class TrainingConfig(_Section):
     grad_clip: float | None = 1.0
     ema_decay: float | None = 0.999
     compile: bool = False
+    # "reduce-overhead" = CUDA graphs: 7x faster steps for small launch-bound models on a GPU
+    # (bench/RESULTS.md); "default" keeps plain inductor.
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     seed: int = 0
     deterministic: bool = True
 

@@ -238,7 +238,7 @@ def _run_stage(name, cfg: Config, info, meta, rundir: RunDir, summary, datasets,
             "restarts": out.get("restarts"), "world_sizes": out.get("world_sizes"),
             "checkpoint": result.checkpoint.path if result.checkpoint else None, "export": export_uri,
             "weights_sha256": out.get("weights_sha256"), "wall_time_s": round(time.perf_counter() - t0, 2),
-            "phases_s": out.get("phases_s")}
+            "phases_s": out.get("phases_s"), "first_step_unix": out.get("first_step_unix")}
 
 
 class _Stopper:

@@ -18,6 +18,9 @@ from ups.config import Config
 _LOCAL_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    # The watcher reports cloud nodes being preempted: nothing to watch on one machine, and it is
+    # one more actor process per stage on a small box.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
     "RAY_DATA_LOGGING_CONFIG": str(Path(__file__).with_name("ray_data_logging.yaml")),
@@ -46,7 +49,8 @@ def connect(cfg: Config, trials: int = 0) -> bool:
         if local:
             for k, v in _LOCAL_ENV.items():
                 os.environ.setdefault(k, v)  # inherited by the raylet and every worker it starts
-            ray.init(num_cpus=cfg.ray.num_cpus or local_cpus(cfg, trials), include_dashboard=True,
+            # address="local": never attach to some other `ray start`-ed cluster found on this machine.
+            ray.init(address="local", num_cpus=cfg.ray.num_cpus or local_cpus(cfg, trials), include_dashboard=True,
                      dashboard_host="127.0.0.1",
                      object_store_memory=cfg.ray.object_store_mb * 2**20 if cfg.ray.object_store_mb else None,
                      configure_logging=False, log_to_driver=True)

@@ -165,7 +165,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     progress["world_sizes"] = progress.get("world_sizes", []) + [world]  # one entry per (re)start
     phases.done("restore")
     ddp = ray.train.torch.prepare_model(module)
-    model = torch.compile(ddp) if tcfg.compile else ddp
+    model = torch.compile(ddp, mode=tcfg.compile_mode) if tcfg.compile else ddp
     eval_module = ema.module if ema is not None else module
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tcfg.amp)
     log = MetricsLog(Storage(config["run_uri"]), name) if rank == 0 else None
@@ -194,7 +194,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    preempted = False
+    preempted, first_step = False, None
     while not progress["finished"]:
         epoch = progress["epoch"]
         order = torch.randperm(stage.num_samples(train), generator=torch.Generator().manual_seed(
@@ -228,6 +228,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             schedule.step()
             progress["global_step"] += 1
             progress["micro"] = m + 1
+            first_step = first_step or time.time()
             every = cfg.checkpoint.every_steps
             preempted = comm.any(stop_watch.requested())
             if preempted or (every and progress["global_step"] % every == 0 and m + 1 < micro_per_epoch):
@@ -282,6 +283,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     stop_watch.close()
     result = {"epochs": progress["epoch"], "stopped_early": progress["stopped_early"], "world_size": world,
               "restarts": progress["restarts"], "world_sizes": progress["world_sizes"], "preempted": preempted,
+              "first_step_unix": first_step,
               "best": {"metric": stage.val_metric, "value": progress["best"], "epoch": progress["best_epoch"]}}
     if preempted:
         if rank == 0:
