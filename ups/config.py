@@ -13,10 +13,10 @@ import json
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Callable, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 STAGE_NAMES = ("autoencoder", "operator", "diffusion_residual", "consistency_distill", "steady_prior")
 
@@ -33,47 +33,53 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-def _positive(name: str, v: float | int | None) -> Any:
-    if v is not None and not v > 0:
-        raise ValueError(f"must be > 0 (got {v})")
-    return v
+def _rule(ok: Callable[[Any], bool], rule: str) -> AfterValidator:
+    """A bound as part of a key's type, so a subclass that changes a default keeps the bound.
+    None (an optional key left unset) always passes."""
+
+    def check(v):
+        if v is not None and not ok(v):
+            raise ValueError(f"must be {rule} (got {v})")
+        return v
+
+    return AfterValidator(check)
+
+
+PosInt = Annotated[int, _rule(lambda v: v > 0, "> 0")]
+PosFloat = Annotated[float, _rule(lambda v: v > 0, "> 0")]
+NonNegInt = Annotated[int, _rule(lambda v: v >= 0, ">= 0")]
+NonNegFloat = Annotated[float, _rule(lambda v: v >= 0, ">= 0")]
+Fraction = Annotated[float, _rule(lambda v: 0 <= v < 1, "in [0, 1)")]  # fractions, EMA decays
+Decay = Annotated[float, _rule(lambda v: 0 < v <= 1, "in (0, 1]")]  # multiplicative LR decays
+
+
+def AtLeast(n: int) -> Any:
+    return Annotated[int, _rule(lambda v: v >= n, f">= {n}")]
 
 
 class GenerateConfig(_Section):
     """How to create `data.path` when it is missing (and what `ray_jobs.generate` writes)."""
 
     pde: Literal["burgers", "advection"] = "burgers"
-    nu: float = 0.001  # PDEBench's Nu: u_t + (u²/2)_x = (Nu/π) u_xx
+    nu: PosFloat = 0.001  # PDEBench's Nu: u_t + (u²/2)_x = (Nu/π) u_xx
     beta: float = 1.0  # advection speed
-    samples: int = 1000
-    resolution: int = 1024
-    frames: int = 201  # saved frames, t = 0 .. t_end
-    t_end: float = 2.0
+    samples: PosInt = 1000
+    resolution: PosInt = 1024
+    frames: AtLeast(2) = 201  # saved frames, t = 0 .. t_end
+    t_end: PosFloat = 2.0
     seed: int = 0
-    chunk_size: int = 128  # trajectories per Ray task
-
-    @field_validator("nu", "samples", "resolution", "t_end", "chunk_size")
-    @classmethod
-    def _pos(cls, v, info):
-        return _positive(info.field_name, v)
-
-    @field_validator("frames")
-    @classmethod
-    def _frames(cls, v):
-        if v < 2:
-            raise ValueError(f"must be >= 2 (got {v})")
-        return v
+    chunk_size: PosInt = 128  # trajectories per Ray task
 
 
 class DataConfig(_Section):
     path: Union[str, list[str]] = "data/burgers_nu0.001.h5"  # one HDF5 file, or a list (multi-task)
     generate: GenerateConfig | None = None
-    test_fraction: float = 0.1  # PDEBench protocol: the first 10% of samples are the test set
-    val_fraction: float = 0.1  # of the samples that remain
-    max_samples: int | None = None  # read only the first N samples of each file
-    x_stride: int = 1  # PDEBench: 4 (1024 -> 256)
-    t_stride: int = 1  # PDEBench: 5 (201 -> 41)
-    initial_step: int = 10  # input frames; metrics exclude them
+    test_fraction: Fraction = 0.1  # PDEBench protocol: the first 10% of samples are the test set
+    val_fraction: Fraction = 0.1  # of the samples that remain
+    max_samples: PosInt | None = None  # read only the first N samples of each file
+    x_stride: PosInt = 1  # PDEBench: 4 (1024 -> 256)
+    t_stride: PosInt = 1  # PDEBench: 5 (201 -> 41)
+    initial_step: PosInt = 10  # input frames; metrics exclude them
     normalize: bool = True
 
     @field_validator("path")
@@ -84,57 +90,21 @@ class DataConfig(_Section):
             raise ValueError("must name at least one HDF5 file")
         return v
 
-    @field_validator("test_fraction", "val_fraction")
-    @classmethod
-    def _fraction(cls, v):
-        if not 0 <= v < 1:
-            raise ValueError(f"must be in [0, 1) (got {v})")
-        return v
-
-    @field_validator("x_stride", "t_stride", "max_samples")
-    @classmethod
-    def _pos(cls, v, info):
-        return _positive(info.field_name, v)
-
-    @field_validator("initial_step")
-    @classmethod
-    def _initial(cls, v):
-        if v < 1:
-            raise ValueError(f"must be >= 1 (got {v})")
-        return v
-
     @property
     def paths(self) -> list[str]:
         return [self.path] if isinstance(self.path, str) else list(self.path)
 
 
 class LatentConfig(_Section):
-    tokens: int = 16
-    dim: int = 32
-
-    @field_validator("tokens", "dim")
-    @classmethod
-    def _pos(cls, v, info):
-        return _positive(info.field_name, v)
+    tokens: PosInt = 16
+    dim: PosInt = 32
 
 
 class _Net(_Section):
-    hidden: int = 64
-    depth: int = 2
-    heads: int = 4
-    mlp_ratio: float = 2.0
-
-    @field_validator("hidden", "heads", "mlp_ratio")
-    @classmethod
-    def _pos(cls, v, info):
-        return _positive(info.field_name, v)
-
-    @field_validator("depth")
-    @classmethod
-    def _depth(cls, v):
-        if v < 0:
-            raise ValueError(f"must be >= 0 (got {v})")
-        return v
+    hidden: PosInt = 64
+    depth: NonNegInt = 2
+    heads: PosInt = 4
+    mlp_ratio: PosFloat = 2.0
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self):
@@ -144,42 +114,27 @@ class _Net(_Section):
 
 
 class EncoderConfig(_Net):
-    patch_size: int = 4
-    depth: int = 1
-    frequencies: int = 6  # Fourier features of patch centres
-
-    @field_validator("patch_size", "frequencies")
-    @classmethod
-    def _pos2(cls, v, info):
-        return _positive(info.field_name, v)
+    patch_size: PosInt = 4
+    depth: NonNegInt = 1
+    frequencies: PosInt = 6  # Fourier features of patch centres
 
 
 class DecoderConfig(_Net):
-    frequencies: int = 8  # Fourier features of the query coordinates
-
-    @field_validator("frequencies")
-    @classmethod
-    def _pos2(cls, v, info):
-        return _positive(info.field_name, v)
+    frequencies: PosInt = 8  # Fourier features of the query coordinates
 
 
 class OperatorNetConfig(_Net):
-    hidden: int = 96
-    depth: int = 3
+    hidden: PosInt = 96
+    depth: NonNegInt = 3
 
 
 class DenoiserNetConfig(_Net):
-    hidden: int = 96
-    depth: int = 2
+    hidden: PosInt = 96
+    depth: NonNegInt = 2
 
 
 class SteadyNetConfig(_Net):
-    steps: int = 4  # refinement iterations
-
-    @field_validator("steps")
-    @classmethod
-    def _pos2(cls, v, info):
-        return _positive(info.field_name, v)
+    steps: PosInt = 4  # refinement iterations
 
 
 class ModelConfig(_Section):
@@ -192,112 +147,54 @@ class ModelConfig(_Section):
 
 class OptimizerConfig(_Section):
     name: Literal["adam", "adamw", "sgd", "muon"] = "adamw"  # muon: Muon for >=2-D weights + AdamW
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    lr: PosFloat = 1e-3
+    weight_decay: NonNegFloat = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    momentum: float = 0.9  # sgd
-    muon_momentum: float = 0.95
-    muon_ns_steps: int = 5
-
-    @field_validator("lr", "eps", "muon_ns_steps")
-    @classmethod
-    def _pos(cls, v, info):
-        return _positive(info.field_name, v)
-
-    @field_validator("weight_decay", "momentum", "muon_momentum")
-    @classmethod
-    def _nonneg(cls, v):
-        if v < 0:
-            raise ValueError(f"must be >= 0 (got {v})")
-        return v
+    eps: PosFloat = 1e-8
+    momentum: NonNegFloat = 0.9  # sgd
+    muon_momentum: NonNegFloat = 0.95
+    muon_ns_steps: PosInt = 5
 
 
 class SchedulerConfig(_Section):
     """Warmup, then a schedule. Epoch-valued keys are converted to optimizer steps at stage start."""
 
     name: Literal["constant", "step", "cosine", "plateau"] = "constant"
-    warmup_epochs: float = 0.0
-    step_size: int = 10  # step: epochs between decays
-    gamma: float = 0.5  # step
-    t_max: int | None = None  # cosine: epochs to eta_min (default: the stage's epochs)
-    eta_min: float = 0.0  # cosine: absolute floor
-    factor: float = 0.5  # plateau: decay on a validation plateau
+    warmup_epochs: NonNegFloat = 0.0
+    step_size: PosInt = 10  # step: epochs between decays
+    gamma: Decay = 0.5  # step
+    t_max: PosInt | None = None  # cosine: epochs to eta_min (default: the stage's epochs)
+    eta_min: NonNegFloat = 0.0  # cosine: absolute floor
+    factor: Decay = 0.5  # plateau: decay on a validation plateau
     patience: int = 2  # plateau: epochs without improvement
-
-    @field_validator("warmup_epochs", "eta_min")
-    @classmethod
-    def _nonneg(cls, v):
-        if v < 0:
-            raise ValueError(f"must be >= 0 (got {v})")
-        return v
-
-    @field_validator("step_size", "t_max")
-    @classmethod
-    def _pos(cls, v, info):
-        return _positive(info.field_name, v)
-
-    @field_validator("gamma", "factor")
-    @classmethod
-    def _decay(cls, v):
-        if not 0 < v <= 1:
-            raise ValueError(f"must be in (0, 1] (got {v})")
-        return v
 
 
 class StageConfig(_Section):
-    epochs: int = 10
+    epochs: NonNegInt = 10
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
-    patience: int | None = None  # early stopping on the validation metric; None = never
-
-    @field_validator("epochs")
-    @classmethod
-    def _epochs(cls, v):
-        if v < 0:
-            raise ValueError(f"must be >= 0 (got {v})")
-        return v
-
-    @field_validator("patience")
-    @classmethod
-    def _patience(cls, v):
-        return _positive("patience", v)
+    patience: PosInt | None = None  # early stopping on the validation metric; None = never
 
 
 class AutoencoderStageConfig(StageConfig):
-    epochs: int = 20
-    query_points: int | None = None  # decoder points per frame in training; None = the whole grid
-
-    @field_validator("query_points")
-    @classmethod
-    def _q(cls, v):
-        return _positive("query_points", v)
+    epochs: NonNegInt = 20
+    query_points: PosInt | None = None  # decoder points per frame in training; None = the whole grid
 
 
 class OperatorStageConfig(StageConfig):
-    epochs: int = 20
-    rollout_horizon: int = 1  # unrolled steps in the training loss (1 = one-step only)
+    epochs: NonNegInt = 20
+    rollout_horizon: PosInt = 1  # unrolled steps in the training loss (1 = one-step only)
     lambda_rollout: float = 0.5  # weight of the unrolled part when rollout_horizon > 1
-
-    @field_validator("rollout_horizon")
-    @classmethod
-    def _h(cls, v):
-        return _positive("rollout_horizon", v)
 
 
 class DiffusionStageConfig(StageConfig):
-    epochs: int = 10
+    epochs: NonNegInt = 10
     optimizer: OptimizerConfig = OptimizerConfig(lr=3e-4)
-    sigma_min: float = 0.002  # in units of the residual's std
-    sigma_max: float = 20.0
+    sigma_min: PosFloat = 0.002  # in units of the residual's std
+    sigma_max: PosFloat = 20.0
     p_mean: float = -1.2  # log-normal noise-level distribution for training (EDM)
-    p_std: float = 1.2
-    sample_steps: int = 4  # Heun steps of the few-step sampler
-
-    @field_validator("sigma_min", "sigma_max", "p_std", "sample_steps")
-    @classmethod
-    def _pos(cls, v, info):
-        return _positive(info.field_name, v)
+    p_std: PosFloat = 1.2
+    sample_steps: PosInt = 4  # Heun steps of the few-step sampler
 
     @model_validator(mode="after")
     def _range(self):
@@ -307,28 +204,14 @@ class DiffusionStageConfig(StageConfig):
 
 
 class ConsistencyStageConfig(StageConfig):
-    epochs: int = 5
+    epochs: NonNegInt = 5
     optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4)
-    num_scales: int = 18  # discretisation of the teacher's probability-flow ODE
-    target_ema: float = 0.95  # EMA of the student that provides the consistency target
-
-    @field_validator("num_scales")
-    @classmethod
-    def _n(cls, v):
-        if v < 2:
-            raise ValueError(f"must be >= 2 (got {v})")
-        return v
-
-    @field_validator("target_ema")
-    @classmethod
-    def _mu(cls, v):
-        if not 0 <= v < 1:
-            raise ValueError(f"must be in [0, 1) (got {v})")
-        return v
+    num_scales: AtLeast(2) = 18  # discretisation of the teacher's probability-flow ODE
+    target_ema: Fraction = 0.95  # EMA of the student that provides the consistency target
 
 
 class SteadyStageConfig(StageConfig):
-    epochs: int = 0  # off: transient problems have no steady state
+    epochs: NonNegInt = 0  # off: transient problems have no steady state
 
 
 class StagesConfig(_Section):
@@ -340,11 +223,11 @@ class StagesConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    batch_size: int = 64  # global: samples per optimizer step over all workers and micro-steps
-    accum_steps: int = 1  # micro-steps per optimizer step; the per-worker batch adapts to the world size
+    batch_size: PosInt = 64  # global: samples per optimizer step over all workers and micro-steps
+    accum_steps: PosInt = 1  # micro-steps per optimizer step; the per-worker batch adapts to the world size
     amp: Literal["none", "bf16", "fp16"] = "none"
-    grad_clip: float | None = 1.0
-    ema_decay: float | None = 0.999
+    grad_clip: PosFloat | None = 1.0
+    ema_decay: Fraction | None = 0.999
     compile: bool = False
     # "reduce-overhead" = CUDA graphs: 7x faster steps for small launch-bound models on a GPU
     # (bench/RESULTS.md); "default" keeps plain inductor.
@@ -352,26 +235,14 @@ class TrainingConfig(_Section):
     seed: int = 0
     deterministic: bool = True
 
-    @field_validator("batch_size", "accum_steps", "grad_clip")
-    @classmethod
-    def _pos(cls, v, info):
-        return _positive(info.field_name, v)
-
-    @field_validator("ema_decay")
-    @classmethod
-    def _ema(cls, v):
-        if v is not None and not 0 <= v < 1:
-            raise ValueError(f"must be in [0, 1) (got {v})")
-        return v
-
 
 class ScalingConfig(_Section):
     num_workers: Union[int, tuple[int, int]] = 1  # an int, or [min, max] for an elastic run
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 1.0
+    cpus_per_worker: PosFloat = 1.0
+    gpus_per_worker: PosFloat = 1.0
     resources: dict[str, float] = {}  # extra custom resources per worker (e.g. a node label resource)
-    elastic_resize_interval_s: float = 60.0  # how often an elastic run reconsiders its size
+    elastic_resize_interval_s: PosFloat = 60.0  # how often an elastic run reconsiders its size
 
     @field_validator("num_workers", mode="before")
     @classmethod
@@ -391,11 +262,6 @@ class ScalingConfig(_Section):
             return (lo, hi)
         raise ValueError(f"must be an int or [min, max] (got {v!r})")
 
-    @field_validator("cpus_per_worker", "gpus_per_worker", "elastic_resize_interval_s")
-    @classmethod
-    def _pos(cls, v, info):
-        return _positive(info.field_name, v)
-
     @property
     def world_sizes(self) -> range:
         lo, hi = (self.num_workers, self.num_workers) if isinstance(self.num_workers, int) else self.num_workers
@@ -409,66 +275,32 @@ class ScalingConfig(_Section):
 class RayConfig(_Section):
     """The embedded local Ray (ignored when RAY_ADDRESS points at a cluster)."""
 
-    num_cpus: int | None = None  # logical CPUs; default: enough for the workers plus Ray Data
-    object_store_mb: int | None = None
-    data_cpus: float = 1.0  # CPU budget of Ray Data pipelines (encoding, ingest)
-
-    @field_validator("num_cpus", "object_store_mb", "data_cpus")
-    @classmethod
-    def _pos(cls, v, info):
-        return _positive(info.field_name, v)
+    num_cpus: PosInt | None = None  # logical CPUs; default: enough for the workers plus Ray Data
+    object_store_mb: PosInt | None = None
+    data_cpus: PosFloat = 1.0  # CPU budget of Ray Data pipelines (encoding, ingest)
 
 
 class CheckpointConfig(_Section):
-    keep: int = 2  # newest checkpoints kept per stage (a corrupt newest one falls back to the previous)
-    every_steps: int | None = None  # also checkpoint inside an epoch, every N optimizer steps
-    max_failures: int = 3  # worker-group restarts per stage; -1 = unlimited
-
-    @field_validator("keep", "every_steps")
-    @classmethod
-    def _pos(cls, v, info):
-        return _positive(info.field_name, v)
-
-    @field_validator("max_failures")
-    @classmethod
-    def _fail(cls, v):
-        if v < -1:
-            raise ValueError(f"must be >= -1 (got {v})")
-        return v
+    keep: PosInt = 2  # newest checkpoints kept per stage (a corrupt newest one falls back to the previous)
+    every_steps: PosInt | None = None  # also checkpoint inside an epoch, every N optimizer steps
+    max_failures: AtLeast(-1) = 3  # worker-group restarts per stage; -1 = unlimited
 
 
 class EvalConfig(_Section):
-    horizon: int | None = None  # predicted frames after the input frames; None = to the end
-    max_samples: int | None = None  # trajectories per split; None = all
+    horizon: PosInt | None = None  # predicted frames after the input frames; None = to the end
+    max_samples: PosInt | None = None  # trajectories per split; None = all
     corrector: Literal["auto", "none", "diffusion", "consistency"] = "auto"
-    noise_scale: float = 0.0  # initial noise of the corrector's sampler; 0 = its deterministic estimate
+    noise_scale: NonNegFloat = 0.0  # initial noise of the corrector's sampler; 0 = its deterministic estimate
     test: bool = True  # also report the test split at the end (never used to select anything)
     plots: bool = True
-    batch_size: int = 32
-
-    @field_validator("horizon", "max_samples", "batch_size")
-    @classmethod
-    def _pos(cls, v, info):
-        return _positive(info.field_name, v)
-
-    @field_validator("noise_scale")
-    @classmethod
-    def _noise(cls, v):
-        if v < 0:
-            raise ValueError(f"must be >= 0 (got {v})")
-        return v
+    batch_size: PosInt = 32
 
 
 class SchedulerSpec(_Section):
     name: Literal["asha", "fifo"] = "asha"
     stage: Literal["autoencoder", "operator", "diffusion_residual", "consistency_distill", "steady_prior"] = "operator"
-    grace_period: int = 1  # epochs of that stage before a trial can be stopped
-    reduction_factor: float = 2.0
-
-    @field_validator("grace_period", "reduction_factor")
-    @classmethod
-    def _pos(cls, v, info):
-        return _positive(info.field_name, v)
+    grace_period: PosInt = 1  # epochs of that stage before a trial can be stopped
+    reduction_factor: PosFloat = 2.0
 
 
 _SPACE_KINDS = {"choice", "uniform", "loguniform", "randint", "grid"}
@@ -478,16 +310,11 @@ class SweepConfig(_Section):
     """A Ray Tune sweep: each trial runs the whole pipeline with sampled keys."""
 
     space: dict[str, dict[str, list]] = {}  # dotted config key -> {choice|uniform|loguniform|randint|grid: [...]}
-    num_samples: int = 1
-    max_concurrent_trials: int = 1
+    num_samples: PosInt = 1
+    max_concurrent_trials: PosInt = 1
     scheduler: SchedulerSpec = SchedulerSpec()
     seed: int = 0
-    trial_cpus: float = 0.01  # the trial's own driver process; its TorchTrainers reserve their own
-
-    @field_validator("num_samples", "max_concurrent_trials", "trial_cpus")
-    @classmethod
-    def _pos(cls, v, info):
-        return _positive(info.field_name, v)
+    trial_cpus: PosFloat = 0.01  # the trial's own driver process; its TorchTrainers reserve their own
 
     @field_validator("space")
     @classmethod
@@ -506,30 +333,18 @@ class SweepConfig(_Section):
 
 
 class SmallEvalConfig(_Section):
-    max_samples: int = 8  # val trajectories
-    horizon: int = 5  # predicted frames
-
-    @field_validator("max_samples", "horizon")
-    @classmethod
-    def _pos(cls, v, info):
-        return _positive(info.field_name, v)
+    max_samples: PosInt = 8  # val trajectories
+    horizon: PosInt = 5  # predicted frames
 
 
 class GateConfig(_Section):
     """When a sweep's best trial replaces its family's champion."""
 
     family: str | None = None  # default: tasks + grid + frames + protocol
-    min_improvement: float = 0.02  # relative nRMSE margin over the champion
+    min_improvement: Fraction = 0.02  # relative nRMSE margin over the champion
     min_delta: float | None = None  # optional absolute nRMSE margin, applied as well
     ratios: dict[str, float] = {"cRMSE": 1.25, "bRMSE": 1.25, "wall_clock": 2.0}  # candidate <= ratio x champion
     small: SmallEvalConfig = SmallEvalConfig()
-
-    @field_validator("min_improvement")
-    @classmethod
-    def _margin(cls, v):
-        if not 0 <= v < 1:
-            raise ValueError(f"must be in [0, 1) (got {v})")
-        return v
 
     @field_validator("ratios")
     @classmethod
