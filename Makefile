@@ -21,5 +21,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# CPU benchmarks, one JSON line each (bench/RESULTS.md); the GPU one is bench/gpu.sh.
+bench: $(STAMP)
+	for b in checkpoint loop_overhead ingest scaling startup solver; do $(PY) bench/$$b.py || exit 1; done
+
 clean:
 	rm -rf $(VENV) runs
