@@ -35,6 +35,9 @@ def main() -> int:
     for stage in ("autoencoder", "operator"):
         if summary["stages"].get(stage, {}).get("status") != "completed":
             raise ConfigError(f"{uri}: stage {stage} has not completed; nothing to evaluate")
+    chosen = summary.get("eval", {}).get("corrector")
+    if cfg.eval.corrector == "auto" and chosen:  # the corrector the run chose on val
+        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"corrector": chosen})})
     runtime.connect(cfg)
     tasks = views.load_tasks(cfg.data)
     meta = views.DataMeta.from_tasks(tasks, cfg.data.initial_step)

@@ -289,7 +289,8 @@ class CheckpointConfig(_Section):
 class EvalConfig(_Section):
     horizon: PosInt | None = None  # predicted frames after the input frames; None = to the end
     max_samples: PosInt | None = None  # trajectories per split; None = all
-    corrector: Literal["auto", "none", "diffusion", "consistency"] = "auto"
+    corrector: Literal["auto", "none", "diffusion", "consistency"] = "auto"  # auto: kept only if it beats
+    # the bare operator on val nRMSE (ups/pipeline.py)
     noise_scale: NonNegFloat = 0.0  # initial noise of the corrector's sampler; 0 = its deterministic estimate
     test: bool = True  # also report the test split at the end (never used to select anything)
     plots: bool = True

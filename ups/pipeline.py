@@ -155,6 +155,8 @@ def run(loaded: C.LoadedConfig, opts: PipelineOptions) -> dict[str, Any]:
     stopper.check("evaluation")
     exports = load_exports(rundir, summary)
     summary["eval"] = evaluate_run(rundir, cfg, meta, tasks, exports, "val", say)
+    if cfg.eval.corrector == "auto" and summary["eval"]["corrector"] != "none":
+        cfg, summary["eval"] = _keep_corrector_if_it_helps(rundir, cfg, meta, tasks, exports, summary["eval"], say)
     if cfg.eval.test if opts.eval_test is None else opts.eval_test:
         summary["eval_test"] = evaluate_run(rundir, cfg, meta, tasks, exports, "test", say)
     rundir.write_summary(summary)
@@ -317,6 +319,22 @@ def evaluate_run(rundir: RunDir, cfg: Config, meta, tasks, exports: dict, split:
     say(f"== eval ({split}): nRMSE={result['nRMSE']:.4g}  persistence={result['persistence_nRMSE']:.4g}"
         f"  ({result['samples']} trajectories, {result['horizon']} steps, corrector={result['corrector']})")
     return result
+
+
+def _keep_corrector_if_it_helps(rundir: RunDir, cfg: Config, meta, tasks, exports: dict, val: dict, say):
+    """`eval.corrector: auto` keeps the trained corrector only if it beats the bare operator on val
+    nRMSE (the evaluation scores both); otherwise val is re-scored without it, and test follows
+    the same choice. Chosen on val alone, so the test split still selects nothing."""
+    kind, scores = val["corrector"], {val["corrector"]: val["nRMSE"], "none": val["operator_nRMSE"]}
+    if scores[kind] <= scores["none"]:
+        val["corrector_selection"] = scores
+        return cfg, val
+    say(f"== eval: corrector {kind} does not beat the operator alone on val "
+        f"({scores[kind]:.4g} vs {scores['none']:.4g}); evaluating without it")
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"corrector": "none"})})
+    val = evaluate_run(rundir, cfg, meta, tasks, exports, "val", say)
+    val["corrector_selection"] = scores
+    return cfg, val
 
 
 def _wandb_settings(cfg: Config, info: dict, rundir: RunDir) -> dict | None:
