@@ -31,9 +31,16 @@ def context() -> dict[str, Any]:
     import numpy
     import torch
 
-    ctx = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-           "machine": platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
-           "numpy": numpy.__version__, "loadavg_1min": round(os.getloadavg()[0], 2)}
+    ctx = {
+        "date": datetime.date.today().isoformat(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "loadavg_1min": round(os.getloadavg()[0], 2),
+    }
     try:
         import ray
 
@@ -60,8 +67,9 @@ def smoke(*overrides: str):
 def run_pipeline(loaded, name: str) -> dict:
     from ups import pipeline
 
-    return pipeline.run(loaded, pipeline.PipelineOptions(name=f"{name}-{int(time.time())}", storage=str(OUT),
-                                                         quiet=True))
+    return pipeline.run(
+        loaded, pipeline.PipelineOptions(name=f"{name}-{int(time.time())}", storage=str(OUT), quiet=True)
+    )
 
 
 def stage_rows(summary: dict, stage: str) -> list[dict]:

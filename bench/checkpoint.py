@@ -34,14 +34,18 @@ def measure(name: str, path: str, n_train: int) -> dict:
     frames = len(range(0, cfg.data.generate.frames, cfg.data.t_stride))
     h, b = cfg.stages.operator.rollout_horizon, cfg.training.batch_size
     torch.manual_seed(0)
-    module = OperatorObjective(LatentOperator(cfg.latent.tokens, cfg.latent.dim, cfg.model.operator),
-                               cfg.stages.operator.lambda_rollout)
+    module = OperatorObjective(
+        LatentOperator(cfg.latent.tokens, cfg.latent.dim, cfg.model.operator), cfg.stages.operator.lambda_rollout
+    )
     opt = build_optimizer(module, cfg.stages.operator.optimizer)
     ema = ema_model(module, cfg.training.ema_decay)
-    batch = {"z": torch.randn(b, h + 1, cfg.latent.tokens, cfg.latent.dim), "dt": torch.full((b,), 0.05),
-             "task": torch.zeros(b, dtype=torch.long)}
+    batch = {
+        "z": torch.randn(b, h + 1, cfg.latent.tokens, cfg.latent.dim),
+        "dt": torch.full((b,), 0.05),
+        "task": torch.zeros(b, dtype=torch.long),
+    }
     times = []
-    for i in range(8):
+    for _ in range(8):
         t0 = time.perf_counter()
         loss, _ = module(batch)
         loss.backward()
@@ -53,9 +57,14 @@ def measure(name: str, path: str, n_train: int) -> dict:
     steps_per_epoch = n_train * (frames - h) // b
     epoch_s = step_s * steps_per_epoch
 
-    state = {"model": module.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
-             "best_weights": {k: v.clone() for k, v in ema.module.state_dict().items()}, "rng": [rng_state()],
-             "progress": {"epoch": 1, "micro": 0}}
+    state = {
+        "model": module.state_dict(),
+        "optimizer": opt.state_dict(),
+        "ema": ema.state_dict(),
+        "best_weights": {k: v.clone() for k, v in ema.module.state_dict().items()},
+        "rng": [rng_state()],
+        "progress": {"epoch": 1, "micro": 0},
+    }
     saves, restores = [], []
     for _ in range(5):
         local, storage = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp()) / "ck"
@@ -70,16 +79,26 @@ def measure(name: str, path: str, n_train: int) -> dict:
         shutil.rmtree(storage.parent)
     save_s, restore_s = statistics.median(saves), statistics.median(restores)
     size = sum(t.numel() * t.element_size() for t in module.state_dict().values())
-    return {"recipe": name, "params_mb": round(size / 2**20, 2), "step_s": round(step_s, 4),
-            "steps_per_epoch": steps_per_epoch, "epoch_s": round(epoch_s, 2), "save_s": round(save_s, 4),
-            "restore_s": round(restore_s, 4), "save_fraction": round(save_s / epoch_s, 5),
-            "save_restore_fraction": round((save_s + restore_s) / epoch_s, 5)}
+    return {
+        "recipe": name,
+        "params_mb": round(size / 2**20, 2),
+        "step_s": round(step_s, 4),
+        "steps_per_epoch": steps_per_epoch,
+        "epoch_s": round(epoch_s, 2),
+        "save_s": round(save_s, 4),
+        "restore_s": round(restore_s, 4),
+        "save_fraction": round(save_s / epoch_s, 5),
+        "save_restore_fraction": round((save_s + restore_s) / epoch_s, 5),
+    }
 
 
 def main() -> None:
     torch.set_num_threads(1)
-    emit("checkpoint", {"results": [measure(n, p, t) for n, (p, t) in RECIPES.items()], "goal_fraction": 0.02},
-         setting={"torch_threads": 1, "storage": "local disk"})
+    emit(
+        "checkpoint",
+        {"results": [measure(n, p, t) for n, (p, t) in RECIPES.items()], "goal_fraction": 0.02},
+        setting={"torch_threads": 1, "storage": "local disk"},
+    )
 
 
 if __name__ == "__main__":

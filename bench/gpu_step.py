@@ -24,11 +24,22 @@ from ups.train.optim import build_optimizer, ema_model
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}  # dense, no sparsity
 
 RECIPES = {  # latent tokens x dim, operator width/depth/heads, global batch, rollout horizon
-    "burgers1d": ({"latent": {"tokens": 32, "dim": 32}, "model": {"operator": {"hidden": 128, "depth": 4, "heads": 4}},
-                   "stages": {"operator": {"rollout_horizon": 4}}}, 512),
-    "scale": ({"latent": {"tokens": 128, "dim": 128},
-               "model": {"operator": {"hidden": 512, "depth": 8, "heads": 8}},
-               "stages": {"operator": {"rollout_horizon": 4}}}, 256),
+    "burgers1d": (
+        {
+            "latent": {"tokens": 32, "dim": 32},
+            "model": {"operator": {"hidden": 128, "depth": 4, "heads": 4}},
+            "stages": {"operator": {"rollout_horizon": 4}},
+        },
+        512,
+    ),
+    "scale": (
+        {
+            "latent": {"tokens": 128, "dim": 128},
+            "model": {"operator": {"hidden": 512, "depth": 8, "heads": 8}},
+            "stages": {"operator": {"rollout_horizon": 4}},
+        },
+        256,
+    ),
 }
 
 
@@ -43,14 +54,18 @@ def run(recipe: str, dtype: str, compiled: bool | str, steps: int) -> dict:
     h = cfg.stages.operator.rollout_horizon
     torch.manual_seed(0)
     dev = torch.device("cuda")
-    module = OperatorObjective(LatentOperator(cfg.latent.tokens, cfg.latent.dim, cfg.model.operator),
-                               cfg.stages.operator.lambda_rollout).to(dev)
+    module = OperatorObjective(
+        LatentOperator(cfg.latent.tokens, cfg.latent.dim, cfg.model.operator), cfg.stages.operator.lambda_rollout
+    ).to(dev)
     opt = build_optimizer(module, cfg.stages.operator.optimizer)
     ema = ema_model(module, cfg.training.ema_decay)
     mode = compiled if isinstance(compiled, str) else None
     model = torch.compile(module, mode=mode) if compiled else module
-    data = {"z": torch.randn(batch, h + 1, cfg.latent.tokens, cfg.latent.dim, device=dev),
-            "dt": torch.full((batch,), 0.05, device=dev), "task": torch.zeros(batch, dtype=torch.long, device=dev)}
+    data = {
+        "z": torch.randn(batch, h + 1, cfg.latent.tokens, cfg.latent.dim, device=dev),
+        "dt": torch.full((batch,), 0.05, device=dev),
+        "task": torch.zeros(batch, dtype=torch.long, device=dev),
+    }
     amp = dtype == "bf16"
 
     def step() -> None:
@@ -83,24 +98,40 @@ def run(recipe: str, dtype: str, compiled: bool | str, steps: int) -> dict:
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
     peak = peak_flops()
-    return {"recipe": recipe, "dtype": dtype, "compile": compiled, "batch": batch,
-            "params_m": round(sum(p.numel() for p in module.parameters()) / 1e6, 2),
-            "steps_per_s": round(1 / dt, 1), "samples_per_s": round(batch / dt), "tflops_per_s": round(flops / dt / 1e12, 1),
-            "mfu": round(flops / dt / peak, 4) if peak else None, "warmup_s": round(warmup_s, 1),
-            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+    return {
+        "recipe": recipe,
+        "dtype": dtype,
+        "compile": compiled,
+        "batch": batch,
+        "params_m": round(sum(p.numel() for p in module.parameters()) / 1e6, 2),
+        "steps_per_s": round(1 / dt, 1),
+        "samples_per_s": round(batch / dt),
+        "tflops_per_s": round(flops / dt / 1e12, 1),
+        "mfu": round(flops / dt / peak, 4) if peak else None,
+        "warmup_s": round(warmup_s, 1),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES))
-    ap.add_argument("--variants", nargs="+", default=["fp32", "bf16", "bf16+compile"],
-                    help="fp32 | bf16 | bf16+compile | bf16+reduce-overhead (CUDA graphs)")
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=["fp32", "bf16", "bf16+compile"],
+        help="fp32 | bf16 | bf16+compile | bf16+reduce-overhead (CUDA graphs)",
+    )
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     results = []
-    parse = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16+compile": ("bf16", True),
-             "bf16+reduce-overhead": ("bf16", "reduce-overhead")}
+    parse = {
+        "fp32": ("fp32", False),
+        "bf16": ("bf16", False),
+        "bf16+compile": ("bf16", True),
+        "bf16+reduce-overhead": ("bf16", "reduce-overhead"),
+    }
     for recipe in args.recipes:
         for dtype, compiled in (parse[v] for v in args.variants):
             results.append(run(recipe, dtype, compiled, args.steps))

@@ -79,10 +79,13 @@ def worker(config: dict) -> dict:
     startup_during, rate_during = passes(config["passes"])
     stop.set()
     t.join()
-    return {"ingest_startup_s_alone": round(startup_alone, 2), "ingest_batches_per_s_alone": round(rate_alone, 1),
-            "ingest_startup_s_while_training": round(startup_during, 2),
-            "ingest_batches_per_s_while_training": round(rate_during, 1),
-            "training_batches_per_s": round(train_rate, 1)}
+    return {
+        "ingest_startup_s_alone": round(startup_alone, 2),
+        "ingest_batches_per_s_alone": round(rate_alone, 1),
+        "ingest_startup_s_while_training": round(startup_during, 2),
+        "ingest_batches_per_s_while_training": round(rate_during, 1),
+        "training_batches_per_s": round(train_rate, 1),
+    }
 
 
 def main() -> None:
@@ -98,22 +101,41 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=100)
     ap.add_argument("--passes", type=int, default=3)
     args = ap.parse_args()
-    loaded = smoke("scaling.num_workers=1", "stages.autoencoder.epochs=1", "stages.operator.epochs=1",
-                   "stages.diffusion_residual.epochs=0", "stages.consistency_distill.epochs=0")
+    loaded = smoke(
+        "scaling.num_workers=1",
+        "stages.autoencoder.epochs=1",
+        "stages.operator.epochs=1",
+        "stages.diffusion_residual.epochs=0",
+        "stages.consistency_distill.epochs=0",
+    )
     summary = run_pipeline(loaded, "bench-ingest")  # builds the Parquet latent cache
     cache_uri = summary["latent_cache"]["uri"]
     cache = LatentCache(cache_uri, Storage(cache_uri).read_json("manifest.json"))
     files = [f"{cache.uri}/{f}" for f in cache.manifest["files"]["train"]] * args.repeat
     ds = ray.data.read_parquet(files).select_columns(["z"])
     rows = cache.manifest["rows"]["train"] * args.repeat
-    res = TorchTrainer(worker, train_loop_config={"cfg": to_dict(loaded.cfg), "passes": args.passes},
-                       datasets={"train": ds}, scaling_config=ray.train.ScalingConfig(num_workers=1),
-                       run_config=ray.train.RunConfig(name=f"ingest-{int(time.time())}", storage_path=str(OUT))).fit()
+    res = TorchTrainer(
+        worker,
+        train_loop_config={"cfg": to_dict(loaded.cfg), "passes": args.passes},
+        datasets={"train": ds},
+        scaling_config=ray.train.ScalingConfig(num_workers=1),
+        run_config=ray.train.RunConfig(name=f"ingest-{int(time.time())}", storage_path=str(OUT)),
+    ).fit()
     r = res.return_value
-    emit("ingest", {**r, "headroom": round(r["ingest_batches_per_s_while_training"] / r["training_batches_per_s"], 1),
-                    "goal": 5.0},
-         setting={"rows_per_pass": rows, "batch": loaded.cfg.training.batch_size,
-                  "row_shape_z": cache.manifest["shapes"]["z"], "passes": args.passes})
+    emit(
+        "ingest",
+        {
+            **r,
+            "headroom": round(r["ingest_batches_per_s_while_training"] / r["training_batches_per_s"], 1),
+            "goal": 5.0,
+        },
+        setting={
+            "rows_per_pass": rows,
+            "batch": loaded.cfg.training.batch_size,
+            "row_shape_z": cache.manifest["shapes"]["z"],
+            "passes": args.passes,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,9 @@ def bare_loop(cfg, frames: int, n_traj: int, steps: int) -> float:
 
     torch.manual_seed(0)
     scfg, h = cfg.stages.operator, cfg.stages.operator.rollout_horizon
-    module = OperatorObjective(LatentOperator(cfg.latent.tokens, cfg.latent.dim, cfg.model.operator),
-                               scfg.lambda_rollout)
+    module = OperatorObjective(
+        LatentOperator(cfg.latent.tokens, cfg.latent.dim, cfg.model.operator), scfg.lambda_rollout
+    )
     opt = build_optimizer(module, scfg.optimizer)
     ema = ema_model(module, cfg.training.ema_decay)
     z = torch.randn(n_traj, frames, cfg.latent.tokens, cfg.latent.dim)
@@ -64,8 +65,9 @@ def bare_in_fresh_process(overrides: list[str], frames: int, n_traj: int, steps:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     spec = {"overrides": overrides, "frames": frames, "n_traj": n_traj, "steps": steps, "n": n}
     args = ["--bare", json.dumps(spec)]
-    out = subprocess.run([sys.executable, __file__, *args], env=env, cwd=ROOT, check=True, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, *args], env=env, cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -81,8 +83,13 @@ def main() -> None:
         cfg = smoke(*spec["overrides"]).cfg
         print(json.dumps([bare_loop(cfg, spec["frames"], spec["n_traj"], spec["steps"]) for _ in range(spec["n"])]))
         return
-    overrides = ["scaling.num_workers=1", "stages.autoencoder.epochs=1", f"stages.operator.epochs={args.epochs}",
-                 "stages.diffusion_residual.epochs=0", "stages.consistency_distill.epochs=0"]
+    overrides = [
+        "scaling.num_workers=1",
+        "stages.autoencoder.epochs=1",
+        f"stages.operator.epochs={args.epochs}",
+        "stages.diffusion_residual.epochs=0",
+        "stages.consistency_distill.epochs=0",
+    ]
     loaded = smoke(*overrides)
     frames = len(range(0, loaded.cfg.data.generate.frames, loaded.cfg.data.t_stride))
     ray_sps, bare_sps = [], []
@@ -95,12 +102,26 @@ def main() -> None:
         bare_sps += bare_in_fresh_process(overrides, **spec, n=len(rows))
     ray_med, bare_med = statistics.median(ray_sps), statistics.median(bare_sps)
     spread = lambda xs: [round(min(xs), 1), round(max(xs), 1)]  # noqa: E731
-    emit("loop_overhead", {"ray_samples_per_s": round(ray_med, 1), "bare_samples_per_s": round(bare_med, 1),
-                           "ratio": round(ray_med / bare_med, 3), "goal": 0.97,
-                           "ray_range": spread(ray_sps), "bare_range": spread(bare_sps)},
-         setting={"stage": "operator", "workers": 1, "batch": loaded.cfg.training.batch_size,
-                  "rounds": args.rounds, "epochs_per_round": len(rows), "steps_per_epoch": per_epoch,
-                  "torch_threads": 1})
+    emit(
+        "loop_overhead",
+        {
+            "ray_samples_per_s": round(ray_med, 1),
+            "bare_samples_per_s": round(bare_med, 1),
+            "ratio": round(ray_med / bare_med, 3),
+            "goal": 0.97,
+            "ray_range": spread(ray_sps),
+            "bare_range": spread(bare_sps),
+        },
+        setting={
+            "stage": "operator",
+            "workers": 1,
+            "batch": loaded.cfg.training.batch_size,
+            "rounds": args.rounds,
+            "epochs_per_round": len(rows),
+            "steps_per_epoch": per_epoch,
+            "torch_threads": 1,
+        },
+    )
 
 
 if __name__ == "__main__":

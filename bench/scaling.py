@@ -20,9 +20,13 @@ def main() -> None:
     args = ap.parse_args()
     runs = {}
     for workers in (1, 2):
-        loaded = smoke(f"scaling.num_workers={workers}", "stages.autoencoder.epochs=2",
-                       f"stages.operator.epochs={args.epochs}", "stages.diffusion_residual.epochs=0",
-                       "stages.consistency_distill.epochs=0")
+        loaded = smoke(
+            f"scaling.num_workers={workers}",
+            "stages.autoencoder.epochs=2",
+            f"stages.operator.epochs={args.epochs}",
+            "stages.diffusion_residual.epochs=0",
+            "stages.consistency_distill.epochs=0",
+        )
         runs[workers] = stage_rows(run_pipeline(loaded, f"bench-scaling-{workers}w"), "operator")
     target = max(min(r["val_rollout_nrmse"] for r in rows) for rows in runs.values())
 
@@ -35,10 +39,18 @@ def main() -> None:
         return float("nan")
 
     sps = {w: sorted(r["samples_per_s"] for r in rows[1:])[len(rows[1:]) // 2] for w, rows in runs.items()}
-    emit("scaling", {"samples_per_s_1w": sps[1], "samples_per_s_2w": sps[2], "throughput_ratio": round(sps[2] / sps[1], 3),
-                     "target_val_rollout_nrmse": round(target, 5), "time_to_target_s_1w": time_to_target(runs[1]),
-                     "time_to_target_s_2w": time_to_target(runs[2])},
-         setting={"stage": "operator", "epochs": args.epochs, "global_batch": 32})
+    emit(
+        "scaling",
+        {
+            "samples_per_s_1w": sps[1],
+            "samples_per_s_2w": sps[2],
+            "throughput_ratio": round(sps[2] / sps[1], 3),
+            "target_val_rollout_nrmse": round(target, 5),
+            "time_to_target_s_1w": time_to_target(runs[1]),
+            "time_to_target_s_2w": time_to_target(runs[2]),
+        },
+        setting={"stage": "operator", "epochs": args.epochs, "global_batch": 32},
+    )
 
 
 if __name__ == "__main__":

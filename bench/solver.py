@@ -50,9 +50,12 @@ def main() -> None:
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
     results = [run(args.batch, d, t) for d in args.dtypes for t in args.threads]
-    emit("burgers_solver", {"results": results},
-         setting={"Nu": NU, "cells": N_CELLS, "frames": N_FRAMES, "t_end": T_END, "ic": "pdebench init_multi"},
-         loadavg_1min_before=round(load_before, 2))
+    emit(
+        "burgers_solver",
+        {"results": results},
+        setting={"Nu": NU, "cells": N_CELLS, "frames": N_FRAMES, "t_end": T_END, "ic": "pdebench init_multi"},
+        loadavg_1min_before=round(load_before, 2),
+    )
 
 
 if __name__ == "__main__":

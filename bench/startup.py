@@ -29,14 +29,39 @@ def main() -> None:
     name = f"bench-startup-{int(time.time())}"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "ray_jobs.train", "--config", "tests/configs/tiny.yaml", "--set",
-                    f"data.path={data}", "--set", "stages.operator.epochs=1", "--name", name, "--storage", str(OUT)],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ray_jobs.train",
+            "--config",
+            "tests/configs/tiny.yaml",
+            "--set",
+            f"data.path={data}",
+            "--set",
+            "stages.operator.epochs=1",
+            "--name",
+            name,
+            "--storage",
+            str(OUT),
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     total = time.time() - t0
     ae = json.loads((OUT / name / "summary.json").read_text())["stages"]["autoencoder"]
-    emit("startup", {"command_to_first_step_s": round(ae["first_step_unix"] - t0, 2), "goal_s": 15.0,
-                     "stage_phases_s": ae["phases_s"], "whole_tiny_run_s": round(total, 1)},
-         setting={"recipe": "tests/configs/tiny.yaml", "workers": 2})
+    emit(
+        "startup",
+        {
+            "command_to_first_step_s": round(ae["first_step_unix"] - t0, 2),
+            "goal_s": 15.0,
+            "stage_phases_s": ae["phases_s"],
+            "whole_tiny_run_s": round(total, 1),
+        },
+        setting={"recipe": "tests/configs/tiny.yaml", "workers": 2},
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from ups.config import ConfigError, LoadedConfig, load_config
 from ups.run import default_name
@@ -14,11 +14,21 @@ from ups.run import default_name
 def parser(job: str, description: str, *, config_required: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m ray_jobs.{job}", description=description)
     p.add_argument("--config", required=config_required, metavar="PATH", help="YAML config (may `include:` others)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override a dotted key with a YAML value; repeatable")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a dotted key with a YAML value; repeatable",
+    )
     p.add_argument("--name", help="run name (default: config name + UTC time); the same name resumes the run")
-    p.add_argument("--storage", default="runs", metavar="PATH_OR_URI",
-                   help="where runs live: a folder, or s3://, gs://, file:// (default: runs/)")
+    p.add_argument(
+        "--storage",
+        default="runs",
+        metavar="PATH_OR_URI",
+        help="where runs live: a folder, or s3://, gs://, file:// (default: runs/)",
+    )
     return p
 
 

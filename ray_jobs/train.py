@@ -15,8 +15,11 @@ from ray_jobs._cli import load, parser, user_errors
 def main() -> int:
     p = parser("train", __doc__.splitlines()[0])
     p.add_argument("--restart", action="store_true", help="config changed: move the old run aside and start over")
-    p.add_argument("--accept-config-change", action="store_true",
-                   help="config changed: keep finished stages and continue under the new config")
+    p.add_argument(
+        "--accept-config-change",
+        action="store_true",
+        help="config changed: keep finished stages and continue under the new config",
+    )
     p.add_argument("--validate-only", action="store_true", help="check config and data, print the resolved config")
     args = p.parse_args()
     loaded, name = load(args)
@@ -30,8 +33,12 @@ def main() -> int:
         print(to_yaml(loaded.cfg) + f"# digest: {digest(loaded.cfg)}")
         return 0
     try:
-        pipeline.run(loaded, pipeline.PipelineOptions(name=name, storage=args.storage, restart=args.restart,
-                                                      accept_config_change=args.accept_config_change))
+        pipeline.run(
+            loaded,
+            pipeline.PipelineOptions(
+                name=name, storage=args.storage, restart=args.restart, accept_config_change=args.accept_config_change
+            ),
+        )
     except pipeline.Preempted as e:
         print(f"preempted: {e}", file=sys.stderr)
         return 143  # 128 + SIGTERM: not finished, state saved

@@ -22,8 +22,11 @@ def main() -> int:
     from ups import sweep
 
     summary = sweep.run(loaded, name, args.storage)
-    print(json.dumps({k: summary[k] for k in ("sweep", "family", "promoted", "gate", "champion_test")}, indent=2,
-                     default=str))
+    print(
+        json.dumps(
+            {k: summary[k] for k in ("sweep", "family", "promoted", "gate", "champion_test")}, indent=2, default=str
+        )
+    )
     return 0
 
 

@@ -18,8 +18,12 @@ sys.path.insert(0, str(ROOT))
 
 from ups.runtime import _LOCAL_ENV  # noqa: E402
 
-for _k, _v in {**_LOCAL_ENV, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30", "WANDB_MODE": "offline",
-               "WANDB_SILENT": "true"}.items():
+for _k, _v in {
+    **_LOCAL_ENV,
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30",
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+}.items():
     os.environ.setdefault(_k, _v)
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("WANDB_API_KEY", None)
@@ -34,8 +38,14 @@ def ray_session():
     from ups.config import Config
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False,
-                 log_to_driver=True)
+        ray.init(
+            address="local",
+            num_cpus=4,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            configure_logging=False,
+            log_to_driver=True,
+        )
     runtime.configure_data(Config(), local=True)
     yield ray
     ray.shutdown()
@@ -55,7 +65,6 @@ def smoke_data(tmp_path_factory) -> Path:
     else:
         generate(cfg.data.generate, str(path), progress=lambda _: None)
     return path
-
 
 
 @dataclass
@@ -78,8 +87,10 @@ def tiny_reference(ray_session, smoke_data, tmp_path_factory) -> SubmittedRun:
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray 2.59+ local heads require the token
     jobs = JobSubmissionClient(f"http://{get_dashboard_url()}")
     # The job's interpreter is this virtualenv's; on a cluster it is the image's `python`.
-    entry = (f"{sys.executable} -m ray_jobs.train --config tests/configs/tiny.yaml --set data.path={smoke_data} "
-             f"--name reference --storage file://{runs}")
+    entry = (
+        f"{sys.executable} -m ray_jobs.train --config tests/configs/tiny.yaml --set data.path={smoke_data} "
+        f"--name reference --storage file://{runs}"
+    )
     runtime_env = {"working_dir": str(ROOT), **yaml.safe_load((ROOT / "runtime_env.yaml").read_text())}
     job = jobs.submit_job(entrypoint=entry, runtime_env=runtime_env)
     end = time.time() + 600

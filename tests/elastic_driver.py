@@ -33,14 +33,22 @@ def free_port() -> int:
 
 def main(data: str, storage: str) -> None:
     # Its own dashboard port: the suite's session Ray already holds the default 8265.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True,
-                                                            "dashboard_port": free_port()})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True, "dashboard_port": free_port()}
+    )
     nodes = [cluster.add_node(num_cpus=1, resources={"worker_slot": 1}) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=True)
-    loaded = load_config(ROOT / "tests" / "configs" / "tiny.yaml", [
-        f"data.path={data}", "scaling.num_workers=[1, 2]", "scaling.resources={worker_slot: 1}",
-        "scaling.elastic_resize_interval_s=5", "checkpoint.every_steps=5"])
+    loaded = load_config(
+        ROOT / "tests" / "configs" / "tiny.yaml",
+        [
+            f"data.path={data}",
+            "scaling.num_workers=[1, 2]",
+            "scaling.resources={worker_slot: 1}",
+            "scaling.elastic_resize_interval_s=5",
+            "checkpoint.every_steps=5",
+        ],
+    )
     out: dict = {}
 
     def train() -> None:
@@ -58,13 +66,21 @@ def main(data: str, storage: str) -> None:
     cluster.remove_node(nodes[1])  # a worker node goes away mid-stage (from the main thread)
     t.join(timeout=600)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] if out.get("summary") else []
-    print("ELASTIC " + json.dumps({
-        "error": out.get("error"),
-        "stages": {k: {"world_sizes": v.get("world_sizes"), "restarts": v.get("restarts"), "status": v.get("status")}
-                   for k, v in (out.get("summary") or {}).get("stages", {}).items()},
-        "world_sizes": [[r["stage"], r["epoch"], r["world_size"]] for r in rows],
-        "eval_nRMSE": (out.get("summary") or {}).get("eval", {}).get("nRMSE"),
-    }), flush=True)
+    print(
+        "ELASTIC "
+        + json.dumps(
+            {
+                "error": out.get("error"),
+                "stages": {
+                    k: {"world_sizes": v.get("world_sizes"), "restarts": v.get("restarts"), "status": v.get("status")}
+                    for k, v in (out.get("summary") or {}).get("stages", {}).items()
+                },
+                "world_sizes": [[r["stage"], r["epoch"], r["world_size"]] for r in rows],
+                "eval_nRMSE": (out.get("summary") or {}).get("eval", {}).get("nRMSE"),
+            }
+        ),
+        flush=True,
+    )
     ray.shutdown()
     cluster.shutdown()
 

@@ -12,13 +12,26 @@ import torch
 
 from ups.config import OptimizerConfig, SchedulerConfig
 from ups.train.optim import LRSchedule, build_optimizer, ema_model
-from ups.train.state import CorruptCheckpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state, \
-    tensors_sha256, verify_checkpoint
+from ups.train.state import (
+    CorruptCheckpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    tensors_sha256,
+    verify_checkpoint,
+)
 
 
 def state_of(model, opt, sched, ema):
-    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "ema": ema.state_dict(), "rng": [rng_state()], "progress": {"epoch": 3, "micro": 7}}
+    return {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "ema": ema.state_dict(),
+        "rng": [rng_state()],
+        "progress": {"epoch": 3, "micro": 7},
+    }
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon", "sgd"])

@@ -17,8 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.ray
 def test_node_removed_mid_run_completes_with_fewer_workers(smoke_data, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "elastic_driver.py"), str(smoke_data), str(tmp_path)],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "elastic_driver.py"), str(smoke_data), str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("ELASTIC ")), None)
     assert line, (r.stdout + r.stderr)[-4000:]
     result = json.loads(line.removeprefix("ELASTIC "))

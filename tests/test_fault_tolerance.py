@@ -49,8 +49,19 @@ def storage(tmp_path_factory) -> Path:
 
 
 def driver(name: str, storage: Path, smoke_data: Path) -> list[str]:
-    return [sys.executable, "-m", "ray_jobs.train", "--config", str(TINY), "--set", f"data.path={smoke_data}",
-            "--name", name, "--storage", str(storage)]
+    return [
+        sys.executable,
+        "-m",
+        "ray_jobs.train",
+        "--config",
+        str(TINY),
+        "--set",
+        f"data.path={smoke_data}",
+        "--name",
+        name,
+        "--storage",
+        str(storage),
+    ]
 
 
 def driver_env(ray_session) -> dict:
@@ -63,8 +74,10 @@ def alive(class_name: str, other_jobs: bool = False) -> list:
     from ray.util.state import list_actors
 
     # The session's own address: left to itself the state API may find another test's (stopped) head.
-    actors = list_actors(address=ray.get_runtime_context().gcs_address,
-                         filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
+    actors = list_actors(
+        address=ray.get_runtime_context().gcs_address,
+        filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")],
+    )
     mine = ray.get_runtime_context().get_job_id()
     return [a for a in actors if a.job_id != mine] if other_jobs else actors
 
@@ -75,8 +88,9 @@ def newest_registered(run: Path, stage: str) -> Path:
     return run / "ray" / stage / snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
 
 
-def test_one_run_survives_worker_kill_preemption_driver_kill_and_corruption(ray_session, tiny_reference, smoke_data,
-                                                                            storage):
+def test_one_run_survives_worker_kill_preemption_driver_kill_and_corruption(
+    ray_session, tiny_reference, smoke_data, storage
+):
     """One run, four blows, same weights as the uninterrupted reference (a submitted job):
     1. a training worker SIGKILLed mid-autoencoder -> Ray restarts the group from the last checkpoint;
     2. SIGTERM to the driver mid-operator -> just-in-time checkpoint, exit 143;

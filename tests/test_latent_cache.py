@@ -17,8 +17,13 @@ from ups.train.state import tensors_sha256, to_bytes
 
 @pytest.mark.ray
 def test_cache_reused_and_invalidated(ray_session, smoke_data, tmp_path):
-    cfg = Config.model_validate({"data": {"path": str(smoke_data), "max_samples": 24}, "latent": {"tokens": 4, "dim": 8},
-                                 "model": {"encoder": {"hidden": 16, "heads": 2}}})
+    cfg = Config.model_validate(
+        {
+            "data": {"path": str(smoke_data), "max_samples": 24},
+            "latent": {"tokens": 4, "dim": 8},
+            "model": {"encoder": {"hidden": 16, "heads": 2}},
+        }
+    )
     tasks = views.load_tasks(cfg.data)
     meta = views.DataMeta.from_tasks(tasks, 4)
     run = Storage(str(tmp_path / "run"))

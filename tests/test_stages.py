@@ -17,22 +17,33 @@ from ups.train.shard import Trajectories
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny") / "burgers.h5"
-    generate(GenerateConfig(nu=0.02, samples=24, resolution=32, frames=9, t_end=0.8, seed=1, chunk_size=24),
-             str(path), progress=lambda _: None)
-    cfg = Config.model_validate({
-        "data": {"path": str(path), "initial_step": 2, "test_fraction": 0.1, "val_fraction": 0.2},
-        "latent": {"tokens": 4, "dim": 8},
-        "model": {"encoder": {"patch_size": 4, "hidden": 16, "depth": 1, "heads": 2, "frequencies": 3},
-                  "decoder": {"hidden": 16, "depth": 1, "heads": 2, "frequencies": 4},
-                  "operator": {"hidden": 16, "depth": 1, "heads": 2},
-                  "denoiser": {"hidden": 16, "depth": 1, "heads": 2},
-                  "steady": {"hidden": 16, "depth": 1, "heads": 2, "steps": 2}},
-        "stages": {"diffusion_residual": {"sample_steps": 2}, "consistency_distill": {"num_scales": 6}}})
+    generate(
+        GenerateConfig(nu=0.02, samples=24, resolution=32, frames=9, t_end=0.8, seed=1, chunk_size=24),
+        str(path),
+        progress=lambda _: None,
+    )
+    cfg = Config.model_validate(
+        {
+            "data": {"path": str(path), "initial_step": 2, "test_fraction": 0.1, "val_fraction": 0.2},
+            "latent": {"tokens": 4, "dim": 8},
+            "model": {
+                "encoder": {"patch_size": 4, "hidden": 16, "depth": 1, "heads": 2, "frequencies": 3},
+                "decoder": {"hidden": 16, "depth": 1, "heads": 2, "frequencies": 4},
+                "operator": {"hidden": 16, "depth": 1, "heads": 2},
+                "denoiser": {"hidden": 16, "depth": 1, "heads": 2},
+                "steady": {"hidden": 16, "depth": 1, "heads": 2, "steps": 2},
+            },
+            "stages": {"diffusion_residual": {"sample_steps": 2}, "consistency_distill": {"num_scales": 6}},
+        }
+    )
     tasks = views.load_tasks(cfg.data)
     meta = views.DataMeta.from_tasks(tasks, cfg.data.initial_step)
     t = tasks[0]
-    rows = lambda s: Trajectories(torch.as_tensor(t.splits[s]), torch.zeros(len(t.splits[s]), dtype=torch.long),  # noqa: E731
-                                  u=torch.as_tensor(t.u[t.splits[s]]))
+    rows = lambda s: Trajectories(
+        torch.as_tensor(t.splits[s]),
+        torch.zeros(len(t.splits[s]), dtype=torch.long),  # noqa: E731
+        u=torch.as_tensor(t.u[t.splits[s]]),
+    )
     return cfg, meta, rows("train"), rows("val")
 
 
@@ -75,8 +86,12 @@ def test_every_stage_learns_and_hands_over(tiny):
     assert falls(losses, 0.5) and v1 < v0, (losses[:3], losses[-3:], v0, v1)
     handoff["autoencoder"] = stage.export(ae)
     with torch.no_grad():  # the latent cache, in memory
-        enc = lambda tr: Trajectories(tr.idx, tr.task, u=tr.u,  # noqa: E731
-                                      z=torch.stack([ae.encoder(traj) for traj in tr.u]))
+        enc = lambda tr: Trajectories(
+            tr.idx,
+            tr.task,
+            u=tr.u,  # noqa: E731
+            z=torch.stack([ae.encoder(traj) for traj in tr.u]),
+        )
         train, val = enc(train), enc(val)
 
     stage, op, losses, v0, v1 = run_stage("operator", cfg, meta, handoff, train, val, 300, lr=1e-3)

@@ -69,9 +69,25 @@ def test_identical_rerun_is_refused_and_champion_unchanged(first, smoke_data, st
 
 
 def test_interrupted_better_sweep_resumes_and_is_promoted(first, ray_session, smoke_data, storage):
-    cmd = [sys.executable, "-m", "ray_jobs.tune", "--config", str(SWEEP), "--name", "s2", "--storage", str(storage),
-           "--set", f"data.path={smoke_data}", "--set", "sweep.space={model.decoder.depth: {grid: [2]}}",
-           "--set", "stages.autoencoder.epochs=3", "--set", "stages.operator.epochs=4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ray_jobs.tune",
+        "--config",
+        str(SWEEP),
+        "--name",
+        "s2",
+        "--storage",
+        str(storage),
+        "--set",
+        f"data.path={smoke_data}",
+        "--set",
+        "sweep.space={model.decoder.depth: {grid: [2]}}",
+        "--set",
+        "stages.autoencoder.epochs=3",
+        "--set",
+        "stages.operator.epochs=4",
+    ]
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "PYTHONPATH": str(ROOT)}
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     trials = storage / "s2" / "trials"

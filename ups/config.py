@@ -10,10 +10,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -253,8 +253,10 @@ class ScalingConfig(_Section):
             if v < 1:
                 raise ValueError(f"must be >= 1 (got {v})")
             return v
-        if isinstance(v, (list, tuple)) and len(v) == 2 and all(
-            isinstance(n, int) and not isinstance(n, bool) for n in v
+        if (
+            isinstance(v, (list, tuple))
+            and len(v) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in v)
         ):
             lo, hi = v
             if not 1 <= lo <= hi:
@@ -467,7 +469,7 @@ def _leaves(d: dict, prefix: str = "") -> list[str]:
 def _load_file(path: Path, stack: tuple[Path, ...], sources: dict[str, str]) -> dict:
     shown = _show(path)
     if path in stack:
-        cycle = " -> ".join(_show(p) for p in (*stack[stack.index(path):], path))
+        cycle = " -> ".join(_show(p) for p in (*stack[stack.index(path) :], path))
         raise ConfigError(f"{shown}: include cycle: {cycle}")
     raw = _read_yaml(path, shown)
     includes = raw.pop("include", None)
@@ -512,7 +514,7 @@ def apply_override(tree: dict, item: str, sources: dict[str, str]) -> dict:
         if nxt is None:
             nxt = node[p] = {}
         elif not isinstance(nxt, dict):
-            raise ConfigError(f"--set {key}: '{'.'.join(parts[:i + 1])}' is not a section")
+            raise ConfigError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")
         node = nxt
     node[parts[-1]] = value
     for k in [key] + ([f"{key}.{leaf}" for leaf in _leaves(value)] if isinstance(value, dict) else []):
@@ -589,7 +591,9 @@ def _known_keys(dotted_parent: str) -> list[str]:
     for part in filter(None, dotted_parent.split(".")):
         field = model.model_fields.get(part)
         ann = getattr(field, "annotation", None) if field else None
-        ann = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        ann = next(
+            (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        )
         if ann is None:
             return []
         model = ann
@@ -627,5 +631,3 @@ def diff(a: Config, b: Config) -> list[str]:
 
     fa, fb = flat(to_dict(a)), flat(to_dict(b))
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k) and not k.startswith(_NOT_DIGESTED))
-
-

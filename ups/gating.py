@@ -20,8 +20,9 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from ups.config import Config, GateConfig
 from ups.data.views import DataMeta
@@ -36,8 +37,10 @@ def family_of(cfg: Config, meta: DataMeta) -> str:
         return cfg.gate.family
     grid = "x".join(str(n) for n in meta.spatial_shape)
     d = cfg.data
-    name = (f"{'+'.join(meta.tasks)}-g{grid}-t{meta.frames}-in{d.initial_step}"
-            f"-test{d.test_fraction:g}-val{d.val_fraction:g}")
+    name = (
+        f"{'+'.join(meta.tasks)}-g{grid}-t{meta.frames}-in{d.initial_step}"
+        f"-test{d.test_fraction:g}-val{d.val_fraction:g}"
+    )
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", name)
 
 

@@ -42,8 +42,14 @@ def fields_table(tasks: list[Task], splits: tuple[str, ...]) -> pa.Table:
             u.append(t.u[rows])
         offset += len(t.u)
     u_all = np.ascontiguousarray(np.concatenate(u)).astype(np.float32)
-    return pa.table({"idx": np.concatenate(idx).astype(np.int64), "task": np.concatenate(task),
-                     "split": pa.array(split_col), "u": pa.FixedShapeTensorArray.from_numpy_ndarray(u_all)})
+    return pa.table(
+        {
+            "idx": np.concatenate(idx).astype(np.int64),
+            "task": np.concatenate(task),
+            "split": pa.array(split_col),
+            "u": pa.FixedShapeTensorArray.from_numpy_ndarray(u_all),
+        }
+    )
 
 
 def fields_dataset(tasks: list[Task], split: str) -> ray.data.Dataset:
@@ -63,8 +69,9 @@ class Encode:
     def __init__(self, export_uri: str, cfg: dict, meta: dict, out_uri: str):
         cfg_, meta_ = Config.model_validate(cfg), DataMeta.from_dict(meta)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.encoder = GridEncoder(torch.as_tensor(meta_.grid), meta_.channels, cfg_.latent.tokens, cfg_.latent.dim,
-                                   cfg_.model.encoder)
+        self.encoder = GridEncoder(
+            torch.as_tensor(meta_.grid), meta_.channels, cfg_.latent.tokens, cfg_.latent.dim, cfg_.model.encoder
+        )
         self.encoder.load_state_dict(from_bytes(Storage(export_uri).read_bytes())["tensors"]["encoder"])
         self.encoder.to(self.device).eval()
         self.out = Storage(out_uri)
@@ -77,9 +84,14 @@ class Encode:
         files, counts, splits = [], [], []
         for split in sorted(set(batch["split"].tolist())):
             m = batch["split"] == split
-            table = pa.table({"idx": batch["idx"][m], "task": batch["task"][m],
-                              "z": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(z[m])),
-                              "u": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(u[m]))})
+            table = pa.table(
+                {
+                    "idx": batch["idx"][m],
+                    "task": batch["task"][m],
+                    "z": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(z[m])),
+                    "u": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(u[m])),
+                }
+            )
             name = f"part-{int(batch['idx'][m][0]):010d}.parquet"
             self.out.makedirs(split)
             pq.write_table(table, self.out.path(split, name), filesystem=self.out.fs)
@@ -101,11 +113,22 @@ class LatentCache:
         return ds.drop_columns(["u"]) if split == "train" else ds
 
 
-def build_or_reuse(run: Storage, tasks: list[Task], meta: DataMeta, cfg: Config, encoder_export_uri: str,
-                   encoder_sha256: str, data_sha256: str) -> tuple[LatentCache, bool]:
+def build_or_reuse(
+    run: Storage,
+    tasks: list[Task],
+    meta: DataMeta,
+    cfg: Config,
+    encoder_export_uri: str,
+    encoder_sha256: str,
+    data_sha256: str,
+) -> tuple[LatentCache, bool]:
     """Return the run's cache and whether it was reused."""
-    expect = {"format": FORMAT, "encoder_sha256": encoder_sha256, "data_sha256": data_sha256,
-              "latent": [cfg.latent.tokens, cfg.latent.dim]}
+    expect = {
+        "format": FORMAT,
+        "encoder_sha256": encoder_sha256,
+        "data_sha256": data_sha256,
+        "latent": [cfg.latent.tokens, cfg.latent.dim],
+    }
     if run.exists(CACHE_DIR, MANIFEST):
         manifest = run.read_json(CACHE_DIR, MANIFEST)
         if all(manifest.get(k) == v for k, v in expect.items()):
@@ -114,17 +137,39 @@ def build_or_reuse(run: Storage, tasks: list[Task], meta: DataMeta, cfg: Config,
     t0 = time.perf_counter()
     tmp = f"{CACHE_DIR}.tmp-{uuid.uuid4().hex[:8]}"
     # One Ray Data job for all splits (one encoder actor start); the actor writes the files.
-    written = ray.data.from_arrow(fields_table(tasks, SPLITS)).map_batches(
-        Encode, fn_constructor_kwargs={"export_uri": encoder_export_uri, "cfg": cfg.model_dump(mode="json"),
-                                       "meta": meta.to_dict(), "out_uri": run.uri_of(tmp)},
-        batch_size=ENCODE_BATCH, compute=ray.data.ActorPoolStrategy(size=1), batch_format="numpy",
-        num_gpus=1 if cfg.scaling.use_gpu else 0, num_cpus=0 if cfg.scaling.use_gpu else 1).take_all()
+    written = (
+        ray.data.from_arrow(fields_table(tasks, SPLITS))
+        .map_batches(
+            Encode,
+            fn_constructor_kwargs={
+                "export_uri": encoder_export_uri,
+                "cfg": cfg.model_dump(mode="json"),
+                "meta": meta.to_dict(),
+                "out_uri": run.uri_of(tmp),
+            },
+            batch_size=ENCODE_BATCH,
+            compute=ray.data.ActorPoolStrategy(size=1),
+            batch_format="numpy",
+            num_gpus=1 if cfg.scaling.use_gpu else 0,
+            num_cpus=0 if cfg.scaling.use_gpu else 1,
+        )
+        .take_all()
+    )
     files = {split: sorted(r["file"] for r in written if r["split"] == split) for split in SPLITS}
     rows = {split: sum(int(r["rows"]) for r in written if r["split"] == split) for split in SPLITS}
-    manifest = {**expect, "files": files, "normalizers": [n.to_dict() for n in meta.normalizers], "tasks": meta.tasks,
-                "shapes": {"z": [meta.frames, cfg.latent.tokens, cfg.latent.dim],
-                           "u": [meta.frames, *meta.spatial_shape, meta.channels]},
-                "dtype": "float32", "rows": rows, "build_time_s": round(time.perf_counter() - t0, 2)}
+    manifest = {
+        **expect,
+        "files": files,
+        "normalizers": [n.to_dict() for n in meta.normalizers],
+        "tasks": meta.tasks,
+        "shapes": {
+            "z": [meta.frames, cfg.latent.tokens, cfg.latent.dim],
+            "u": [meta.frames, *meta.spatial_shape, meta.channels],
+        },
+        "dtype": "float32",
+        "rows": rows,
+        "build_time_s": round(time.perf_counter() - t0, 2),
+    }
     run.write_json(manifest, tmp, MANIFEST)
     run.delete_dir(CACHE_DIR)
     run.move((tmp,), (CACHE_DIR,))

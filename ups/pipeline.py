@@ -10,7 +10,6 @@ it and resumes the interrupted stage from its newest valid checkpoint.
 
 from __future__ import annotations
 
-
 import os
 import threading
 import time
@@ -54,12 +53,13 @@ def preflight(loaded: C.LoadedConfig) -> dict[str, FileInfo | None]:
     for s in active:
         for need in STAGES[s].needs:
             if need not in active:
-                raise ConfigError(f"{where(f'stages.{s}.epochs')}: stages.{s} needs stages.{need}, "
-                                  f"which has 0 epochs")
+                raise ConfigError(f"{where(f'stages.{s}.epochs')}: stages.{s} needs stages.{need}, which has 0 epochs")
     for s in ("autoencoder", "operator"):
         if s not in active:
-            raise ConfigError(f"{where(f'stages.{s}.epochs')}: stages.{s}.epochs must be > 0 "
-                              f"(every surrogate needs an encoder and an operator)")
+            raise ConfigError(
+                f"{where(f'stages.{s}.epochs')}: stages.{s}.epochs must be > 0 "
+                f"(every surrogate needs an encoder and an operator)"
+            )
     infos: dict[str, FileInfo | None] = {}
     for path in cfg.data.paths:
         if not os.path.exists(path) and cfg.data.generate is not None:
@@ -69,8 +69,10 @@ def preflight(loaded: C.LoadedConfig) -> dict[str, FileInfo | None]:
     grid = _grid_shape(cfg, infos)
     p = cfg.model.encoder.patch_size
     if any(n % p for n in grid):
-        raise ConfigError(f"{where('model.encoder.patch_size')}: model.encoder.patch_size={p} does not divide "
-                          f"the grid {grid} (after data.x_stride={cfg.data.x_stride})")
+        raise ConfigError(
+            f"{where('model.encoder.patch_size')}: model.encoder.patch_size={p} does not divide "
+            f"the grid {grid} (after data.x_stride={cfg.data.x_stride})"
+        )
     _check_batches(cfg, infos, where)
     return infos
 
@@ -88,8 +90,10 @@ def _check_batches(cfg: Config, infos: dict[str, FileInfo | None], where) -> Non
         n = min(n, cfg.data.max_samples or n)
         splits = views.split_indices(n, cfg.data.test_fraction, cfg.data.val_fraction)
         if len(splits["val"]) == 0 or len(splits["train"]) == 0:
-            raise ConfigError(f"{where('data.val_fraction')}: {n} samples leave an empty split "
-                              f"(train {len(splits['train'])}, val {len(splits['val'])})")
+            raise ConfigError(
+                f"{where('data.val_fraction')}: {n} samples leave an empty split "
+                f"(train {len(splits['train'])}, val {len(splits['val'])})"
+            )
         n_train += len(splits["train"])
         frames = len(range(0, t, cfg.data.t_stride))
     b = cfg.training.batch_size
@@ -101,8 +105,10 @@ def _check_batches(cfg: Config, infos: dict[str, FileInfo | None], where) -> Non
         for world in cfg.scaling.world_sizes:
             have = (n_train // world) * per_traj
             if have < b // world:
-                raise ConfigError(f"{where('training.batch_size')}: training.batch_size={b} needs {b // world} "
-                                  f"samples per worker, but stage {s} has {have} at world size {world}")
+                raise ConfigError(
+                    f"{where('training.batch_size')}: training.batch_size={b} needs {b // world} "
+                    f"samples per worker, but stage {s} has {have} at world size {world}"
+                )
 
 
 # -- The run ------------------------------------------------------------------------------------
@@ -145,9 +151,19 @@ def run(loaded: C.LoadedConfig, opts: PipelineOptions) -> dict[str, Any]:
             cache = _latent_datasets(_latent_cache(rundir, tasks, meta, cfg, summary, data_sha, say))
         datasets = _datasets(stage_cls.inputs, tasks, cache)
         say(f"== {name}: {scfg.epochs} epochs on {cfg.scaling.num_workers} worker(s)")
-        summary["stages"][name] = _run_stage(name, cfg, info, meta, rundir, summary, datasets, wandb,
-                                             opts.accept_config_change, stopper.name,
-                                             (opts.stage_callbacks or {}).get(name, []))
+        summary["stages"][name] = _run_stage(
+            name,
+            cfg,
+            info,
+            meta,
+            rundir,
+            summary,
+            datasets,
+            wandb,
+            opts.accept_config_change,
+            stopper.name,
+            (opts.stage_callbacks or {}).get(name, []),
+        )
         rundir.write_summary(summary)
         if summary["stages"][name]["status"] == "interrupted":
             raise Preempted(f"stage {name} stopped on request and checkpointed; run the same command to resume")
@@ -195,14 +211,19 @@ def _latent_cache(rundir: RunDir, tasks, meta, cfg, summary, data_sha, say):
     ae = summary["stages"]["autoencoder"]
     t0 = time.perf_counter()
     cache, reused = build_or_reuse(rundir.dir, tasks, meta, cfg, ae["export"], ae["weights_sha256"], data_sha)
-    summary["latent_cache"] = {"uri": cache.uri, "reused": reused, "rows": cache.manifest["rows"],
-                               "encoder_sha256": ae["weights_sha256"]}
+    summary["latent_cache"] = {
+        "uri": cache.uri,
+        "reused": reused,
+        "rows": cache.manifest["rows"],
+        "encoder_sha256": ae["weights_sha256"],
+    }
     say(f"== latent cache: {'reused' if reused else 'built'} at {cache.uri} ({time.perf_counter() - t0:.1f}s)")
     return cache
 
 
-def _run_stage(name, cfg: Config, info, meta, rundir: RunDir, summary, datasets, wandb, accept, stop_flag,
-               callbacks) -> dict:
+def _run_stage(
+    name, cfg: Config, info, meta, rundir: RunDir, summary, datasets, wandb, accept, stop_flag, callbacks
+) -> dict:
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchTrainer
@@ -211,36 +232,60 @@ def _run_stage(name, cfg: Config, info, meta, rundir: RunDir, summary, datasets,
 
     export_uri = rundir.dir.uri_of("stages", name, EXPORT_FILE)
     loop_config = {
-        "cfg": C.to_dict(cfg), "config_digest": info["config_digest"], "stage": name, "meta": meta.to_dict(),
+        "cfg": C.to_dict(cfg),
+        "config_digest": info["config_digest"],
+        "stage": name,
+        "meta": meta.to_dict(),
         "handoff": {n: summary["stages"][n]["export"] for n in STAGES[name].needs},
-        "run_uri": rundir.dir.uri, "ray_run_uri": rundir.dir.uri_of("ray", name), "export_uri": export_uri,
-        "wandb": wandb, "accept_config_change": accept, "stop_flag": stop_flag,
+        "run_uri": rundir.dir.uri,
+        "ray_run_uri": rundir.dir.uri_of("ray", name),
+        "export_uri": export_uri,
+        "wandb": wandb,
+        "accept_config_change": accept,
+        "stop_flag": stop_flag,
     }
     sc = cfg.scaling
     resources = {"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {}), **sc.resources}
     trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
-                                               resources_per_worker=resources,
-                                               elastic_resize_monitor_interval_s=sc.elastic_resize_interval_s),
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=sc.num_workers,
+            use_gpu=sc.use_gpu,
+            resources_per_worker=resources,
+            elastic_resize_monitor_interval_s=sc.elastic_resize_interval_s,
+        ),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=rundir.dir.uri_of("ray"),
+            name=name,
+            storage_path=rundir.dir.uri_of("ray"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"), callbacks=callbacks),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks,
+        ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"],
-                                            execution_options=ExecutionOptions(preserve_order=True)),
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split=["train"], execution_options=ExecutionOptions(preserve_order=True)
+        ),
     )
     t0 = time.perf_counter()
     result = trainer.fit()
     out = result.return_value or {}
-    return {"status": "interrupted" if out.get("preempted") else "completed", "epochs": out.get("epochs"),
-            "best": out.get("best"), "stopped_early": out.get("stopped_early"), "world_size": out.get("world_size"),
-            "restarts": out.get("restarts"), "world_sizes": out.get("world_sizes"),
-            "checkpoint": result.checkpoint.path if result.checkpoint else None, "export": export_uri,
-            "weights_sha256": out.get("weights_sha256"), "wall_time_s": round(time.perf_counter() - t0, 2),
-            "phases_s": out.get("phases_s"), "first_step_unix": out.get("first_step_unix")}
+    return {
+        "status": "interrupted" if out.get("preempted") else "completed",
+        "epochs": out.get("epochs"),
+        "best": out.get("best"),
+        "stopped_early": out.get("stopped_early"),
+        "world_size": out.get("world_size"),
+        "restarts": out.get("restarts"),
+        "world_sizes": out.get("world_sizes"),
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "export": export_uri,
+        "weights_sha256": out.get("weights_sha256"),
+        "wall_time_s": round(time.perf_counter() - t0, 2),
+        "phases_s": out.get("phases_s"),
+        "first_step_unix": out.get("first_step_unix"),
+    }
 
 
 class _Stopper:
@@ -271,8 +316,11 @@ class _Stopper:
 def load_exports(rundir: RunDir, summary: dict) -> dict[str, dict]:
     from ups.train.state import from_bytes
 
-    return {n: from_bytes(Storage(rec["export"]).read_bytes())["tensors"]
-            for n, rec in summary["stages"].items() if rec.get("status") == "completed"}
+    return {
+        n: from_bytes(Storage(rec["export"]).read_bytes())["tensors"]
+        for n, rec in summary["stages"].items()
+        if rec.get("status") == "completed"
+    }
 
 
 def outside_placement_group():
@@ -282,15 +330,21 @@ def outside_placement_group():
     return PlacementGroupSchedulingStrategy(placement_group=None)
 
 
-def evaluate_exports(cfg: Config, meta, tasks, exports: dict, split: str, *, max_samples: int | None = None,
-                     horizon: int | None = None) -> dict:
+def evaluate_exports(
+    cfg: Config, meta, tasks, exports: dict, split: str, *, max_samples: int | None = None, horizon: int | None = None
+) -> dict:
     """Decoded evaluation of stage exports as a Ray task (a GPU one when the run uses GPUs)."""
     import ray
 
     from ups.eval.evaluate import build_surrogate, evaluate
 
-    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={
-        "max_samples": max_samples or cfg.eval.max_samples, "horizon": horizon or cfg.eval.horizon})})
+    cfg = cfg.model_copy(
+        update={
+            "eval": cfg.eval.model_copy(
+                update={"max_samples": max_samples or cfg.eval.max_samples, "horizon": horizon or cfg.eval.horizon}
+            )
+        }
+    )
 
     def job(cfg_dict, meta_dict, exports, tasks, split):
         cfg_, meta_ = Config.model_validate(cfg_dict), views.DataMeta.from_dict(meta_dict)
@@ -312,12 +366,16 @@ def evaluate_run(rundir: RunDir, cfg: Config, meta, tasks, exports: dict, split:
     arrays = result.pop("_arrays")
     rundir.dir.write_json(result, "eval", split, "metrics.json")
     if cfg.eval.plots:
-        rundir.dir.write_bytes(plots.fields_png(arrays["truth"], arrays["pred"], meta.initial_step),
-                               "eval", split, "fields.png")
-        rundir.dir.write_bytes(plots.horizon_png(result["horizon_nRMSE"], meta.initial_step),
-                               "eval", split, "horizon.png")
-    say(f"== eval ({split}): nRMSE={result['nRMSE']:.4g}  persistence={result['persistence_nRMSE']:.4g}"
-        f"  ({result['samples']} trajectories, {result['horizon']} steps, corrector={result['corrector']})")
+        rundir.dir.write_bytes(
+            plots.fields_png(arrays["truth"], arrays["pred"], meta.initial_step), "eval", split, "fields.png"
+        )
+        rundir.dir.write_bytes(
+            plots.horizon_png(result["horizon_nRMSE"], meta.initial_step), "eval", split, "horizon.png"
+        )
+    say(
+        f"== eval ({split}): nRMSE={result['nRMSE']:.4g}  persistence={result['persistence_nRMSE']:.4g}"
+        f"  ({result['samples']} trajectories, {result['horizon']} steps, corrector={result['corrector']})"
+    )
     return result
 
 
@@ -329,8 +387,10 @@ def _keep_corrector_if_it_helps(rundir: RunDir, cfg: Config, meta, tasks, export
     if scores[kind] <= scores["none"]:
         val["corrector_selection"] = scores
         return cfg, val
-    say(f"== eval: corrector {kind} does not beat the operator alone on val "
-        f"({scores[kind]:.4g} vs {scores['none']:.4g}); evaluating without it")
+    say(
+        f"== eval: corrector {kind} does not beat the operator alone on val "
+        f"({scores[kind]:.4g} vs {scores['none']:.4g}); evaluating without it"
+    )
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"corrector": "none"})})
     val = evaluate_run(rundir, cfg, meta, tasks, exports, "val", say)
     val["corrector_selection"] = scores
@@ -341,9 +401,17 @@ def _wandb_settings(cfg: Config, info: dict, rundir: RunDir) -> dict | None:
     w = cfg.logging.wandb
     if not w.enabled or w.mode == "disabled":
         return None
-    return {"enabled": True, "mode": w.mode, "project": w.project, "entity": w.entity, "group": w.group,
-            "tags": w.tags, "id": info["wandb_id"], "name": info["name"],
-            "dir": rundir.dir.path() if rundir.dir.local else None}
+    return {
+        "enabled": True,
+        "mode": w.mode,
+        "project": w.project,
+        "entity": w.entity,
+        "group": w.group,
+        "tags": w.tags,
+        "id": info["wandb_id"],
+        "name": info["name"],
+        "dir": rundir.dir.path() if rundir.dir.local else None,
+    }
 
 
 def _final_wandb(settings: dict | None, summary: dict) -> None:
@@ -363,14 +431,16 @@ def summary_table(summary: dict) -> str:
         best = rec.get("best") or {}
         metric = f"{best.get('metric', '')}={best['value']:.4g}" if best.get("value") is not None else "-"
         wall = rec.get("wall_time_s")
-        lines.append(f"{name:<22}{rec.get('status', '-'):<11}{rec.get('epochs') or 0:>7}  {metric:<34}"
-                     f"{wall if wall is not None else '-':>8}")
+        lines.append(
+            f"{name:<22}{rec.get('status', '-'):<11}{rec.get('epochs') or 0:>7}  {metric:<34}"
+            f"{wall if wall is not None else '-':>8}"
+        )
     for key in ("eval", "eval_test"):
         ev = summary.get(key)
         if ev:
-            lines.append(f"{key} [{ev['split']}]: nRMSE {ev['nRMSE']:.4g} | operator "
-                         f"{ev.get('operator_nRMSE', ev['nRMSE']):.4g} | persistence {ev['persistence_nRMSE']:.4g}"
-                         f" | cRMSE {ev['cRMSE']:.3g} bRMSE {ev['bRMSE']:.3g} fRMSE_high {ev['fRMSE_high']:.3g}")
+            lines.append(
+                f"{key} [{ev['split']}]: nRMSE {ev['nRMSE']:.4g} | operator "
+                f"{ev.get('operator_nRMSE', ev['nRMSE']):.4g} | persistence {ev['persistence_nRMSE']:.4g}"
+                f" | cRMSE {ev['cRMSE']:.3g} bRMSE {ev['bRMSE']:.3g} fRMSE_high {ev['fRMSE_high']:.3g}"
+            )
     return "\n".join(lines)
-
-

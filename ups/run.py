@@ -54,11 +54,16 @@ class RunDir:
                 else:
                     raise C.ConfigError(
                         f"{self.dir.uri}: config differs from the stored run ({self._changes(cfg)}); "
-                        f"pass --restart to start over or --accept-config-change to continue with it")
+                        f"pass --restart to start over or --accept-config-change to continue with it"
+                    )
             else:
                 return info
-        info = {"name": self.name, "config_digest": digest, "created": utc_stamp(),
-                "wandb_id": f"{re.sub(r'[^a-z0-9]+', '-', self.name.lower())[:40]}-{uuid.uuid4().hex[:8]}"}
+        info = {
+            "name": self.name,
+            "config_digest": digest,
+            "created": utc_stamp(),
+            "wandb_id": f"{re.sub(r'[^a-z0-9]+', '-', self.name.lower())[:40]}-{uuid.uuid4().hex[:8]}",
+        }
         self._write(cfg, info)
         return info
 

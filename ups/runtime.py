@@ -50,10 +50,15 @@ def connect(cfg: Config, trials: int = 0) -> bool:
             for k, v in _LOCAL_ENV.items():
                 os.environ.setdefault(k, v)  # inherited by the raylet and every worker it starts
             # address="local": never attach to some other `ray start`-ed cluster found on this machine.
-            ray.init(address="local", num_cpus=cfg.ray.num_cpus or local_cpus(cfg, trials), include_dashboard=True,
-                     dashboard_host="127.0.0.1",
-                     object_store_memory=cfg.ray.object_store_mb * 2**20 if cfg.ray.object_store_mb else None,
-                     configure_logging=False, log_to_driver=True)
+            ray.init(
+                address="local",
+                num_cpus=cfg.ray.num_cpus or local_cpus(cfg, trials),
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                object_store_memory=cfg.ray.object_store_mb * 2**20 if cfg.ray.object_store_mb else None,
+                configure_logging=False,
+                log_to_driver=True,
+            )
         else:
             ray.init(log_to_driver=True)
     configure_data(cfg, local)

@@ -30,7 +30,7 @@ class Storage:
     def __repr__(self) -> str:
         return f"Storage({self.uri})"
 
-    def sub(self, *parts: str) -> "Storage":
+    def sub(self, *parts: str) -> Storage:
         """A Storage rooted at a sub-folder (e.g. one run)."""
         child = Storage.__new__(Storage)
         child.fs, child.local = self.fs, self.local
@@ -83,8 +83,11 @@ class Storage:
 
     def listdir(self, *parts: str, dirs_only: bool = False) -> list[str]:
         sel = pafs.FileSelector(self.path(*parts), allow_not_found=True)
-        return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(sel)
-                      if not dirs_only or i.type == pafs.FileType.Directory)
+        return sorted(
+            posixpath.basename(i.path)
+            for i in self.fs.get_file_info(sel)
+            if not dirs_only or i.type == pafs.FileType.Directory
+        )
 
     def delete_dir(self, *parts: str) -> None:
         if self.exists(*parts):
@@ -94,5 +97,5 @@ class Storage:
         self.fs.create_dir(posixpath.dirname(self.path(*dst)), recursive=True)
         self.fs.move(self.path(*src), self.path(*dst))
 
-    def copy_dir_from(self, other: "Storage", src: str, *dst: str) -> None:
+    def copy_dir_from(self, other: Storage, src: str, *dst: str) -> None:
         pafs.copy_files(other.path(src), self.path(*dst), source_filesystem=other.fs, destination_filesystem=self.fs)

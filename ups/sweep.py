@@ -38,11 +38,13 @@ def check_space(loaded: C.LoadedConfig) -> None:
         raise ConfigError(f"{where}: sweep.space: empty (nothing to search)")
     for key, spec in cfg.sweep.space.items():
         if key.startswith(FORBIDDEN_PREFIXES):
-            raise ConfigError(f"{where}: sweep.space.{key}: trials may not change data, eval, scaling or sweep "
-                              f"settings (they define the family and the protocol)")
+            raise ConfigError(
+                f"{where}: sweep.space.{key}: trials may not change data, eval, scaling or sweep "
+                f"settings (they define the family and the protocol)"
+            )
         kind, args = next(iter(spec.items()))
         tree = copy.deepcopy(base)
-        for value in (args if kind in ("choice", "grid") else args[:2]):
+        for value in args if kind in ("choice", "grid") else args[:2]:
             try:
                 C.validate(C.apply_override(copy.deepcopy(tree), f"{key}={value}", {}))
             except ConfigError as e:
@@ -61,16 +63,24 @@ def trial_config(base: dict, params: dict[str, Any], sweep: str) -> Config:
             node = node.setdefault(p, {})
         node[leaf] = value
     cfg = C.validate(tree)
-    return cfg.model_copy(update={
-        "eval": cfg.eval.model_copy(update={"test": False}),  # trials never look at the test split
-        "logging": cfg.logging.model_copy(update={"wandb": cfg.logging.wandb.model_copy(update={"group": sweep})})})
+    return cfg.model_copy(
+        update={
+            "eval": cfg.eval.model_copy(update={"test": False}),  # trials never look at the test split
+            "logging": cfg.logging.model_copy(update={"wandb": cfg.logging.wandb.model_copy(update={"group": sweep})}),
+        }
+    )
 
 
 def _param_space(cfg: Config) -> dict:
     from ray import tune
 
-    make = {"choice": tune.choice, "grid": tune.grid_search, "uniform": lambda a: tune.uniform(*a),
-            "loguniform": lambda a: tune.loguniform(*a), "randint": lambda a: tune.randint(a[0], a[1] + 1)}
+    make = {
+        "choice": tune.choice,
+        "grid": tune.grid_search,
+        "uniform": lambda a: tune.uniform(*a),
+        "loguniform": lambda a: tune.loguniform(*a),
+        "randint": lambda a: tune.randint(a[0], a[1] + 1),
+    }
     return {key: make[kind](args) for key, spec in cfg.sweep.space.items() for kind, args in spec.items()}
 
 
@@ -85,8 +95,9 @@ class _EpochReports:
             def after_report(self, run_context, metrics, checkpoint):
                 if metrics and metric in metrics[0]:
                     row = metrics[0]
-                    self._training_actor_item_queue.put({"epoch": row["epoch"], metric: row[metric],
-                                                         "stage": row["stage"]})
+                    self._training_actor_item_queue.put(
+                        {"epoch": row["epoch"], metric: row[metric], "stage": row["stage"]}
+                    )
 
         return EpochReports()
 
@@ -101,17 +112,29 @@ def _trial(params: dict, *, base: dict, trials_uri: str, sweep: str, stage: str)
     cfg = trial_config(base, params, sweep)
     loaded = C.LoadedConfig(cfg, Path(f"{sweep}.yaml"), {})
     metric = STAGES[stage].val_metric
-    summary = pipeline.run(loaded, pipeline.PipelineOptions(
-        name=f"trial-{trial_id}", storage=trials_uri, quiet=True, eval_test=False,
-        stage_callbacks={stage: [_EpochReports.make(metric)]}))
+    summary = pipeline.run(
+        loaded,
+        pipeline.PipelineOptions(
+            name=f"trial-{trial_id}",
+            storage=trials_uri,
+            quiet=True,
+            eval_test=False,
+            stage_callbacks={stage: [_EpochReports.make(metric)]},
+        ),
+    )
     rec = summary["stages"][stage]
-    ray.tune.report({"epoch": rec["epochs"] + 1, metric: rec["best"]["value"], "final": True,
-                     "eval_nRMSE": summary["eval"]["nRMSE"],
-                     "eval_persistence_nRMSE": summary["eval"]["persistence_nRMSE"]})
+    ray.tune.report(
+        {
+            "epoch": rec["epochs"] + 1,
+            metric: rec["best"]["value"],
+            "final": True,
+            "eval_nRMSE": summary["eval"]["nRMSE"],
+            "eval_persistence_nRMSE": summary["eval"]["persistence_nRMSE"],
+        }
+    )
 
 
 def run(loaded: C.LoadedConfig, name: str, storage: str, quiet: bool = False) -> dict[str, Any]:
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -129,15 +152,24 @@ def run(loaded: C.LoadedConfig, name: str, storage: str, quiet: bool = False) ->
     sc = cfg.sweep.scheduler
     metric = STAGES[sc.stage].val_metric
     # The final report (after evaluation) lands at epochs + 1: ASHA must not stop a trial before it.
-    scheduler = (ASHAScheduler(time_attr="epoch", max_t=getattr(cfg.stages, sc.stage).epochs + 1,
-                               grace_period=sc.grace_period, reduction_factor=sc.reduction_factor)
-                 if sc.name == "asha" else FIFOScheduler())
+    scheduler = (
+        ASHAScheduler(
+            time_attr="epoch",
+            max_t=getattr(cfg.stages, sc.stage).epochs + 1,
+            grace_period=sc.grace_period,
+            reduction_factor=sc.reduction_factor,
+        )
+        if sc.name == "asha"
+        else FIFOScheduler()
+    )
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, base=C.to_dict(cfg), trials_uri=sweep_dir.uri_of("trials"), sweep=name,
-                             stage=sc.stage),
+        tune.with_parameters(
+            _trial, base=C.to_dict(cfg), trials_uri=sweep_dir.uri_of("trials"), sweep=name, stage=sc.stage
+        ),
         # The trial's own process, plus a bundle for the Ray Data work it runs itself (cache build,
         # re-blocking): Tune captures a trial's child tasks into its placement group.
-        tune.PlacementGroupFactory([{"CPU": cfg.sweep.trial_cpus}, {"CPU": cfg.ray.data_cpus}]))
+        tune.PlacementGroupFactory([{"CPU": cfg.sweep.trial_cpus}, {"CPU": cfg.ray.data_cpus}]),
+    )
     tune_dir = sweep_dir.uri_of("tune")
     t0 = time.perf_counter()
     if tune.Tuner.can_restore(tune_dir):
@@ -147,16 +179,23 @@ def run(loaded: C.LoadedConfig, name: str, storage: str, quiet: bool = False) ->
         from ray.tune.search import BasicVariantGenerator
 
         tuner = tune.Tuner(
-            trainable, param_space=_param_space(cfg),
-            tune_config=tune.TuneConfig(metric=metric, mode="min", scheduler=scheduler,
-                                        trial_dirname_creator=lambda trial: trial.trial_id,
-                                        num_samples=cfg.sweep.num_samples,
-                                        max_concurrent_trials=cfg.sweep.max_concurrent_trials,
-                                        search_alg=BasicVariantGenerator(
-                                            random_state=cfg.sweep.seed,
-                                            max_concurrent=cfg.sweep.max_concurrent_trials)),
-            run_config=tune.RunConfig(name="tune", storage_path=sweep_dir.uri,
-                                      failure_config=tune.FailureConfig(max_failures=0)))
+            trainable,
+            param_space=_param_space(cfg),
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode="min",
+                scheduler=scheduler,
+                trial_dirname_creator=lambda trial: trial.trial_id,
+                num_samples=cfg.sweep.num_samples,
+                max_concurrent_trials=cfg.sweep.max_concurrent_trials,
+                search_alg=BasicVariantGenerator(
+                    random_state=cfg.sweep.seed, max_concurrent=cfg.sweep.max_concurrent_trials
+                ),
+            ),
+            run_config=tune.RunConfig(
+                name="tune", storage_path=sweep_dir.uri, failure_config=tune.FailureConfig(max_failures=0)
+            ),
+        )
     grid = tuner.fit()
     trials = _trials(grid, sweep_dir)
     say(f"sweep {name}: {len(trials)} trials in {time.perf_counter() - t0:.0f}s")
@@ -176,10 +215,17 @@ def _trials(grid, sweep_dir: Storage) -> list[dict[str, Any]]:
         trial_id = r.path.rstrip("/").rsplit("/", 1)[-1]  # trial dirs are named by trial id
         m = r.metrics or {}
         status = "error" if r.error else ("completed" if m.get("final") else "stopped")
-        out.append({"trial": trial_id, "config": r.config, "status": status, "epochs": m.get("epoch"),
-                    "metrics": {k: v for k, v in m.items() if k.startswith(("eval_", "val_"))},
-                    "run": sweep_dir.uri_of("trials", f"trial-{trial_id}"),
-                    "error": repr(r.error)[:500] if r.error else None})
+        out.append(
+            {
+                "trial": trial_id,
+                "config": r.config,
+                "status": status,
+                "epochs": m.get("epoch"),
+                "metrics": {k: v for k, v in m.items() if k.startswith(("eval_", "val_"))},
+                "run": sweep_dir.uri_of("trials", f"trial-{trial_id}"),
+                "error": repr(r.error)[:500] if r.error else None,
+            }
+        )
     return sorted(out, key=lambda t: str(t["trial"]))
 
 
@@ -189,8 +235,14 @@ def decide(cfg: Config, meta, tasks, root: Storage, sweep: str, trials: list[dic
     from ups.run import RunDir
 
     family = family_of(cfg, meta)
-    out: dict[str, Any] = {"family": family, "best": None, "gate": {"passed": False, "reasons": []},
-                           "promoted": False, "champion": None, "champion_test": None}
+    out: dict[str, Any] = {
+        "family": family,
+        "best": None,
+        "gate": {"passed": False, "reasons": []},
+        "promoted": False,
+        "champion": None,
+        "champion_test": None,
+    }
     done = [t for t in trials if t["status"] == "completed" and "eval_nRMSE" in t["metrics"]]
     if not done:
         out["gate"]["reasons"] = ["no trial completed"]
@@ -223,26 +275,42 @@ def decide(cfg: Config, meta, tasks, root: Storage, sweep: str, trials: list[dic
         if champ and champ.get("weights_sha256") == digests:
             passed, reasons = False, [f"the candidate is the current champion (trial {champ['trial']}, same weights)"]
         elif champ and champ.get("data_sha256") != cand_summary.get("data_sha256"):
-            passed, reasons = False, [f"the champion was trained on other data (digest {champ.get('data_sha256')})"
-                                      f"; set gate.family to start a new family"]
+            passed, reasons = (
+                False,
+                [
+                    f"the champion was trained on other data (digest {champ.get('data_sha256')})"
+                    f"; set gate.family to start a new family"
+                ],
+            )
         else:
             for phase, small in (("small", True), ("full", False)):
                 cand = evaluate("candidate", small)
                 champ_m = evaluate("champion", small) if champ else None
                 ok, why = gate(cand, champ_m, cfg.gate)
-                steps[phase] = {"candidate": _scalars(cand), "champion": _scalars(champ_m) if champ_m else None,
-                                "passed": ok, "reasons": why}
+                steps[phase] = {
+                    "candidate": _scalars(cand),
+                    "champion": _scalars(champ_m) if champ_m else None,
+                    "passed": ok,
+                    "reasons": why,
+                }
                 reasons += [f"{phase}: {r}" for r in why]
                 say(f"gate {phase}: {'passed' if ok else 'failed'} — " + "; ".join(why))
                 if not ok:
                     passed = False
                     break
-        entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sweep": sweep, "trial": best["trial"],
-                 "run": best["run"], "config_digest": cand_summary.get("config_digest"),
-                 "data_sha256": cand_summary.get("data_sha256"),
-                 "weights_sha256": digests, "promoted": passed, "reasons": reasons,
-                 "metrics": steps.get("full", {}).get("candidate") or best["metrics"],
-                 "champion_before": champ and {"trial": champ["trial"], "sweep": champ["sweep"]}}
+        entry = {
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "sweep": sweep,
+            "trial": best["trial"],
+            "run": best["run"],
+            "config_digest": cand_summary.get("config_digest"),
+            "data_sha256": cand_summary.get("data_sha256"),
+            "weights_sha256": digests,
+            "promoted": passed,
+            "reasons": reasons,
+            "metrics": steps.get("full", {}).get("candidate") or best["metrics"],
+            "champion_before": champ and {"trial": champ["trial"], "sweep": champ["sweep"]},
+        }
         if passed:
             champ = registry.promote(Storage(best["run"]), cand_summary["stages"], entry)
             say(f"promoted trial {best['trial']} to champion of {family}")
@@ -256,9 +324,12 @@ def decide(cfg: Config, meta, tasks, root: Storage, sweep: str, trials: list[dic
         r = pipeline.evaluate_exports(ccfg, meta, tasks, {n: _load(u) for n, u in champ["exports"].items()}, "test")
         r.pop("_arrays")
         test = _scalars(r)
-    out.update(gate={"passed": passed, "reasons": reasons, "steps": steps}, promoted=passed,
-               champion={k: champ[k] for k in ("trial", "sweep", "checkpoint")} if champ else None,
-               champion_test=test)
+    out.update(
+        gate={"passed": passed, "reasons": reasons, "steps": steps},
+        promoted=passed,
+        champion={k: champ[k] for k in ("trial", "sweep", "checkpoint")} if champ else None,
+        champion_test=test,
+    )
     return out
 
 
@@ -278,13 +349,27 @@ def _wandb_table(cfg: Config, sweep: str, trials: list[dict]) -> None:
     w = cfg.logging.wandb
     if not w.enabled or w.mode == "disabled":
         return
-    run = WandbRun({"enabled": True, "mode": w.mode, "project": w.project, "entity": w.entity, "group": sweep,
-                    "tags": w.tags, "id": f"{sweep}-summary", "name": f"{sweep}-summary"})
+    run = WandbRun(
+        {
+            "enabled": True,
+            "mode": w.mode,
+            "project": w.project,
+            "entity": w.entity,
+            "group": sweep,
+            "tags": w.tags,
+            "id": f"{sweep}-summary",
+            "name": f"{sweep}-summary",
+        }
+    )
     if run.run is not None:
         import wandb
 
         cols = ["trial", "status", "epochs", "eval_nRMSE", "config"]
-        table = wandb.Table(columns=cols, data=[[t["trial"], t["status"], t["epochs"],
-                                                 t["metrics"].get("eval_nRMSE"), str(t["config"])] for t in trials])
+        table = wandb.Table(
+            columns=cols,
+            data=[
+                [t["trial"], t["status"], t["epochs"], t["metrics"].get("eval_nRMSE"), str(t["config"])] for t in trials
+            ],
+        )
         run.run.log({"trials": table})
     run.finish()

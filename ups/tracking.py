@@ -55,9 +55,16 @@ class WandbRun:
 
         self._wandb = wandb
         self.run = wandb.init(
-            id=settings["id"], resume="allow", name=settings["name"], project=settings["project"],
-            entity=settings.get("entity"), group=settings.get("group"), tags=settings.get("tags") or None,
-            mode=wandb_mode(settings["mode"]), dir=settings.get("dir"), config=config,
+            id=settings["id"],
+            resume="allow",
+            name=settings["name"],
+            project=settings["project"],
+            entity=settings.get("entity"),
+            group=settings.get("group"),
+            tags=settings.get("tags") or None,
+            mode=wandb_mode(settings["mode"]),
+            dir=settings.get("dir"),
+            config=config,
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
         )
 

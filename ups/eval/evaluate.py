@@ -40,11 +40,23 @@ def build_surrogate(cfg: Config, meta: DataMeta, exports: dict[str, dict], devic
             raise ValueError(f"eval.corrector={kind} but stage {_stage_of(kind)} was not trained")
         ex = exports[_stage_of(kind)]
         diff = cfg.stages.diffusion_residual
-        net = ResidualDenoiser(cfg.latent.tokens, cfg.latent.dim, cfg.model.denoiser, consistency=kind == "consistency",
-                               sigma_min=diff.sigma_min)
+        net = ResidualDenoiser(
+            cfg.latent.tokens,
+            cfg.latent.dim,
+            cfg.model.denoiser,
+            consistency=kind == "consistency",
+            sigma_min=diff.sigma_min,
+        )
         net.load_state_dict(ex["student" if kind == "consistency" else "denoiser"])
-        corrector = Corrector(kind, net.to(device).eval(), float(ex["residual_scale"]), diff.sigma_min,
-                              diff.sigma_max, diff.sample_steps, cfg.eval.noise_scale)
+        corrector = Corrector(
+            kind,
+            net.to(device).eval(),
+            float(ex["residual_scale"]),
+            diff.sigma_min,
+            diff.sigma_max,
+            diff.sample_steps,
+            cfg.eval.noise_scale,
+        )
     for m in (enc, dec, op):
         m.to(device).eval()
     return Surrogate(meta, dec, op, encoder=enc, corrector=corrector, device=device)
@@ -69,25 +81,32 @@ def evaluate(model: Surrogate, tasks: list[Task], split: str, cfg: Config, seed:
     truths, task_ids = [], []
     gen = torch.Generator().manual_seed(seed)
     for ti, task in enumerate(tasks):
-        rows = task.splits[split][:cfg.eval.max_samples]
+        rows = task.splits[split][: cfg.eval.max_samples]
         u = torch.as_tensor(task.u[rows])
         for chunk in u.split(cfg.eval.batch_size):
             chunk = chunk.to(model.device)
             tid = torch.full((len(chunk),), ti, dtype=torch.long, device=model.device)
-            truth = model.denormalize(chunk[:, :init + steps], tid)
+            truth = model.denormalize(chunk[:, : init + steps], tid)
             z0 = model.encode(chunk[:, init - 1])
             given = truth[:, :init]
             preds["model"].append(torch.cat([given, model.predict_fields(z0, steps, tid, gen)], 1).cpu())
             if model.corrector is not None:
-                preds["operator"].append(torch.cat([given, model.predict_fields(z0, steps, tid, correct=False)], 1).cpu())
+                preds["operator"].append(
+                    torch.cat([given, model.predict_fields(z0, steps, tid, correct=False)], 1).cpu()
+                )
             preds["persistence"].append(torch.cat([given, given[:, -1:].expand(-1, steps, *given.shape[2:])], 1).cpu())
             truths.append(truth.cpu())
             task_ids.append(tid.cpu())
     truth = torch.cat(truths).numpy()
     tid = torch.cat(task_ids).numpy()
     lx = meta.lengths[0]
-    out: dict[str, Any] = {"split": split, "samples": int(len(truth)), "horizon": steps, "initial_step": init,
-                           "corrector": model.corrector.kind if model.corrector else "none"}
+    out: dict[str, Any] = {
+        "split": split,
+        "samples": int(len(truth)),
+        "horizon": steps,
+        "initial_step": init,
+        "corrector": model.corrector.kind if model.corrector else "none",
+    }
     curves = {}
     for name, p in preds.items():
         if not p:
@@ -96,8 +115,9 @@ def evaluate(model: Surrogate, tasks: list[Task], split: str, cfg: Config, seed:
         prefix = "" if name == "model" else f"{name}_"
         for k, v in pdebench_metrics(_pdebench_layout(pred), _pdebench_layout(truth), init, Lx=lx).items():
             out[prefix + k] = v
-        curves[name] = pdebench_metrics(_pdebench_layout(pred), _pdebench_layout(truth), init, Lx=lx,
-                                        per_time=True)["nRMSE"].tolist()
+        curves[name] = pdebench_metrics(_pdebench_layout(pred), _pdebench_layout(truth), init, Lx=lx, per_time=True)[
+            "nRMSE"
+        ].tolist()
         if len(tasks) > 1:
             for ti, t in enumerate(tasks):
                 m = tid == ti
@@ -107,6 +127,9 @@ def evaluate(model: Surrogate, tasks: list[Task], split: str, cfg: Config, seed:
     out["wall_time_s"] = round(time.perf_counter() - t_start, 3)
     out["wall_clock"] = out["wall_time_s"] / max(len(truth), 1)  # seconds per trajectory, all predictors
     out["protocol"] = {"split": split, "samples": int(len(truth)), "horizon": steps, "initial_step": init}
-    out["_arrays"] = {"truth": truth, "pred": torch.cat(preds["model"]).numpy(),
-                      "persistence": torch.cat(preds["persistence"]).numpy()}
+    out["_arrays"] = {
+        "truth": truth,
+        "pred": torch.cat(preds["model"]).numpy(),
+        "persistence": torch.cat(preds["persistence"]).numpy(),
+    }
     return out

@@ -28,9 +28,14 @@ def fields_png(truth: np.ndarray, pred: np.ndarray, initial_step: int, samples: 
             t, p = t[-1], p[-1]
         lo, hi = t.min(), t.max()
         for ax, img, title in zip(axes[i], (t, p, p - t), ("truth", "prediction", "error")):
-            im = ax.imshow(img.T if img.ndim == 2 and truth.ndim == 4 else img, aspect="auto", origin="lower",
-                           cmap="RdBu_r" if title == "error" else "viridis",
-                           vmin=None if title == "error" else lo, vmax=None if title == "error" else hi)
+            im = ax.imshow(
+                img.T if img.ndim == 2 and truth.ndim == 4 else img,
+                aspect="auto",
+                origin="lower",
+                cmap="RdBu_r" if title == "error" else "viridis",
+                vmin=None if title == "error" else lo,
+                vmax=None if title == "error" else hi,
+            )
             ax.set_title(f"sample {i}: {title}", fontsize=9)
             if truth.ndim == 4:
                 ax.axvline(initial_step - 0.5, color="w", lw=0.8, ls="--")

@@ -38,9 +38,22 @@ class Corrector:
 
 
 class Surrogate:
-    def __init__(self, meta: DataMeta, decoder: nn.Module, operator: nn.Module, encoder: nn.Module | None = None,
-                 corrector: Corrector | None = None, device: torch.device | str = "cpu"):
-        self.meta, self.encoder, self.decoder, self.operator, self.corrector = meta, encoder, decoder, operator, corrector
+    def __init__(
+        self,
+        meta: DataMeta,
+        decoder: nn.Module,
+        operator: nn.Module,
+        encoder: nn.Module | None = None,
+        corrector: Corrector | None = None,
+        device: torch.device | str = "cpu",
+    ):
+        self.meta, self.encoder, self.decoder, self.operator, self.corrector = (
+            meta,
+            encoder,
+            decoder,
+            operator,
+            corrector,
+        )
         self.device = torch.device(device)
         self.points = torch.as_tensor(meta.grid, device=self.device).reshape(1, -1, meta.grid.shape[-1])
         self.dts = torch.tensor(meta.dts, device=self.device)
@@ -60,8 +73,9 @@ class Surrogate:
         return to_physical(u, task, *self.stats)
 
     @torch.no_grad()
-    def rollout(self, z0: torch.Tensor, steps: int, task: torch.Tensor, gen: torch.Generator | None = None,
-                correct: bool = True) -> torch.Tensor:
+    def rollout(
+        self, z0: torch.Tensor, steps: int, task: torch.Tensor, gen: torch.Generator | None = None, correct: bool = True
+    ) -> torch.Tensor:
         """Autoregressive latent rollout: (B, tokens, dim) -> (B, steps, tokens, dim)."""
         dt = self.dts[task]
         z, out = z0, []
@@ -73,8 +87,9 @@ class Surrogate:
         return torch.stack(out, dim=1)
 
     @torch.no_grad()
-    def predict_fields(self, z0: torch.Tensor, steps: int, task: torch.Tensor, gen: torch.Generator | None = None,
-                       correct: bool = True) -> torch.Tensor:
+    def predict_fields(
+        self, z0: torch.Tensor, steps: int, task: torch.Tensor, gen: torch.Generator | None = None, correct: bool = True
+    ) -> torch.Tensor:
         """Rollout decoded to physical units: (B, steps, X[, Y], C)."""
         zs = self.rollout(z0, steps, task, gen, correct)
         u = self.decode(zs.flatten(0, 1)).reshape(len(z0), steps, *self.meta.spatial_shape, -1)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ups.config import DecoderConfig, EncoderConfig
-from ups.models.layers import Block, CrossBlock, MLP, fourier_dim, fourier_features
+from ups.models.layers import MLP, Block, CrossBlock, fourier_dim, fourier_features
 
 
 def patchify(u: torch.Tensor, p: int) -> torch.Tensor:
@@ -32,9 +32,9 @@ class GridEncoder(nn.Module):
         super().__init__()
         self.p, self.frequencies = cfg.patch_size, cfg.frequencies
         d = grid.shape[-1]
-        centres = patchify(grid[None].float(), self.p).reshape(1, -1, self.p ** d, d).mean(2)[0]
+        centres = patchify(grid[None].float(), self.p).reshape(1, -1, self.p**d, d).mean(2)[0]
         self.register_buffer("centres", centres, persistent=False)
-        self.embed = nn.Linear(self.p ** d * channels + fourier_dim(d, self.frequencies), cfg.hidden)
+        self.embed = nn.Linear(self.p**d * channels + fourier_dim(d, self.frequencies), cfg.hidden)
         self.blocks = nn.ModuleList(Block(cfg.hidden, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.queries = nn.Parameter(torch.randn(tokens, cfg.hidden) * 0.02)
         self.pool = CrossBlock(cfg.hidden, cfg.heads, cfg.mlp_ratio)

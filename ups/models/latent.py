@@ -40,8 +40,9 @@ class ResidualDenoiser(nn.Module):
     (Song et al. 2023): c_skip(σ_min) = 1 and c_out(σ_min) = 0, so f(x, σ_min) = x exactly.
     """
 
-    def __init__(self, tokens: int, dim: int, cfg: DenoiserNetConfig, *, consistency: bool = False,
-                 sigma_min: float = 0.002):
+    def __init__(
+        self, tokens: int, dim: int, cfg: DenoiserNetConfig, *, consistency: bool = False, sigma_min: float = 0.002
+    ):
         super().__init__()
         self.noise_embed = MLP(cfg.hidden, cfg.hidden)
         self.trunk = TokenTransformer(tokens, 2 * dim, dim, cfg.hidden, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.hidden)
@@ -49,13 +50,13 @@ class ResidualDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         s = sigma.to(x.dtype)[:, None, None]
-        c_in = 1 / (s ** 2 + 1).sqrt()
+        c_in = 1 / (s**2 + 1).sqrt()
         if self.consistency:
             c_skip = 1 / ((s - self.sigma_min) ** 2 + 1)
-            c_out = (s - self.sigma_min) / (s ** 2 + 1).sqrt()
+            c_out = (s - self.sigma_min) / (s**2 + 1).sqrt()
         else:
-            c_skip = 1 / (s ** 2 + 1)
-            c_out = s / (s ** 2 + 1).sqrt()
+            c_skip = 1 / (s**2 + 1)
+            c_out = s / (s**2 + 1).sqrt()
         emb = self.noise_embed(sinusoidal_embedding(torch.log(sigma) / 4, self.hidden).to(x.dtype))
         return c_skip * x + c_out * self.trunk(torch.cat([c_in * x, cond], dim=-1), emb)
 

@@ -103,8 +103,17 @@ class CrossBlock(nn.Module):
 class TokenTransformer(nn.Module):
     """A stack of conditioned blocks over latent tokens: the trunk of operator, denoiser and prior."""
 
-    def __init__(self, tokens: int, in_dim: int, out_dim: int, hidden: int, depth: int, heads: int,
-                 mlp_ratio: float, cond_dim: int):
+    def __init__(
+        self,
+        tokens: int,
+        in_dim: int,
+        out_dim: int,
+        hidden: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float,
+        cond_dim: int,
+    ):
         super().__init__()
         self.inp = nn.Linear(in_dim, hidden)
         self.pos = nn.Parameter(torch.randn(tokens, hidden) * 0.02)

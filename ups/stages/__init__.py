@@ -7,7 +7,9 @@ from ups.stages.diffusion_residual import DiffusionResidualStage
 from ups.stages.operator import OperatorStage
 from ups.stages.steady_prior import SteadyPriorStage
 
-STAGES: dict[str, type[Stage]] = {s.name: s for s in (
-    AutoencoderStage, OperatorStage, DiffusionResidualStage, ConsistencyDistillStage, SteadyPriorStage)}
+STAGES: dict[str, type[Stage]] = {
+    s.name: s
+    for s in (AutoencoderStage, OperatorStage, DiffusionResidualStage, ConsistencyDistillStage, SteadyPriorStage)
+}
 
 __all__ = ["STAGES", "Stage"]

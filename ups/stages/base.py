@@ -11,7 +11,8 @@ stage object and are used while building batches and validating, outside DDP.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -88,7 +89,7 @@ def pair_index(ids: torch.Tensor, per_traj: int) -> tuple[torch.Tensor, torch.Te
 
 def chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int = 512) -> torch.Tensor:
     """Apply a network to a large stack in chunks (setup and validation, not the hot path)."""
-    return torch.cat([fn(x[i:i + size]) for i in range(0, len(x), size)]) if len(x) else x
+    return torch.cat([fn(x[i : i + size]) for i in range(0, len(x), size)]) if len(x) else x
 
 
 def task_sums(name: str, values: torch.Tensor, task: torch.Tensor, tasks: list[str]) -> Sums:

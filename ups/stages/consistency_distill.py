@@ -49,8 +49,9 @@ class ConsistencyDistillStage(Stage):
         self.teacher.load_state_dict(self.handoff["diffusion_residual"]["denoiser"])
         self.teacher.to(self.device).eval().requires_grad_(False)
         self.scale = float(self.handoff["diffusion_residual"]["residual_scale"])
-        student = ResidualDenoiser(cfg.latent.tokens, cfg.latent.dim, cfg.model.denoiser, consistency=True,
-                                   sigma_min=diff.sigma_min)
+        student = ResidualDenoiser(
+            cfg.latent.tokens, cfg.latent.dim, cfg.model.denoiser, consistency=True, sigma_min=diff.sigma_min
+        )
         student.load_state_dict(self.teacher.state_dict())
         self.target = copy.deepcopy(student).to(self.device).eval().requires_grad_(False)
         # Ascending noise levels σ_0 = σ_min < ... < σ_{N-1} = σ_max.
@@ -69,10 +70,21 @@ class ConsistencyDistillStage(Stage):
         cond = self.val_res.cond[self.val_keep]
         self.val_x = torch.randn(cond.shape, generator=gen) * diff.sigma_max
         teacher_sigmas = karras_sigmas(diff.sample_steps, diff.sigma_min, diff.sigma_max)
-        self.val_teacher = torch.cat([
-            heun_sample(self.teacher, cond[i:i + 512].to(self.device), self.val_x[i:i + 512].to(self.device),
-                        teacher_sigmas).cpu()
-            for i in range(0, len(cond), 512)]) if len(cond) else cond.clone()
+        self.val_teacher = (
+            torch.cat(
+                [
+                    heun_sample(
+                        self.teacher,
+                        cond[i : i + 512].to(self.device),
+                        self.val_x[i : i + 512].to(self.device),
+                        teacher_sigmas,
+                    ).cpu()
+                    for i in range(0, len(cond), 512)
+                ]
+            )
+            if len(cond)
+            else cond.clone()
+        )
 
     @torch.no_grad()
     def batch(self, train: Trajectories, ids: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -102,10 +114,10 @@ class ConsistencyDistillStage(Stage):
         pick, x, teacher = self.val_keep[mine], self.val_x[mine], self.val_teacher[mine]
         errs = []
         for i in range(0, len(pick), 512):
-            cond = self.val_res.cond[pick[i:i + 512]].to(self.device)
+            cond = self.val_res.cond[pick[i : i + 512]].to(self.device)
             sigma = torch.full((len(cond),), self.sigmas[-1].item(), device=self.device)
-            one_step = module.student(x[i:i + 512].to(self.device), sigma, cond)
-            errs.append((one_step - teacher[i:i + 512].to(self.device)).pow(2).flatten(1).mean(1).cpu())
+            one_step = module.student(x[i : i + 512].to(self.device), sigma, cond)
+            errs.append((one_step - teacher[i : i + 512].to(self.device)).pow(2).flatten(1).mean(1).cpu())
         err = torch.cat(errs) if errs else torch.zeros(0)
         return task_sums(self.val_metric, err, self.val_res.task[pick], self.meta.tasks)
 

@@ -30,7 +30,7 @@ class DenoiserObjective(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sigma = batch["sigma"]
         pred = self.denoiser(batch["x"], sigma, batch["cond"])
-        weight = ((sigma ** 2 + 1) / sigma ** 2)[:, None, None]  # EDM λ(σ) for unit-std data
+        weight = ((sigma**2 + 1) / sigma**2)[:, None, None]  # EDM λ(σ) for unit-std data
         return (weight * (pred - batch["target"]) ** 2).mean(), {}
 
 
@@ -45,8 +45,8 @@ class Residuals:
         conds = []
         with torch.no_grad():
             for i in range(0, len(z_t), 512):
-                task = self.task[i:i + 512].to(device)
-                conds.append(operator(z_t[i:i + 512].to(device), dts[task], task).cpu())
+                task = self.task[i : i + 512].to(device)
+                conds.append(operator(z_t[i : i + 512].to(device), dts[task], task).cpu())
         self.cond = torch.cat(conds) if conds else z_t.clone()
         self.res = z_next - self.cond  # in latent units until standardise()
 
@@ -84,8 +84,11 @@ class DiffusionResidualStage(Stage):
 
     def setup(self, train: Trajectories, val: Trajectories, reduce_sum: ReduceSum) -> None:
         self.train_res = Residuals(self.operator, train, self.dts, self.device)
-        sums = reduce_sum(torch.tensor([self.train_res.res.double().pow(2).sum().item(), self.train_res.res.numel()],
-                                       dtype=torch.float64))
+        sums = reduce_sum(
+            torch.tensor(
+                [self.train_res.res.double().pow(2).sum().item(), self.train_res.res.numel()], dtype=torch.float64
+            )
+        )
         self.scale = float((sums[0] / sums[1]).sqrt().clamp_min(1e-12))
         self.train_res.standardise(self.scale)
         self.val_res = Residuals(self.operator, val, self.dts, self.device)
@@ -103,18 +106,26 @@ class DiffusionResidualStage(Stage):
         sigma = torch.exp(self.stage_cfg.p_mean + self.stage_cfg.p_std * torch.randn(len(ids), generator=gen))
         noise = torch.randn(r.shape, generator=gen)
         to = lambda t: t.to(self.device)  # noqa: E731
-        return {"x": to(r + sigma[:, None, None] * noise), "sigma": to(sigma), "cond": to(self.train_res.cond[ids]),
-                "target": to(r)}
+        return {
+            "x": to(r + sigma[:, None, None] * noise),
+            "sigma": to(sigma),
+            "cond": to(self.train_res.cond[ids]),
+            "target": to(r),
+        }
 
     @torch.no_grad()
     def validate(self, module: DenoiserObjective, val: Trajectories, rows: torch.Tensor) -> Sums:
         mine = torch.isin(self.val_keep // (self.meta.frames - 1), rows)
         pick = self.val_keep[mine]
-        batch = {"x": self.val_res.res[pick] + self.val_sigma[mine][:, None, None] * self.val_noise[mine],
-                 "sigma": self.val_sigma[mine], "cond": self.val_res.cond[pick], "target": self.val_res.res[pick]}
+        batch = {
+            "x": self.val_res.res[pick] + self.val_sigma[mine][:, None, None] * self.val_noise[mine],
+            "sigma": self.val_sigma[mine],
+            "cond": self.val_res.cond[pick],
+            "target": self.val_res.res[pick],
+        }
         losses = []
         for i in range(0, len(pick), 512):
-            part = {k: v[i:i + 512].to(self.device) for k, v in batch.items()}
+            part = {k: v[i : i + 512].to(self.device) for k, v in batch.items()}
             pred = module.denoiser(part["x"], part["sigma"], part["cond"])
             w = ((part["sigma"] ** 2 + 1) / part["sigma"] ** 2)[:, None, None]
             losses.append((w * (pred - part["target"]) ** 2).flatten(1).mean(1).cpu())

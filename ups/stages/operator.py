@@ -51,8 +51,9 @@ class OperatorStage(Stage):
 
     def build(self) -> OperatorObjective:
         op = LatentOperator(self.cfg.latent.tokens, self.cfg.latent.dim, self.cfg.model.operator, len(self.meta.tasks))
-        self.decoder = AnyPointDecoder(self.meta.grid.shape[-1], self.meta.channels, self.cfg.latent.dim,
-                                       self.cfg.model.decoder)
+        self.decoder = AnyPointDecoder(
+            self.meta.grid.shape[-1], self.meta.channels, self.cfg.latent.dim, self.cfg.model.decoder
+        )
         self.decoder.load_state_dict(self.handoff["autoencoder"]["decoder"])
         self.decoder.to(self.device).eval().requires_grad_(False)
         return OperatorObjective(op, self.stage_cfg.lambda_rollout)
@@ -82,7 +83,7 @@ def rollout_sums(stage: Stage, model: Surrogate, val: Trajectories, rows: torch.
     for chunk in rows.split(batch):
         task = val.task[chunk].to(stage.device)
         pred = model.predict_fields(val.z[chunk, t0].to(stage.device), steps, task)
-        true = model.denormalize(val.u[chunk, t0 + 1:t0 + 1 + steps].to(stage.device), task)
+        true = model.denormalize(val.u[chunk, t0 + 1 : t0 + 1 + steps].to(stage.device), task)
         errs.append(frame_nrmse(pred, true).mean(1))
         tasks.append(task)
     if not errs:

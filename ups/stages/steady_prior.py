@@ -41,8 +41,9 @@ class SteadyPriorStage(Stage):
         z = val.z[rows, :-1].flatten(0, 1).to(self.device)
         target = val.z[rows, -1:].expand(-1, self.meta.frames - 1, -1, -1).flatten(0, 1).to(self.device)
         err = (chunked(module.prior, z) - target).pow(2).flatten(1).mean(1)
-        return task_sums(self.val_metric, err.cpu(), val.task[rows].repeat_interleave(self.meta.frames - 1),
-                         self.meta.tasks)
+        return task_sums(
+            self.val_metric, err.cpu(), val.task[rows].repeat_interleave(self.meta.frames - 1), self.meta.tasks
+        )
 
     def export(self, module: PriorObjective) -> dict:
         return {"prior": module.prior.state_dict()}

@@ -35,10 +35,17 @@ from ups.storage import Storage
 from ups.tracking import MetricsLog, WandbRun
 from ups.train.optim import LRSchedule, build_optimizer, ema_model
 from ups.train.shard import collect
+from ups.train.state import (
+    CorruptCheckpoint,
+    from_bytes,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    tensors_sha256,
+    to_bytes,
+)
 from ups.train.stop import StopWatcher
-from ups.train.state import CorruptCheckpoint, from_bytes, load_checkpoint, rng_state, save_checkpoint, \
-    set_rng_state, tensors_sha256, to_bytes
-
 
 # Ranks agree on a stop request every this many optimizer steps: one tiny all-reduce, and on a
 # GPU one host sync, per check. Every step would put that sync on the hot path.
@@ -116,7 +123,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(seed)  # identical initial weights on every rank
 
     meta = DataMeta.from_dict(config["meta"])
-    handoff = {s: from_bytes(Storage(uri).read_bytes()) ["tensors"] for s, uri in config["handoff"].items()}
+    handoff = {s: from_bytes(Storage(uri).read_bytes())["tensors"] for s, uri in config["handoff"].items()}
     stage: Stage = STAGES[name](cfg, meta, handoff, device)
     module = stage.build().to(device)
     comm = Dist(device)
@@ -132,17 +139,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     micro = tcfg.batch_size // (world * tcfg.accum_steps)
     steps_per_epoch = comm.min_int(stage.num_samples(train) // micro) // tcfg.accum_steps
     if steps_per_epoch == 0:
-        raise ValueError(f"training.batch_size={tcfg.batch_size} is larger than stage {name}'s data on one worker "
-                         f"({stage.num_samples(train)} samples at world size {world})")
+        raise ValueError(
+            f"training.batch_size={tcfg.batch_size} is larger than stage {name}'s data on one worker "
+            f"({stage.num_samples(train)} samples at world size {world})"
+        )
     micro_per_epoch = steps_per_epoch * tcfg.accum_steps
 
     optimizer = build_optimizer(module, scfg.optimizer)
     schedule = LRSchedule(optimizer, scfg.scheduler, scfg.epochs, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16")
     ema = ema_model(module, tcfg.ema_decay) if tcfg.ema_decay else None
-    progress = {"epoch": 0, "micro": 0, "global_step": 0, "best": math.inf, "best_epoch": 0, "bad_epochs": 0,
-                "finished": False, "stopped_early": False, "loss_sum": 0.0, "loss_count": 0, "restarts": 0,
-                "world_sizes": []}
+    progress = {
+        "epoch": 0,
+        "micro": 0,
+        "global_step": 0,
+        "best": math.inf,
+        "best_epoch": 0,
+        "bad_epochs": 0,
+        "finished": False,
+        "stopped_early": False,
+        "loss_sum": 0.0,
+        "loss_count": 0,
+        "restarts": 0,
+        "world_sizes": [],
+    }
     history: list[dict] = []
     best_weights: dict[str, torch.Tensor] | None = None
 
@@ -164,8 +184,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         elif progress["micro"]:
             progress["micro"] = 0  # new shards after a resize: redo the interrupted epoch on them
         if rank == 0:
-            print(f"[{name}] resumed at epoch {progress['epoch'] + 1}, micro-batch {progress['micro']} "
-                  f"(world size {state['world_size']} -> {world})", flush=True)
+            print(
+                f"[{name}] resumed at epoch {progress['epoch'] + 1}, micro-batch {progress['micro']} "
+                f"(world size {state['world_size']} -> {world})",
+                flush=True,
+            )
 
     progress["world_sizes"] = progress.get("world_sizes", []) + [world]  # one entry per (re)start
     phases.done("restore")
@@ -186,14 +209,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         ck, tmp = None, None
         if rank == 0:
             tmp = tempfile.mkdtemp(prefix=f"ups-{name}-")
-            state = {"model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": schedule.state_dict(), "scaler": scaler.state_dict(),
-                     "ema": ema.state_dict() if ema is not None else None, "stage": stage.state_dict(),
-                     "progress": dict(progress), "history": history, "best_weights": best_weights, "rng": rngs,
-                     "world_size": world, "config_digest": config["config_digest"]}
-            save_checkpoint(tmp, state, {"stage": name, "epoch": progress["epoch"],
-                                         "global_step": progress["global_step"],
-                                         "config_digest": config["config_digest"]})
+            state = {
+                "model": module.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": schedule.state_dict(),
+                "scaler": scaler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "stage": stage.state_dict(),
+                "progress": dict(progress),
+                "history": history,
+                "best_weights": best_weights,
+                "rng": rngs,
+                "world_size": world,
+                "config_digest": config["config_digest"],
+            }
+            save_checkpoint(
+                tmp,
+                state,
+                {
+                    "stage": name,
+                    "epoch": progress["epoch"],
+                    "global_step": progress["global_step"],
+                    "config_digest": config["config_digest"],
+                },
+            )
             ck = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(row, checkpoint=ck)
         if tmp:
@@ -202,13 +241,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     preempted, first_step = False, None
     while not progress["finished"]:
         epoch = progress["epoch"]
-        order = torch.randperm(stage.num_samples(train), generator=torch.Generator().manual_seed(
-            derive_seed(seed, "epoch", epoch, rank)))
+        order = torch.randperm(
+            stage.num_samples(train), generator=torch.Generator().manual_seed(derive_seed(seed, "epoch", epoch, rank))
+        )
         loss_acc, count_acc = torch.zeros((), dtype=torch.float64, device=device), 0
         t_start = time.perf_counter()
         module.train()
         for m in range(progress["micro"], micro_per_epoch):
-            ids = order[m * micro:(m + 1) * micro]
+            ids = order[m * micro : (m + 1) * micro]
             gen = torch.Generator().manual_seed(derive_seed(seed, "step", epoch, m, rank))
             batch = stage.batch(train, ids, gen)
             stepping = (m + 1) % tcfg.accum_steps == 0
@@ -242,15 +282,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 progress["loss_count"] += count_acc
                 loss_acc.zero_()
                 count_acc = 0
-                checkpoint({"epoch": epoch + 1, "global_step": progress["global_step"], "mid_epoch": True,
-                            "preempted": preempted})
+                checkpoint(
+                    {
+                        "epoch": epoch + 1,
+                        "global_step": progress["global_step"],
+                        "mid_epoch": True,
+                        "preempted": preempted,
+                    }
+                )
             if preempted:
                 break
         if preempted:
             break
         train_time = time.perf_counter() - t_start
-        train_loss = comm.sum(torch.tensor([progress["loss_sum"] + loss_acc.item(),
-                                            progress["loss_count"] + count_acc], dtype=torch.float64))
+        train_loss = comm.sum(
+            torch.tensor(
+                [progress["loss_sum"] + loss_acc.item(), progress["loss_count"] + count_acc], dtype=torch.float64
+            )
+        )
         if not math.isfinite(train_loss[0].item()) and not scaler.is_enabled():
             raise FloatingPointError(f"stage {name}: training loss is {train_loss[0].item()} in epoch {epoch + 1}")
         loss_acc.zero_()
@@ -270,31 +319,50 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         schedule.epoch_end(metric)
         progress.update(epoch=epoch + 1, micro=0, loss_sum=0.0, loss_count=0)
         early_stop = scfg.patience is not None and progress["bad_epochs"] >= scfg.patience
-        progress.update(finished=early_stop or epoch + 1 >= scfg.epochs,
-                        stopped_early=early_stop and epoch + 1 < scfg.epochs)
-        row = {"stage": name, "epoch": epoch + 1, "world_size": world,
-               "train_loss": (train_loss[0] / train_loss[1]).item(), **val_metrics, "lr": schedule.lr,
-               "epoch_time_s": round(time.perf_counter() - t_start, 4),
-               "samples_per_s": round(train_loss[1].item() / max(train_time, 1e-9), 2),
-               "global_step": progress["global_step"]}
+        progress.update(
+            finished=early_stop or epoch + 1 >= scfg.epochs, stopped_early=early_stop and epoch + 1 < scfg.epochs
+        )
+        row = {
+            "stage": name,
+            "epoch": epoch + 1,
+            "world_size": world,
+            "train_loss": (train_loss[0] / train_loss[1]).item(),
+            **val_metrics,
+            "lr": schedule.lr,
+            "epoch_time_s": round(time.perf_counter() - t_start, 4),
+            "samples_per_s": round(train_loss[1].item() / max(train_time, 1e-9), 2),
+            "global_step": progress["global_step"],
+        }
         history.append(row)
         if rank == 0:
             log.write(history)
             wb.log(f"train/{name}", row)
-            print(f"[{name}] epoch {epoch + 1}/{scfg.epochs}  train_loss={row['train_loss']:.4g}  "
-                  f"{stage.val_metric}={metric:.4g}  lr={row['lr']:.2e}  {row['epoch_time_s']:.1f}s", flush=True)
+            print(
+                f"[{name}] epoch {epoch + 1}/{scfg.epochs}  train_loss={row['train_loss']:.4g}  "
+                f"{stage.val_metric}={metric:.4g}  lr={row['lr']:.2e}  {row['epoch_time_s']:.1f}s",
+                flush=True,
+            )
         checkpoint(row)
 
     phases.done("epochs")
     stop_watch.close()
-    result = {"epochs": progress["epoch"], "stopped_early": progress["stopped_early"], "world_size": world,
-              "restarts": progress["restarts"], "world_sizes": progress["world_sizes"], "preempted": preempted,
-              "first_step_unix": first_step,
-              "best": {"metric": stage.val_metric, "value": progress["best"], "epoch": progress["best_epoch"]}}
+    result = {
+        "epochs": progress["epoch"],
+        "stopped_early": progress["stopped_early"],
+        "world_size": world,
+        "restarts": progress["restarts"],
+        "world_sizes": progress["world_sizes"],
+        "preempted": preempted,
+        "first_step_unix": first_step,
+        "best": {"metric": stage.val_metric, "value": progress["best"], "epoch": progress["best_epoch"]},
+    }
     if preempted:
         if rank == 0:
-            print(f"[{name}] stop requested: checkpointed at epoch {progress['epoch'] + 1}, "
-                  f"micro-batch {progress['micro']}", flush=True)
+            print(
+                f"[{name}] stop requested: checkpointed at epoch {progress['epoch'] + 1}, "
+                f"micro-batch {progress['micro']}",
+                flush=True,
+            )
             if wb:
                 wb.finish()
         return result
@@ -318,8 +386,11 @@ def _restore(config: dict, rank: int) -> dict | None:
     if latest is None:
         return None
     runs = Storage(config["ray_run_uri"])
-    others = [ray.train.Checkpoint(runs.path(d), filesystem=runs.fs)
-              for d in reversed(runs.listdir(dirs_only=True)) if d.startswith("checkpoint_")]
+    others = [
+        ray.train.Checkpoint(runs.path(d), filesystem=runs.fs)
+        for d in reversed(runs.listdir(dirs_only=True))
+        if d.startswith("checkpoint_")
+    ]
     for ck in [latest] + [c for c in others if c.path.rstrip("/") != latest.path.rstrip("/")]:
         with ck.as_directory() as d:
             try:

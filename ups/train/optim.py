@@ -23,12 +23,20 @@ class MuonAdamW(torch.optim.Optimizer):
         others = [p for p in params if p.ndim < 2]
         self.parts: list[torch.optim.Optimizer] = []
         if matrices:
-            self.parts.append(torch.optim.Muon(
-                matrices, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
-                ns_steps=cfg.muon_ns_steps, adjust_lr_fn="match_rms_adamw"))
+            self.parts.append(
+                torch.optim.Muon(
+                    matrices,
+                    lr=cfg.lr,
+                    weight_decay=cfg.weight_decay,
+                    momentum=cfg.muon_momentum,
+                    ns_steps=cfg.muon_ns_steps,
+                    adjust_lr_fn="match_rms_adamw",
+                )
+            )
         if others:
-            self.parts.append(torch.optim.AdamW(others, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
-                                                eps=cfg.eps))
+            self.parts.append(
+                torch.optim.AdamW(others, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
+            )
         super().__init__([{"params": []}], {})  # base bookkeeping only; the parts hold the groups
 
     # The parts own their groups (load_state_dict replaces the dicts), so always look them up.
@@ -63,11 +71,13 @@ def build_optimizer(module: nn.Module, cfg: OptimizerConfig) -> torch.optim.Opti
     # are launch-bound (bench/RESULTS.md, GPU step).
     fused = bool(params) and all(p.is_cuda for p in params)
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps,
-                                fused=fused or None)
+        return torch.optim.Adam(
+            params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps, fused=fused or None
+        )
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps,
-                                 fused=fused or None)
+        return torch.optim.AdamW(
+            params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps, fused=fused or None
+        )
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     return MuonAdamW(params, cfg)
@@ -126,8 +136,12 @@ class LRSchedule:
         return self.opt.param_groups[0]["lr"]
 
     def state_dict(self) -> dict:
-        return {"step": self.step_count, "plateau_scale": self.plateau_scale, "best": self.best,
-                "bad_epochs": self.bad_epochs}
+        return {
+            "step": self.step_count,
+            "plateau_scale": self.plateau_scale,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+        }
 
     def load_state_dict(self, s: dict) -> None:
         self.step_count, self.plateau_scale = s["step"], s["plateau_scale"]

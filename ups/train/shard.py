@@ -24,7 +24,7 @@ class Trajectories:
     def __len__(self) -> int:
         return len(self.idx)
 
-    def to(self, device: torch.device) -> "Trajectories":
+    def to(self, device: torch.device) -> Trajectories:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Trajectories(move(self.idx), move(self.task), move(self.z), move(self.u))
 
@@ -40,5 +40,6 @@ def collect(iterator, batch_rows: int = 256) -> Trajectories:
     data = {k: np.concatenate(v) for k, v in cols.items()}
     order = np.argsort(data["idx"], kind="stable")
     get = lambda k, dt: torch.from_numpy(np.ascontiguousarray(data[k][order])).to(dt) if k in data else None  # noqa: E731
-    return Trajectories(idx=get("idx", torch.long), task=get("task", torch.long), z=get("z", torch.float32),
-                        u=get("u", torch.float32))
+    return Trajectories(
+        idx=get("idx", torch.long), task=get("task", torch.long), z=get("z", torch.float32), u=get("u", torch.float32)
+    )

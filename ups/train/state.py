@@ -38,8 +38,9 @@ def save_checkpoint(directory: str | Path, state: dict[str, Any], meta: dict[str
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(state, directory / STATE_FILE)
-    files = {STATE_FILE: {"sha256": _sha256_file(directory / STATE_FILE),
-                          "bytes": (directory / STATE_FILE).stat().st_size}}
+    files = {
+        STATE_FILE: {"sha256": _sha256_file(directory / STATE_FILE), "bytes": (directory / STATE_FILE).stat().st_size}
+    }
     manifest = {"format": FORMAT, "files": files, **meta}
     tmp = directory / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
@@ -60,7 +61,9 @@ def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
         if not path.exists():
             raise CorruptCheckpoint(f"{directory.name}: {name} is missing")
         if path.stat().st_size != rec["bytes"]:
-            raise CorruptCheckpoint(f"{directory.name}: {name} has {path.stat().st_size} bytes, manifest says {rec['bytes']}")
+            raise CorruptCheckpoint(
+                f"{directory.name}: {name} has {path.stat().st_size} bytes, manifest says {rec['bytes']}"
+            )
         if _sha256_file(path) != rec["sha256"]:
             raise CorruptCheckpoint(f"{directory.name}: {name} does not match its sha256 in the manifest")
     return manifest
@@ -79,8 +82,13 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": [py[0], list(py[1]), py[2]],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
-                  "has_gauss": has_gauss, "cached": cached},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
