@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/smoke.yaml
 
-.PHONY: setup run test bench clean
+.PHONY: setup run check test test-ray bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,19 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(PY) -m ray_jobs.train --config $(CONFIG) --storage runs
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+# Static checks and every test that needs no Ray (the fast tier, about a minute).
+check: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -q -m "not ray"
+
+# The end-to-end tests on one shared local Ray session.
+test-ray: $(STAMP)
+	$(PY) -m pytest -q -m ray
+
+# Everything CI runs: the fast tier first (it fails in a minute if anything basic is wrong).
+test: check test-ray
 
 # CPU benchmarks, one JSON line each (bench/RESULTS.md); the GPU one is bench/gpu.sh.
 bench: $(STAMP)

@@ -1,125 +1,201 @@
-"""The operator stage's per-worker loop under TorchTrainer (1 worker) vs a bare PyTorch loop over
-the same in-memory tensors, with the same model, optimizer, EMA, clipping, batch size and thread
-count. Figure: samples/s ratio (goal >= 0.97).
+"""The same trainer with and without Ray Train: the operator stage's StageTrainer under
+TorchTrainer (1 worker, 1 CPU) vs over a LocalContext in a fresh single-thread process, same
+config, TrainJob and latent cache. Figure: median over rounds of the paired samples/s ratio
+ray / local (goal >= 0.97).
 
-    .venv/bin/python bench/loop_overhead.py [--epochs 6] [--rounds 3]
+    .venv/bin/python bench/loop_overhead.py [--rounds 6] [--epochs 6] [--full-pipeline]
 
-The Ray figure is the loop's own `samples_per_s` (training steps only, validation excluded) per
-epoch after the first. The bare loop runs as many steps in a fresh process with
-OMP_NUM_THREADS=1, as a Ray worker with 1 CPU gets. This VM's single-thread speed drifts by
-+-25% over tens of seconds even with nothing else running, so the two are measured in
-alternating rounds (Ray, bare, Ray, bare, ...) and the ratio is of the medians over all rounds;
-the spread of each is reported beside it.
+Both sides report the trainer's own `samples_per_s` (training steps only: validation, the
+checkpoint and Ray's report() are outside it) for each epoch after the first, read from the
+round's metrics.jsonl; a round's figure is the median over its epochs.
+
+- Ray: round 0 runs the whole pipeline on the Ray backend (autoencoder 1 epoch, latent cache,
+  operator, evaluation). Later rounds launch the operator's worker group with
+  `RayBackend.train`, the call the pipeline makes for that group, on the same materialized cache
+  (`--full-pipeline`: the whole pipeline every round, and that round's cache for both sides).
+- Local: `LocalBackend.train` (StageTrainer over a LocalContext: the `--no-ray` path) on that
+  cache in a fresh process with OMP_NUM_THREADS=1 and torch.set_num_threads(1), as a 1-CPU Ray
+  worker gets.
+
+This VM's single-thread speed drifts by +-25% over tens of seconds, so the two alternate in
+ABBA order (Ray local, local Ray, Ray local, ...) and each round's ratio pairs measurements a few
+seconds apart; the median of those ratios and their spread are the figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-import torch
-from _common import ROOT, emit, run_pipeline, smoke, stage_rows
+from _common import (
+    OUT,
+    ROOT,
+    cache_latents,
+    data_meta,
+    emit,
+    quiet,
+    read_rows,
+    run_handoff,
+    run_pipeline,
+    smoke,
+    stage_job,
+    stage_rows,
+)
+
+STAGE = "operator"
 
 
-def bare_loop(cfg, frames: int, n_traj: int, steps: int) -> float:
-    """Samples/s of forward, backward, clip, step, EMA on batches indexed from memory."""
-    from ups.models.latent import LatentOperator
-    from ups.stages.operator import OperatorObjective
-    from ups.train.optim import build_optimizer, ema_model
+def overrides(epochs: int) -> list[str]:
+    return [
+        "scaling.num_workers=1",
+        "scaling.cpus_per_worker=1",
+        "stages.autoencoder.epochs=1",
+        f"stages.{STAGE}.epochs={epochs}",
+        f"stages.{STAGE}.patience=null",
+        "stages.diffusion_residual.epochs=0",
+        "stages.consistency_distill.epochs=0",
+    ]
 
-    torch.manual_seed(0)
-    scfg, h = cfg.stages.operator, cfg.stages.operator.rollout_horizon
-    module = OperatorObjective(
-        LatentOperator(cfg.latent.tokens, cfg.latent.dim, cfg.model.operator), scfg.lambda_rollout
+
+def local_main(spec_path: str) -> None:
+    """In the fresh process: train the job with LocalBackend on the run's latent cache."""
+    import torch
+
+    from ups import config as C
+    from ups.backend.local_backend import LocalBackend
+    from ups.contracts import TrainJob
+
+    torch.set_num_threads(1)
+    spec = json.loads(Path(spec_path).read_text())
+    job = TrainJob.from_dict(spec["job"])
+    results, _ = LocalBackend(device="cpu", say=quiet).train(
+        job.stage, [job], cache_latents(spec["summary"]), C.from_dict(job.cfg), []
     )
-    opt = build_optimizer(module, scfg.optimizer)
-    ema = ema_model(module, cfg.training.ema_decay)
-    z = torch.randn(n_traj, frames, cfg.latent.tokens, cfg.latent.dim)
-    b, per = cfg.training.batch_size, frames - h
-    dt, task = torch.full((b,), 0.1), torch.zeros(b, dtype=torch.long)
-
-    def step(i: int) -> None:
-        ids = torch.randint(0, n_traj * per, (b,), generator=torch.Generator().manual_seed(i))
-        seq = z[(ids // per)[:, None], (ids % per)[:, None] + torch.arange(h + 1)]
-        loss, _ = module({"z": seq, "dt": dt, "task": task})
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.training.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update_parameters(module)
-
-    for i in range(10):  # warm-up
-        step(i)
-    start = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    return steps * b / (time.perf_counter() - start)
+    assert results[0].status == "completed", results[0]
 
 
-def bare_in_fresh_process(overrides: list[str], frames: int, n_traj: int, steps: int, n: int) -> list[float]:
+def local_round(job, summary: dict) -> list[dict]:
+    spec = Path(job.run_uri) / "local_job.json"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(json.dumps({"job": job.to_dict(), "summary": {"latent_cache": summary["latent_cache"]}}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    spec = {"overrides": overrides, "frames": frames, "n_traj": n_traj, "steps": steps, "n": n}
-    args = ["--bare", json.dumps(spec)]
-    out = subprocess.run(
-        [sys.executable, __file__, *args], env=env, cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    proc = subprocess.run(
+        [sys.executable, __file__, "--local", str(spec)], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    if proc.returncode:
+        sys.exit(f"local round failed:\n{proc.stderr[-4000:]}")
+    return read_rows(job.run_uri, STAGE)
+
+
+def figures(rows: list[dict]) -> list[float]:
+    return [r["samples_per_s"] for r in rows[1:]]  # the first epoch pays one-off warm-up costs
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--bare", help=argparse.SUPPRESS)  # internal: run only the bare loop, print samples/s
+    ap.add_argument("--rounds", type=int, default=6, help="paired rounds (Ray + local each)")
+    ap.add_argument("--epochs", type=int, default=6, help="operator epochs per run (the first is not counted)")
+    ap.add_argument("--full-pipeline", action="store_true", help="run the whole Ray pipeline in every Ray round")
+    ap.add_argument("--local", help=argparse.SUPPRESS)  # internal: the local side, in a fresh process
     args = ap.parse_args()
-    if args.bare:  # one "epoch" of steps per figure, as many figures as the Ray run has epochs
-        spec = json.loads(args.bare)
-        torch.set_num_threads(1)
-        cfg = smoke(*spec["overrides"]).cfg
-        print(json.dumps([bare_loop(cfg, spec["frames"], spec["n_traj"], spec["steps"]) for _ in range(spec["n"])]))
+    if args.local:
+        local_main(args.local)
         return
-    overrides = [
-        "scaling.num_workers=1",
-        "stages.autoencoder.epochs=1",
-        f"stages.operator.epochs={args.epochs}",
-        "stages.diffusion_residual.epochs=0",
-        "stages.consistency_distill.epochs=0",
-    ]
-    loaded = smoke(*overrides)
-    frames = len(range(0, loaded.cfg.data.generate.frames, loaded.cfg.data.t_stride))
-    ray_sps, bare_sps = [], []
+    if args.epochs < 2:
+        ap.error("--epochs must be >= 2 (the first epoch is not counted)")
+
+    from ups.backend.ray_backend import RayBackend
+
+    loaded = smoke(*overrides(args.epochs))
+    cfg = loaded.cfg
+    meta = data_meta(cfg)
+    backend = RayBackend(say=quiet)
+    base = OUT / f"bench-loop-{int(time.time())}"
+    ray_sps: list[list[float]] = []
+    local_sps: list[list[float]] = []
+    summary: dict = {}
+    latents = None
+    t_start = time.perf_counter()
+
+    def ray_side(i: int) -> list[dict]:
+        nonlocal summary, latents
+        if i == 0 or args.full_pipeline:
+            summary = run_pipeline(loaded, f"bench-loop-pipeline-{i}", backend=backend)
+            latents = None
+            return stage_rows(summary, STAGE)
+        if latents is None:
+            from ups.latent_cache import LatentCache
+            from ups.storage import Storage
+
+            uri = summary["latent_cache"]["uri"]
+            latents = backend.latent_data(LatentCache(uri, Storage(uri).read_json("manifest.json")))
+        job = stage_job(STAGE, cfg, meta, base / f"ray-{i}", run_handoff(summary, STAGE))
+        job = dataclasses.replace(job, stop_flag=backend.stop_name())  # as the pipeline's job
+        results, _ = backend.train(STAGE, [job], latents, cfg, [])
+        assert results[0].status == "completed", results[0]
+        return read_rows(job.run_uri, STAGE)
+
+    def local_side(i: int) -> list[dict]:
+        return local_round(stage_job(STAGE, cfg, meta, base / f"local-{i}", run_handoff(summary, STAGE)), summary)
+
     for i in range(args.rounds):
-        summary = run_pipeline(loaded, f"bench-loop-{i}")
-        rows = stage_rows(summary, "operator")[1:]  # the first epoch pays one-off warm-up costs
-        ray_sps += [r["samples_per_s"] for r in rows]
-        per_epoch = rows[0]["global_step"] // 2  # global_step after the first two epochs
-        spec = {"frames": frames, "n_traj": summary["latent_cache"]["rows"]["train"], "steps": per_epoch}
-        bare_sps += bare_in_fresh_process(overrides, **spec, n=len(rows))
-    ray_med, bare_med = statistics.median(ray_sps), statistics.median(bare_sps)
-    spread = lambda xs: [round(min(xs), 1), round(max(xs), 1)]  # noqa: E731
+        # ABBA: round 0 must start on Ray (it builds the cache); odd rounds start locally.
+        if i % 2 == 0:
+            ray_rows, local_rows = ray_side(i), local_side(i)
+        else:
+            local_rows, ray_rows = local_side(i), ray_side(i)
+        ray_sps.append(figures(ray_rows))
+        local_sps.append(figures(local_rows))
+        print(
+            f"round {i}: ray {statistics.median(ray_sps[-1]):.0f}  local {statistics.median(local_sps[-1]):.0f} "
+            f"samples/s  ({time.perf_counter() - t_start:.0f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    ratios = [statistics.median(r) / statistics.median(b) for r, b in zip(ray_sps, local_sps)]
+    ray_all = [x for xs in ray_sps for x in xs]
+    local_all = [x for xs in local_sps for x in xs]
+    iqr = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else [ratios[0]] * 3
+    r3 = lambda xs: [round(x, 3) for x in xs]  # noqa: E731
+    r1 = lambda xs: [round(min(xs), 1), round(max(xs), 1)]  # noqa: E731
+    median_ratio = statistics.median(ratios)
     emit(
         "loop_overhead",
         {
-            "ray_samples_per_s": round(ray_med, 1),
-            "bare_samples_per_s": round(bare_med, 1),
-            "ratio": round(ray_med / bare_med, 3),
+            "ratio_median": round(median_ratio, 3),
+            "ratio_range": r3([min(ratios), max(ratios)]),
+            "ratio_iqr": r3([iqr[0], iqr[2]]),
             "goal": 0.97,
-            "ray_range": spread(ray_sps),
-            "bare_range": spread(bare_sps),
+            "met": median_ratio >= 0.97,
+            "ray_samples_per_s": round(statistics.median(ray_all), 1),
+            "local_samples_per_s": round(statistics.median(local_all), 1),
+            "ray_range": r1(ray_all),
+            "local_range": r1(local_all),
+            "round_ratios": r3(ratios),
         },
         setting={
-            "stage": "operator",
+            "stage": STAGE,
+            "trainer": "ups.train.trainer.StageTrainer (Ray: RayContext under TorchTrainer; local: LocalContext)",
             "workers": 1,
-            "batch": loaded.cfg.training.batch_size,
+            "cpus_per_worker": 1,
+            "batch": cfg.training.batch_size,
             "rounds": args.rounds,
-            "epochs_per_round": len(rows),
-            "steps_per_epoch": per_epoch,
+            "order": "ABBA",
+            "epochs_counted_per_round": len(ray_sps[0]),
+            "steps_per_epoch": ray_rows[0]["global_step"],
+            "ray_rounds": "pipeline every round"
+            if args.full_pipeline
+            else "pipeline in round 0, RayBackend.train after",
             "torch_threads": 1,
+            "wall_s": round(time.perf_counter() - t_start, 1),
         },
     )
 

@@ -21,7 +21,9 @@ def main() -> int:
     p.add_argument("--split", choices=["val", "test"], default="val")
     args = p.parse_args()
 
-    from ups import pipeline, runtime
+    from ups import pipeline
+    from ups.backend.ray_backend import RayBackend
+    from ups.contracts import stage_records
     from ups.data import views
     from ups.run import RunDir
     from ups.storage import Storage
@@ -32,16 +34,19 @@ def main() -> int:
     if not rundir.dir.exists("summary.json"):
         raise ConfigError(f"{uri}: not a run folder (no summary.json)")
     cfg, summary = rundir.config(), rundir.summary()
+    records = stage_records(summary)
     for stage in ("autoencoder", "operator"):
-        if summary["stages"].get(stage, {}).get("status") != "completed":
+        if stage not in records or not records[stage].completed:
             raise ConfigError(f"{uri}: stage {stage} has not completed; nothing to evaluate")
     chosen = summary.get("eval", {}).get("corrector")
     if cfg.eval.corrector == "auto" and chosen:  # the corrector the run chose on val
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"corrector": chosen})})
-    runtime.connect(cfg)
+    backend = RayBackend()
+    backend.start(cfg, rundir)
     tasks = views.load_tasks(cfg.data)
     meta = views.DataMeta.from_tasks(tasks, cfg.data.initial_step)
-    result = pipeline.evaluate_run(rundir, cfg, meta, tasks, pipeline.load_exports(rundir, summary), args.split, print)
+    exports = pipeline.load_exports(rundir, summary)
+    result = pipeline.evaluate_run(backend, rundir, cfg, meta, tasks, exports, args.split, print)
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}, indent=2))
     return 0
 

@@ -21,6 +21,11 @@ def main() -> int:
         help="config changed: keep finished stages and continue under the new config",
     )
     p.add_argument("--validate-only", action="store_true", help="check config and data, print the resolved config")
+    p.add_argument(
+        "--no-ray",
+        action="store_true",
+        help="train in this process without Ray (one worker; same files, checkpoints and resume)",
+    )
     args = p.parse_args()
     loaded, name = load(args)
 
@@ -28,17 +33,22 @@ def main() -> int:
 
     if args.validate_only:
         from ups.config import digest, to_yaml
+        from ups.preflight import preflight
 
-        pipeline.preflight(loaded)
+        preflight(loaded)
         print(to_yaml(loaded.cfg) + f"# digest: {digest(loaded.cfg)}")
         return 0
+    backend = None
+    if args.no_ray:
+        from ups.backend.local_backend import LocalBackend
+
+        backend = LocalBackend()
+    opts = pipeline.PipelineOptions(
+        name=name, storage=args.storage, restart=args.restart, accept_config_change=args.accept_config_change,
+        backend=backend,
+    )  # fmt: skip
     try:
-        pipeline.run(
-            loaded,
-            pipeline.PipelineOptions(
-                name=name, storage=args.storage, restart=args.restart, accept_config_change=args.accept_config_change
-            ),
-        )
+        pipeline.run(loaded, opts)
     except pipeline.Preempted as e:
         print(f"preempted: {e}", file=sys.stderr)
         return 143  # 128 + SIGTERM: not finished, state saved

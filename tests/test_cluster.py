@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
@@ -16,7 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def validate_cluster(cfg: dict) -> dict:
-    import jsonschema
     import ray.autoscaler
     from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -37,12 +38,20 @@ def test_cluster_yaml_is_valid_for_the_autoscaler():
     assert gpu and all(t.get("min_workers", 0) == 0 and t["max_workers"] > 0 for t in gpu)
     assert any(t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot" for t in gpu)
     assert any("InstanceMarketOptions" not in t["node_config"] for t in gpu)  # on-demand fallback
-    assert all("--dashboard-host=127.0.0.1" in c for c in cfg["head_start_ray_commands"] if "--head" in c)
+    starts = [c for c in cfg["head_start_ray_commands"] if "ray start" in c and "--head" in c]
+    assert starts and all("--dashboard-host=127.0.0.1" in c for c in starts)  # the dashboard only via a tunnel
     assert any("pip install" in c and "-e ." in c for c in cfg["setup_commands"])
 
 
-@pytest.mark.parametrize("breakage", ["typo", "fraction", "head_type"])
-def test_schema_check_catches_mistakes(breakage):
+@pytest.mark.parametrize(
+    "breakage, error, match",
+    [
+        ("typo", jsonschema.ValidationError, "'setup_comands' was unexpected"),  # Ray's JSON schema
+        ("fraction", jsonschema.ValidationError, "0.5 is not of type 'integer'"),
+        ("head_type", ValueError, "`head_node_type` must be one of `available_node_types`"),  # Ray's own checks
+    ],
+)
+def test_schema_check_catches_mistakes(breakage, error, match):
     cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     if breakage == "typo":
         cfg["setup_comands"] = cfg.pop("setup_commands")
@@ -50,7 +59,7 @@ def test_schema_check_catches_mistakes(breakage):
         cfg["available_node_types"]["gpu_spot"]["resources"]["CPU"] = 0.5
     else:
         cfg["head_node_type"] = "nope"
-    with pytest.raises(Exception):
+    with pytest.raises(error, match=re.escape(match)):
         validate_cluster(cfg)
 
 

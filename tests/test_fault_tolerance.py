@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ups.config import STAGE_NAMES
+from ups.stages import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.ray
 
 
 def digests(summary: dict) -> dict[str, str | None]:
-    return {s: summary["stages"][s].get("weights_sha256") for s in STAGE_NAMES}
+    return {s: summary["stages"][s].get("weights_sha256") for s in registry.names()}
 
 
 def summary_of(run: Path) -> dict:

@@ -59,3 +59,33 @@ def test_cache_reused_and_invalidated(ray_session, smoke_data, tmp_path):
     _, reused = build_or_reuse(run, tasks, meta, cfg, uri1, sha1, "other-data")
     assert not reused
     assert sorted(d for d in run.listdir() if d.startswith("latent_cache")) == ["latent_cache"]  # no temp left
+
+
+def test_cache_without_ray_matches_and_is_verified_against_its_files(smoke_data, tmp_path):
+    """The in-process build (`--no-ray`) writes the same rows; a reused cache whose file was
+    altered is rebuilt, not trusted for its recorded digests."""
+    cfg = Config.model_validate({"data": {"path": str(smoke_data), "max_samples": 24}, "latent": {"tokens": 4, "dim": 8},
+                                 "model": {"encoder": {"hidden": 16, "heads": 2}}})  # fmt: skip
+    tasks = views.load_tasks(cfg.data)
+    meta = views.DataMeta.from_tasks(tasks, 4)
+    run = Storage(str(tmp_path / "run"))
+    torch.manual_seed(0)
+    enc = GridEncoder(torch.as_tensor(meta.grid), 1, 4, 8, cfg.model.encoder).eval()
+    tensors = {"encoder": enc.state_dict(), "decoder": {}}
+    run.write_bytes(to_bytes({"tensors": tensors}), "enc.pt")
+    args = (run, tasks, meta, cfg, run.uri_of("enc.pt"), tensors_sha256(tensors), views.data_digest(tasks))
+    cache, reused = build_or_reuse(*args, use_ray=False)
+    assert not reused
+    val = cache.trajectories("val")
+    with torch.no_grad():
+        expect = torch.stack([enc(torch.as_tensor(tasks[0].u[i])) for i in val.idx.tolist()])
+    torch.testing.assert_close(val.z, expect)
+    assert cache.trajectories("train").u is None  # the train split carries latents only
+    assert build_or_reuse(*args, use_ray=False)[1] is True
+
+    part = tmp_path / "run" / "latent_cache" / cache.manifest["files"]["val"][0]
+    part.write_bytes(part.read_bytes()[:-8] + b"tampered")
+    said: list[str] = []
+    rebuilt, reused = build_or_reuse(*args, use_ray=False, say=said.append)
+    assert not reused and "does not match its sha256" in said[0]
+    torch.testing.assert_close(rebuilt.trajectories("val").z, val.z)

@@ -10,7 +10,7 @@ import torch
 from ups.config import Config, GenerateConfig
 from ups.data import views
 from ups.data.generate import generate
-from ups.stages import STAGES
+from ups.stages import registry
 from ups.train.shard import Trajectories
 
 
@@ -69,7 +69,7 @@ def falls(losses: list[float], factor: float = 0.8) -> bool:
 
 def run_stage(name, cfg, meta, handoff, train, val, steps, lr=3e-3):
     torch.manual_seed(0)
-    stage = STAGES[name](cfg, meta, handoff, torch.device("cpu"))
+    stage = registry.get(name)(cfg, meta, handoff, torch.device("cpu"))
     module = stage.build()
     stage.setup(train, val, lambda t: t)
     before = stage.validate(module.eval(), val, torch.arange(len(val)))[stage.val_metric]
@@ -114,7 +114,7 @@ def test_every_stage_learns_and_hands_over(tiny):
 def test_a_stage_refuses_to_start_without_its_handoff(tiny):
     cfg, meta, _, _ = tiny
     with pytest.raises(RuntimeError, match="needs the output of"):
-        STAGES["diffusion_residual"](cfg, meta, {}, torch.device("cpu"))
+        registry.get("diffusion_residual")(cfg, meta, {}, torch.device("cpu"))
 
 
 def test_operator_starts_as_persistence(tiny):

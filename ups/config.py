@@ -3,6 +3,10 @@
 A config file only says what differs from the schema's defaults. Every error a user can make in a
 file or on the command line becomes a `ConfigError` whose message is one line naming the file and
 the key, so entry points can print it and exit 2 before any cluster resource is used.
+
+The schema is assembled here from two halves: the sections in `ups/schema.py` and one
+`stages.<name>` section per registered stage (`ups/stages/registry.py`), each of the stage's own
+config class. Registering a stage is all it takes to give it a config section.
 """
 
 from __future__ import annotations
@@ -11,371 +15,54 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError, create_model, model_validator
+
+from ups.schema import (  # noqa: F401  (re-exported: the schema's names are part of ups.config)
+    CheckpointConfig,
+    ConfigError,
+    DataConfig,
+    Decay,
+    DecoderConfig,
+    DenoiserNetConfig,
+    EncoderConfig,
+    EvalConfig,
+    Fraction,
+    GateConfig,
+    GenerateConfig,
+    KeyedError,
+    LatentConfig,
+    LoggingConfig,
+    ModelConfig,
+    NonNegFloat,
+    NonNegInt,
+    OperatorNetConfig,
+    OptimizerConfig,
+    PosFloat,
+    PosInt,
+    RayConfig,
+    ScalingConfig,
+    SchedulerConfig,
+    Section,
+    StageConfig,
+    SteadyNetConfig,
+    SweepConfig,
+    TrainingConfig,
+    WandbConfig,
+    at_least,
+)
+from ups.stages import registry
+
+
+class ConfigBase(Section):
+    """Every section but `stages`, and the checks that span sections."""
 
-STAGE_NAMES = ("autoencoder", "operator", "diffusion_residual", "consistency_distill", "steady_prior")
-
-
-class ConfigError(ValueError):
-    """A bad config, include, override or data file; the message is one line for the user."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Schema. Sections own their keys; defaults make a tiny file a complete config.
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-def _rule(ok: Callable[[Any], bool], rule: str) -> AfterValidator:
-    """A bound as part of a key's type, so a subclass that changes a default keeps the bound.
-    None (an optional key left unset) always passes."""
-
-    def check(v):
-        if v is not None and not ok(v):
-            raise ValueError(f"must be {rule} (got {v})")
-        return v
-
-    return AfterValidator(check)
-
-
-PosInt = Annotated[int, _rule(lambda v: v > 0, "> 0")]
-PosFloat = Annotated[float, _rule(lambda v: v > 0, "> 0")]
-NonNegInt = Annotated[int, _rule(lambda v: v >= 0, ">= 0")]
-NonNegFloat = Annotated[float, _rule(lambda v: v >= 0, ">= 0")]
-Fraction = Annotated[float, _rule(lambda v: 0 <= v < 1, "in [0, 1)")]  # fractions, EMA decays
-Decay = Annotated[float, _rule(lambda v: 0 < v <= 1, "in (0, 1]")]  # multiplicative LR decays
-
-
-def AtLeast(n: int) -> Any:
-    return Annotated[int, _rule(lambda v: v >= n, f">= {n}")]
-
-
-class GenerateConfig(_Section):
-    """How to create `data.path` when it is missing (and what `ray_jobs.generate` writes)."""
-
-    pde: Literal["burgers", "advection"] = "burgers"
-    nu: PosFloat = 0.001  # PDEBench's Nu: u_t + (u²/2)_x = (Nu/π) u_xx
-    beta: float = 1.0  # advection speed
-    samples: PosInt = 1000
-    resolution: PosInt = 1024
-    frames: AtLeast(2) = 201  # saved frames, t = 0 .. t_end
-    t_end: PosFloat = 2.0
-    seed: int = 0
-    chunk_size: PosInt = 128  # trajectories per Ray task
-
-
-class DataConfig(_Section):
-    path: Union[str, list[str]] = "data/burgers_nu0.001.h5"  # one HDF5 file, or a list (multi-task)
-    generate: GenerateConfig | None = None
-    test_fraction: Fraction = 0.1  # PDEBench protocol: the first 10% of samples are the test set
-    val_fraction: Fraction = 0.1  # of the samples that remain
-    max_samples: PosInt | None = None  # read only the first N samples of each file
-    x_stride: PosInt = 1  # PDEBench: 4 (1024 -> 256)
-    t_stride: PosInt = 1  # PDEBench: 5 (201 -> 41)
-    initial_step: PosInt = 10  # input frames; metrics exclude them
-    normalize: bool = True
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, v):
-        paths = [v] if isinstance(v, str) else v
-        if not paths or any(not p for p in paths):
-            raise ValueError("must name at least one HDF5 file")
-        return v
-
-    @property
-    def paths(self) -> list[str]:
-        return [self.path] if isinstance(self.path, str) else list(self.path)
-
-
-class LatentConfig(_Section):
-    tokens: PosInt = 16
-    dim: PosInt = 32
-
-
-class _Net(_Section):
-    hidden: PosInt = 64
-    depth: NonNegInt = 2
-    heads: PosInt = 4
-    mlp_ratio: PosFloat = 2.0
-
-    @model_validator(mode="after")
-    def _heads_divide_hidden(self):
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden={self.hidden} is not divisible by heads={self.heads}")
-        return self
-
-
-class EncoderConfig(_Net):
-    patch_size: PosInt = 4
-    depth: NonNegInt = 1
-    frequencies: PosInt = 6  # Fourier features of patch centres
-
-
-class DecoderConfig(_Net):
-    frequencies: PosInt = 8  # Fourier features of the query coordinates
-
-
-class OperatorNetConfig(_Net):
-    hidden: PosInt = 96
-    depth: NonNegInt = 3
-
-
-class DenoiserNetConfig(_Net):
-    hidden: PosInt = 96
-    depth: NonNegInt = 2
-
-
-class SteadyNetConfig(_Net):
-    steps: PosInt = 4  # refinement iterations
-
-
-class ModelConfig(_Section):
-    encoder: EncoderConfig = EncoderConfig()
-    decoder: DecoderConfig = DecoderConfig()
-    operator: OperatorNetConfig = OperatorNetConfig()
-    denoiser: DenoiserNetConfig = DenoiserNetConfig()
-    steady: SteadyNetConfig = SteadyNetConfig()
-
-
-class OptimizerConfig(_Section):
-    name: Literal["adam", "adamw", "sgd", "muon"] = "adamw"  # muon: Muon for >=2-D weights + AdamW
-    lr: PosFloat = 1e-3
-    weight_decay: NonNegFloat = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: PosFloat = 1e-8
-    momentum: NonNegFloat = 0.9  # sgd
-    muon_momentum: NonNegFloat = 0.95
-    muon_ns_steps: PosInt = 5
-
-
-class SchedulerConfig(_Section):
-    """Warmup, then a schedule. Epoch-valued keys are converted to optimizer steps at stage start."""
-
-    name: Literal["constant", "step", "cosine", "plateau"] = "constant"
-    warmup_epochs: NonNegFloat = 0.0
-    step_size: PosInt = 10  # step: epochs between decays
-    gamma: Decay = 0.5  # step
-    t_max: PosInt | None = None  # cosine: epochs to eta_min (default: the stage's epochs)
-    eta_min: NonNegFloat = 0.0  # cosine: absolute floor
-    factor: Decay = 0.5  # plateau: decay on a validation plateau
-    patience: int = 2  # plateau: epochs without improvement
-
-
-class StageConfig(_Section):
-    epochs: NonNegInt = 10
-    optimizer: OptimizerConfig = OptimizerConfig()
-    scheduler: SchedulerConfig = SchedulerConfig()
-    patience: PosInt | None = None  # early stopping on the validation metric; None = never
-
-
-class AutoencoderStageConfig(StageConfig):
-    epochs: NonNegInt = 20
-    query_points: PosInt | None = None  # decoder points per frame in training; None = the whole grid
-
-
-class OperatorStageConfig(StageConfig):
-    epochs: NonNegInt = 20
-    rollout_horizon: PosInt = 1  # unrolled steps in the training loss (1 = one-step only)
-    lambda_rollout: float = 0.5  # weight of the unrolled part when rollout_horizon > 1
-
-
-class DiffusionStageConfig(StageConfig):
-    epochs: NonNegInt = 10
-    optimizer: OptimizerConfig = OptimizerConfig(lr=3e-4)
-    sigma_min: PosFloat = 0.002  # in units of the residual's std
-    sigma_max: PosFloat = 20.0
-    p_mean: float = -1.2  # log-normal noise-level distribution for training (EDM)
-    p_std: PosFloat = 1.2
-    sample_steps: PosInt = 4  # Heun steps of the few-step sampler
-
-    @model_validator(mode="after")
-    def _range(self):
-        if self.sigma_min >= self.sigma_max:
-            raise ValueError(f"sigma_min={self.sigma_min} must be < sigma_max={self.sigma_max}")
-        return self
-
-
-class ConsistencyStageConfig(StageConfig):
-    epochs: NonNegInt = 5
-    optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4)
-    num_scales: AtLeast(2) = 18  # discretisation of the teacher's probability-flow ODE
-    target_ema: Fraction = 0.95  # EMA of the student that provides the consistency target
-
-
-class SteadyStageConfig(StageConfig):
-    epochs: NonNegInt = 0  # off: transient problems have no steady state
-
-
-class StagesConfig(_Section):
-    autoencoder: AutoencoderStageConfig = AutoencoderStageConfig()
-    operator: OperatorStageConfig = OperatorStageConfig()
-    diffusion_residual: DiffusionStageConfig = DiffusionStageConfig()
-    consistency_distill: ConsistencyStageConfig = ConsistencyStageConfig()
-    steady_prior: SteadyStageConfig = SteadyStageConfig()
-
-
-class TrainingConfig(_Section):
-    batch_size: PosInt = 64  # global: samples per optimizer step over all workers and micro-steps
-    accum_steps: PosInt = 1  # micro-steps per optimizer step; the per-worker batch adapts to the world size
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    grad_clip: PosFloat | None = 1.0
-    ema_decay: Fraction | None = 0.999
-    compile: bool = False
-    # "reduce-overhead" = CUDA graphs: 7x faster steps for small launch-bound models on a GPU
-    # (bench/RESULTS.md); "default" keeps plain inductor.
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
-    seed: int = 0
-    deterministic: bool = True
-
-
-class ScalingConfig(_Section):
-    num_workers: Union[int, tuple[int, int]] = 1  # an int, or [min, max] for an elastic run
-    use_gpu: bool = False
-    cpus_per_worker: PosFloat = 1.0
-    gpus_per_worker: PosFloat = 1.0
-    resources: dict[str, float] = {}  # extra custom resources per worker (e.g. a node label resource)
-    elastic_resize_interval_s: PosFloat = 60.0  # how often an elastic run reconsiders its size
-
-    @field_validator("num_workers", mode="before")
-    @classmethod
-    def _workers(cls, v):
-        if isinstance(v, bool):
-            raise ValueError(f"must be an int or [min, max] (got {v!r})")
-        if isinstance(v, int):
-            if v < 1:
-                raise ValueError(f"must be >= 1 (got {v})")
-            return v
-        if (
-            isinstance(v, (list, tuple))
-            and len(v) == 2
-            and all(isinstance(n, int) and not isinstance(n, bool) for n in v)
-        ):
-            lo, hi = v
-            if not 1 <= lo <= hi:
-                raise ValueError(f"needs 1 <= min <= max (got [{lo}, {hi}])")
-            return (lo, hi)
-        raise ValueError(f"must be an int or [min, max] (got {v!r})")
-
-    @property
-    def world_sizes(self) -> range:
-        lo, hi = (self.num_workers, self.num_workers) if isinstance(self.num_workers, int) else self.num_workers
-        return range(lo, hi + 1)
-
-    @property
-    def elastic(self) -> bool:
-        return not isinstance(self.num_workers, int)
-
-
-class RayConfig(_Section):
-    """The embedded local Ray (ignored when RAY_ADDRESS points at a cluster)."""
-
-    num_cpus: PosInt | None = None  # logical CPUs; default: enough for the workers plus Ray Data
-    object_store_mb: PosInt | None = None
-    data_cpus: PosFloat = 1.0  # CPU budget of Ray Data pipelines (encoding, ingest)
-
-
-class CheckpointConfig(_Section):
-    keep: PosInt = 2  # newest checkpoints kept per stage (a corrupt newest one falls back to the previous)
-    every_steps: PosInt | None = None  # also checkpoint inside an epoch, every N optimizer steps
-    max_failures: AtLeast(-1) = 3  # worker-group restarts per stage; -1 = unlimited
-
-
-class EvalConfig(_Section):
-    horizon: PosInt | None = None  # predicted frames after the input frames; None = to the end
-    max_samples: PosInt | None = None  # trajectories per split; None = all
-    corrector: Literal["auto", "none", "diffusion", "consistency"] = "auto"  # auto: kept only if it beats
-    # the bare operator on val nRMSE (ups/pipeline.py)
-    noise_scale: NonNegFloat = 0.0  # initial noise of the corrector's sampler; 0 = its deterministic estimate
-    test: bool = True  # also report the test split at the end (never used to select anything)
-    plots: bool = True
-    batch_size: PosInt = 32
-
-
-class SchedulerSpec(_Section):
-    name: Literal["asha", "fifo"] = "asha"
-    stage: Literal["autoencoder", "operator", "diffusion_residual", "consistency_distill", "steady_prior"] = "operator"
-    grace_period: PosInt = 1  # epochs of that stage before a trial can be stopped
-    reduction_factor: PosFloat = 2.0
-
-
-_SPACE_KINDS = {"choice", "uniform", "loguniform", "randint", "grid"}
-
-
-class SweepConfig(_Section):
-    """A Ray Tune sweep: each trial runs the whole pipeline with sampled keys."""
-
-    space: dict[str, dict[str, list]] = {}  # dotted config key -> {choice|uniform|loguniform|randint|grid: [...]}
-    num_samples: PosInt = 1
-    max_concurrent_trials: PosInt = 1
-    scheduler: SchedulerSpec = SchedulerSpec()
-    seed: int = 0
-    trial_cpus: PosFloat = 0.01  # the trial's own driver process; its TorchTrainers reserve their own
-
-    @field_validator("space")
-    @classmethod
-    def _space(cls, space):
-        for key, spec in space.items():
-            if len(spec) != 1 or next(iter(spec)) not in _SPACE_KINDS:
-                raise ValueError(f"{key}: give exactly one of {sorted(_SPACE_KINDS)} (got {sorted(spec)})")
-            kind, args = next(iter(spec.items()))
-            if kind in ("uniform", "loguniform", "randint") and len(args) != 2:
-                raise ValueError(f"{key}: {kind} takes [low, high] (got {args})")
-            if kind in ("choice", "grid") and not args:
-                raise ValueError(f"{key}: {kind} needs at least one value")
-            if kind == "loguniform" and not 0 < args[0] < args[1]:
-                raise ValueError(f"{key}: loguniform needs 0 < low < high (got {args})")
-        return space
-
-
-class SmallEvalConfig(_Section):
-    max_samples: PosInt = 8  # val trajectories
-    horizon: PosInt = 5  # predicted frames
-
-
-class GateConfig(_Section):
-    """When a sweep's best trial replaces its family's champion."""
-
-    family: str | None = None  # default: tasks + grid + frames + protocol
-    min_improvement: Fraction = 0.02  # relative nRMSE margin over the champion
-    min_delta: float | None = None  # optional absolute nRMSE margin, applied as well
-    ratios: dict[str, float] = {"cRMSE": 1.25, "bRMSE": 1.25, "wall_clock": 2.0}  # candidate <= ratio x champion
-    small: SmallEvalConfig = SmallEvalConfig()
-
-    @field_validator("ratios")
-    @classmethod
-    def _ratios(cls, v):
-        for k, r in v.items():
-            if not r > 0:
-                raise ValueError(f"{k}: ratio must be > 0 (got {r})")
-        return v
-
-
-class WandbConfig(_Section):
-    enabled: bool = True
-    mode: Literal["auto", "offline", "online", "disabled"] = "auto"  # auto: online iff WANDB_API_KEY is set
-    project: str = "ups-ray"
-    entity: str | None = None
-    group: str | None = None
-    tags: list[str] = []
-
-
-class LoggingConfig(_Section):
-    wandb: WandbConfig = WandbConfig()
-
-
-class Config(_Section):
     data: DataConfig = DataConfig()
     latent: LatentConfig = LatentConfig()
     model: ModelConfig = ModelConfig()
-    stages: StagesConfig = StagesConfig()
     training: TrainingConfig = TrainingConfig()
     scaling: ScalingConfig = ScalingConfig()
     ray: RayConfig = RayConfig()
@@ -386,25 +73,68 @@ class Config(_Section):
     gate: GateConfig = GateConfig()
 
     @model_validator(mode="after")
-    def _cross_checks(self):
+    def _cross_checks(self) -> ConfigBase:
+        from ups.models import factory
+
         if not isinstance(self.data.path, str) and self.data.generate is not None:
-            raise _KeyedError("data.generate", "can only create a single file, but data.path is a list")
+            raise KeyedError("data.generate", "can only create a single file, but data.path is a list")
         tr = self.training
         for world in self.scaling.world_sizes:
             if tr.batch_size % (world * tr.accum_steps):
-                raise _KeyedError(
+                raise KeyedError(
                     "training.batch_size",
                     f"{tr.batch_size} is not divisible by world size {world} x accum_steps {tr.accum_steps}",
                 )
+        for role in factory.ROLES:
+            arch = getattr(self.model, role).arch
+            if arch not in factory.archs(role):
+                raise KeyedError(
+                    f"model.{role}.arch",
+                    f"unknown architecture {arch!r} (registered: {', '.join(factory.archs(role))})",
+                )
+        if self.sweep.scheduler.stage not in registry.names():
+            raise KeyedError(
+                "sweep.scheduler.stage",
+                f"no stage named {self.sweep.scheduler.stage!r} (stages: {', '.join(registry.names())})",
+            )
         return self
 
 
-class _KeyedError(ValueError):
-    """A cross-field error that knows which dotted key to blame."""
+def _assemble() -> tuple[type[BaseModel], type[BaseModel]]:
+    fields: dict[str, Any] = {name: (cls.config_cls, cls.config_cls()) for name, cls in registry.stages().items()}
+    stages = create_model("StagesConfig", __base__=Section, **fields)
+    config = create_model("Config", __base__=ConfigBase, stages=(stages, stages()))
+    config.__doc__ = "The whole resolved config of a run (ups/schema.py + one section per registered stage)."
+    return stages, config
 
-    def __init__(self, key: str, msg: str):
-        super().__init__(msg)
-        self.key, self.msg = key, msg
+
+if TYPE_CHECKING:
+
+    class StagesConfig(Section):
+        def __getattr__(self, name: str) -> Any: ...
+
+    class Config(ConfigBase):
+        stages: StagesConfig
+
+else:
+    StagesConfig, Config = _assemble()
+
+
+def rebuild_schema() -> None:
+    """Re-derive `StagesConfig` and `Config` after the stage registry changed (a test's toy stage)."""
+    global StagesConfig, Config
+    if not TYPE_CHECKING:  # type checkers know the stand-ins above, which a rebuild keeps
+        StagesConfig, Config = _assemble()
+
+
+def from_dict(tree: dict[str, Any]) -> Config:
+    """A resolved config that crossed a process boundary as a dict (it was validated once already)."""
+    return Config.model_validate(tree)
+
+
+def stage_config(cfg: Config, name: str) -> StageConfig:
+    """The `stages.<name>` section of a config."""
+    return getattr(cfg.stages, name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -426,7 +156,7 @@ def parse_yaml_value(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-def _read_yaml(path: Path, shown: str) -> dict:
+def _read_yaml(path: Path, shown: str) -> dict[str, Any]:
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -448,7 +178,7 @@ def _read_yaml(path: Path, shown: str) -> dict:
     return data
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """Mappings merge; lists and scalars replace."""
     out = dict(base)
     for k, v in over.items():
@@ -456,8 +186,8 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _leaves(d: dict, prefix: str = "") -> list[str]:
-    keys = []
+def _leaves(d: dict[str, Any], prefix: str = "") -> list[str]:
+    keys: list[str] = []
     for k, v in d.items():
         key = f"{prefix}{k}"
         keys.append(key)
@@ -466,7 +196,7 @@ def _leaves(d: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def _load_file(path: Path, stack: tuple[Path, ...], sources: dict[str, str]) -> dict:
+def _load_file(path: Path, stack: tuple[Path, ...], sources: dict[str, str]) -> dict[str, Any]:
     shown = _show(path)
     if path in stack:
         cycle = " -> ".join(_show(p) for p in (*stack[stack.index(path) :], path))
@@ -479,7 +209,7 @@ def _load_file(path: Path, stack: tuple[Path, ...], sources: dict[str, str]) -> 
         includes = [includes]
     elif not (isinstance(includes, list) and all(isinstance(i, str) for i in includes)):
         raise ConfigError(f"{shown}: include: must be a path or a list of paths")
-    merged: dict = {}
+    merged: dict[str, Any] = {}
     for inc in includes:
         inc_path = (path.parent / inc).resolve()
         if not inc_path.exists():
@@ -497,7 +227,7 @@ def _show(path: Path) -> str:
         return str(path)
 
 
-def apply_override(tree: dict, item: str, sources: dict[str, str]) -> dict:
+def apply_override(tree: dict[str, Any], item: str, sources: dict[str, str]) -> dict[str, Any]:
     """Apply one `dotted.key=yaml_value` override."""
     key, sep, text = item.partition("=")
     key = key.strip()
@@ -526,7 +256,7 @@ def apply_override(tree: dict, item: str, sources: dict[str, str]) -> dict:
 class LoadedConfig:
     """A validated config plus where it came from."""
 
-    def __init__(self, cfg: Config, path: Path, sources: dict[str, str]):
+    def __init__(self, cfg: Config, path: Path, sources: dict[str, str]) -> None:
         self.cfg, self.path, self.sources = cfg, path, sources
 
     @property
@@ -544,7 +274,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return LoadedConfig(cfg, path, sources)
 
 
-def validate(tree: dict, sources: dict[str, str] | None = None, default_source: str = "config") -> Config:
+def validate(tree: dict[str, Any], sources: dict[str, str] | None = None, default_source: str = "config") -> Config:
     sources = sources or {}
     try:
         return Config.model_validate(tree)
@@ -552,7 +282,7 @@ def validate(tree: dict, sources: dict[str, str] | None = None, default_source: 
         raise ConfigError(_explain(e, tree, sources, default_source)) from None
 
 
-def _source_of(key: str, sources: dict[str, str], default: str) -> str:
+def source_of(key: str, sources: dict[str, str], default: str) -> str:
     """The file that last set `key`, one of its sections, or something inside it."""
     inside = [src for k, src in sources.items() if k.startswith(key + ".")]
     if key in sources or inside:
@@ -564,16 +294,16 @@ def _source_of(key: str, sources: dict[str, str], default: str) -> str:
     return default
 
 
-def _explain(e: ValidationError, tree: dict, sources: dict[str, str], default: str) -> str:
+def _explain(e: ValidationError, tree: dict[str, Any], sources: dict[str, str], default: str) -> str:
     err = e.errors()[0]
     ctx_err = (err.get("ctx") or {}).get("error")
-    if isinstance(ctx_err, _KeyedError):
-        return f"{_source_of(ctx_err.key, sources, default)}: {ctx_err.key}: {ctx_err.msg}"
+    if isinstance(ctx_err, KeyedError):
+        return f"{source_of(ctx_err.key, sources, default)}: {ctx_err.key}: {ctx_err.msg}"
     loc = [str(p) for p in err["loc"] if isinstance(p, str)]
     # Pydantic appends union-member tags such as 'int' or 'tuple[int,int]'; keep field names only.
     loc = [p for p in loc if not re.search(r"[\[\],]|^(int|str|float|list|tuple|none)$", p)]
     key = ".".join(loc)
-    where = _source_of(key, sources, default)
+    where = source_of(key, sources, default)
     if err["type"] == "extra_forbidden":
         parent, _, leaf = key.rpartition(".")
         known = _known_keys(parent)
@@ -607,7 +337,7 @@ def _known_keys(dotted_parent: str) -> list[str]:
 _NOT_DIGESTED = ("logging", "sweep", "gate")
 
 
-def to_dict(cfg: Config) -> dict:
+def to_dict(cfg: Config) -> dict[str, Any]:
     return cfg.model_dump(mode="json")
 
 
@@ -623,8 +353,8 @@ def to_yaml(cfg: Config) -> str:
 def diff(a: Config, b: Config) -> list[str]:
     """Dotted keys whose values differ: what a user is told when a resumed run's config changed."""
 
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
         for k, v in d.items():
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
         return out

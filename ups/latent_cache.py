@@ -10,21 +10,25 @@ rebuilt (into a temporary folder, then swapped in) when either differs.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray.data
 import torch
 
+from ups import config as C
 from ups.config import Config
 from ups.data.views import SPLITS, DataMeta, Task
-from ups.models.codec import GridEncoder
+from ups.exports import read_export
+from ups.models import factory
 from ups.storage import Storage
-from ups.train.state import from_bytes
+from ups.train.shard import Trajectories, from_table
 
 CACHE_DIR, MANIFEST, FORMAT = "latent_cache", "manifest.json", 2
 ENCODE_BATCH = 32  # trajectories per encoder batch, hence per Parquet file
@@ -52,8 +56,16 @@ def fields_table(tasks: list[Task], splits: tuple[str, ...]) -> pa.Table:
     )
 
 
-def fields_dataset(tasks: list[Task], split: str) -> ray.data.Dataset:
+def fields_dataset(tasks: list[Task], split: str) -> Any:
+    """A split's fields as a Ray Dataset (the autoencoder's input under Ray)."""
+    import ray.data
+
     return ray.data.from_arrow(fields_table(tasks, (split,)).drop_columns(["split"]))
+
+
+def fields_trajectories(tasks: list[Task], split: str) -> Trajectories:
+    """A split's fields in memory (the autoencoder's input without Ray)."""
+    return from_table(fields_table(tasks, (split,)).drop_columns(["split"]))
 
 
 class Encode:
@@ -63,16 +75,15 @@ class Encode:
     Writing here rather than with `write_parquet(partition_cols=...)` keeps row order fixed:
     Ray's partitioned write appends blocks in completion order, which would change each rank's
     shard from one cache build to the next. Files hold pyarrow's canonical fixed-shape tensor
-    type, readable without Ray.
+    type, readable without Ray. Each file's sha256 goes into the manifest, so a reused cache is
+    checked against its files, not only against the digests it recorded.
     """
 
-    def __init__(self, export_uri: str, cfg: dict, meta: dict, out_uri: str):
-        cfg_, meta_ = Config.model_validate(cfg), DataMeta.from_dict(meta)
+    def __init__(self, export_uri: str, export_sha256: str, cfg: dict, meta: dict, out_uri: str):
+        cfg_, meta_ = C.from_dict(cfg), DataMeta.from_dict(meta)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.encoder = GridEncoder(
-            torch.as_tensor(meta_.grid), meta_.channels, cfg_.latent.tokens, cfg_.latent.dim, cfg_.model.encoder
-        )
-        self.encoder.load_state_dict(from_bytes(Storage(export_uri).read_bytes())["tensors"]["encoder"])
+        self.encoder = factory.build("encoder", cfg_, meta_)
+        self.encoder.load_state_dict(read_export(export_uri, export_sha256)["encoder"])
         self.encoder.to(self.device).eval()
         self.out = Storage(out_uri)
 
@@ -81,7 +92,7 @@ class Encode:
         u = np.array(batch["u"], dtype=np.float32)  # a writable copy
         # One trajectory per encoder call: the result of a row never depends on its batch-mates.
         z = torch.stack([self.encoder(traj) for traj in torch.as_tensor(u, device=self.device)]).cpu().numpy()
-        files, counts, splits = [], [], []
+        files, counts, splits, shas = [], [], [], []
         for split in sorted(set(batch["split"].tolist())):
             m = batch["split"] == split
             table = pa.table(
@@ -93,12 +104,15 @@ class Encode:
                 }
             )
             name = f"part-{int(batch['idx'][m][0]):010d}.parquet"
-            self.out.makedirs(split)
-            pq.write_table(table, self.out.path(split, name), filesystem=self.out.fs)
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink)
+            data = sink.getvalue().to_pybytes()
+            self.out.write_bytes(data, split, name)
             files.append(f"{split}/{name}")
             counts.append(int(m.sum()))
             splits.append(split)
-        return {"split": np.array(splits), "file": np.array(files), "rows": np.array(counts)}
+            shas.append(hashlib.sha256(data).hexdigest())
+        return {"split": np.array(splits), "file": np.array(files), "rows": np.array(counts), "sha256": np.array(shas)}
 
 
 @dataclass
@@ -106,11 +120,34 @@ class LatentCache:
     uri: str  # folder holding {split}/part-*.parquet and the manifest
     manifest: dict
 
-    def dataset(self, split: str) -> ray.data.Dataset:
-        """One split, files in trajectory order (deterministic, so every run shards identically)."""
-        files = [f"{self.uri}/{f}" for f in self.manifest["files"][split]]
-        ds = ray.data.read_parquet(files)
+    def files(self, split: str) -> list[str]:
+        return [f"{self.uri}/{f}" for f in self.manifest["files"][split]]
+
+    def dataset(self, split: str) -> Any:
+        """One split as a Ray Dataset, files in trajectory order (every run shards identically)."""
+        import ray.data
+
+        ds = ray.data.read_parquet(self.files(split))
         return ds.drop_columns(["u"]) if split == "train" else ds
+
+    def trajectories(self, split: str) -> Trajectories:
+        """One split in memory, without Ray (the same rows the Ray dataset holds)."""
+        store = Storage(self.uri)
+        tables = [pq.read_table(pa.BufferReader(store.read_bytes(f))) for f in self.manifest["files"][split]]
+        table = pa.concat_tables(tables)
+        return from_table(table.drop_columns(["u"]) if split == "train" else table)
+
+    def verify(self) -> str | None:
+        """None if every file matches the manifest's sha256, else what does not."""
+        store = Storage(self.uri)
+        for f, sha in self.manifest.get("sha256", {}).items():
+            if not store.exists(f):
+                return f"{f} is missing"
+            if hashlib.sha256(store.read_bytes(f)).hexdigest() != sha:
+                return f"{f} does not match its sha256"
+        if set(self.manifest.get("sha256", {})) != {f for fs in self.manifest["files"].values() for f in fs}:
+            return "the manifest does not list a digest for every file"
+        return None
 
 
 def build_or_reuse(
@@ -121,8 +158,11 @@ def build_or_reuse(
     encoder_export_uri: str,
     encoder_sha256: str,
     data_sha256: str,
+    *,
+    use_ray: bool = True,
+    say: Callable[[str], None] = lambda _: None,
 ) -> tuple[LatentCache, bool]:
-    """Return the run's cache and whether it was reused."""
+    """Return the run's cache and whether it was reused (its digests and its files verified)."""
     expect = {
         "format": FORMAT,
         "encoder_sha256": encoder_sha256,
@@ -132,34 +172,53 @@ def build_or_reuse(
     if run.exists(CACHE_DIR, MANIFEST):
         manifest = run.read_json(CACHE_DIR, MANIFEST)
         if all(manifest.get(k) == v for k, v in expect.items()):
-            return LatentCache(run.uri_of(CACHE_DIR), manifest), True
+            cache = LatentCache(run.uri_of(CACHE_DIR), manifest)
+            problem = cache.verify()
+            if problem is None:
+                return cache, True
+            say(f"latent cache: {problem}; rebuilding it")
 
     t0 = time.perf_counter()
     tmp = f"{CACHE_DIR}.tmp-{uuid.uuid4().hex[:8]}"
-    # One Ray Data job for all splits (one encoder actor start); the actor writes the files.
-    written = (
-        ray.data.from_arrow(fields_table(tasks, SPLITS))
-        .map_batches(
-            Encode,
-            fn_constructor_kwargs={
-                "export_uri": encoder_export_uri,
-                "cfg": cfg.model_dump(mode="json"),
-                "meta": meta.to_dict(),
-                "out_uri": run.uri_of(tmp),
-            },
-            batch_size=ENCODE_BATCH,
-            compute=ray.data.ActorPoolStrategy(size=1),
-            batch_format="numpy",
-            num_gpus=1 if cfg.scaling.use_gpu else 0,
-            num_cpus=0 if cfg.scaling.use_gpu else 1,
+    kwargs = {
+        "export_uri": encoder_export_uri,
+        "export_sha256": encoder_sha256,
+        "cfg": C.to_dict(cfg),
+        "meta": meta.to_dict(),
+        "out_uri": run.uri_of(tmp),
+    }
+    table = fields_table(tasks, SPLITS)
+    if use_ray:
+        import ray.data
+
+        # One Ray Data job for all splits (one encoder actor start); the actor writes the files.
+        written = (
+            ray.data.from_arrow(table)
+            .map_batches(
+                Encode,
+                fn_constructor_kwargs=kwargs,
+                batch_size=ENCODE_BATCH,
+                compute=ray.data.ActorPoolStrategy(size=1),
+                batch_format="numpy",
+                num_gpus=1 if cfg.scaling.use_gpu else 0,
+                num_cpus=0 if cfg.scaling.use_gpu else 1,
+            )
+            .take_all()
         )
-        .take_all()
-    )
-    files = {split: sorted(r["file"] for r in written if r["split"] == split) for split in SPLITS}
+    else:
+        encode = Encode(**kwargs)  # type: ignore[arg-type]
+        written = []
+        for start in range(0, table.num_rows, ENCODE_BATCH):
+            part = table.slice(start, ENCODE_BATCH)
+            batch = {c: _column(part, c) for c in part.column_names}
+            out = encode(batch)
+            written += [{k: out[k][i] for k in out} for i in range(len(out["file"]))]
+    files = {split: sorted(str(r["file"]) for r in written if r["split"] == split) for split in SPLITS}
     rows = {split: sum(int(r["rows"]) for r in written if r["split"] == split) for split in SPLITS}
     manifest = {
         **expect,
         "files": files,
+        "sha256": {str(r["file"]): str(r["sha256"]) for r in written},
         "normalizers": [n.to_dict() for n in meta.normalizers],
         "tasks": meta.tasks,
         "shapes": {
@@ -174,3 +233,10 @@ def build_or_reuse(
     run.delete_dir(CACHE_DIR)
     run.move((tmp,), (CACHE_DIR,))
     return LatentCache(run.uri_of(CACHE_DIR), manifest), False
+
+
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    col = table.column(name).combine_chunks()
+    if isinstance(col.type, pa.FixedShapeTensorType):
+        return col.to_numpy_ndarray()
+    return col.to_numpy(zero_copy_only=False)

@@ -74,6 +74,8 @@ def quiet_train_logs() -> None:
 
 
 def configure_data(cfg: Config, local: bool) -> None:
+    """Ray Data settings for this driver: no progress bars, blocks in order so shards do not depend on
+    timing, and locally a CPU budget so data pipelines cannot starve the training workers."""
     from ray.data import DataContext, ExecutionResources
 
     ctx = DataContext.get_current()

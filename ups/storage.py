@@ -18,7 +18,14 @@ import pyarrow.fs as pafs
 
 
 class Storage:
-    def __init__(self, uri: str):
+    """One root (folder or bucket prefix) and the pyarrow filesystem that reaches it."""
+
+    fs: pafs.FileSystem
+    root: str  # filesystem path, no scheme
+    uri: str  # the scheme kept for cloud roots, an absolute path locally
+    local: bool  # local roots write through temp file + rename
+
+    def __init__(self, uri: str) -> None:
         if "://" in uri:
             self.fs, self.root = pafs.FileSystem.from_uri(uri)
             self.uri = uri.rstrip("/")
@@ -43,6 +50,7 @@ class Storage:
         return posixpath.join(self.root, *parts)
 
     def uri_of(self, *parts: str) -> str:
+        """URI of a file under the root (scheme kept for cloud roots): what Ray, records and messages use."""
         return posixpath.join(self.uri, *parts)
 
     def exists(self, *parts: str) -> bool:
@@ -96,6 +104,3 @@ class Storage:
     def move(self, src: tuple[str, ...], dst: tuple[str, ...]) -> None:
         self.fs.create_dir(posixpath.dirname(self.path(*dst)), recursive=True)
         self.fs.move(self.path(*src), self.path(*dst))
-
-    def copy_dir_from(self, other: Storage, src: str, *dst: str) -> None:
-        pafs.copy_files(other.path(src), self.path(*dst), source_filesystem=other.fs, destination_filesystem=self.fs)

@@ -15,16 +15,19 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ups import config as C
+from ups import gating
 from ups.config import Config, ConfigError
 from ups.data import views
-from ups.gating import Registry, family_of, gate
-from ups.stages import STAGES
+from ups.gating import Registry, family_of
+from ups.preflight import preflight
+from ups.stages import registry
 from ups.storage import Storage
 
 FORBIDDEN_PREFIXES = ("data.", "eval.", "sweep.", "gate.", "scaling.", "ray.", "logging.")
@@ -33,7 +36,7 @@ FORBIDDEN_PREFIXES = ("data.", "eval.", "sweep.", "gate.", "scaling.", "ray.", "
 def check_space(loaded: C.LoadedConfig) -> None:
     """Every key of the search space must be a config key that a trial may change."""
     cfg, base = loaded.cfg, C.to_dict(loaded.cfg)
-    where = C._source_of("sweep.space", loaded.sources, str(loaded.path))
+    where = C.source_of("sweep.space", loaded.sources, str(loaded.path))
     if not cfg.sweep.space:
         raise ConfigError(f"{where}: sweep.space: empty (nothing to search)")
     for key, spec in cfg.sweep.space.items():
@@ -111,7 +114,7 @@ def _trial(params: dict, *, base: dict, trials_uri: str, sweep: str, stage: str)
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_config(base, params, sweep)
     loaded = C.LoadedConfig(cfg, Path(f"{sweep}.yaml"), {})
-    metric = STAGES[stage].val_metric
+    metric = registry.get(stage).val_metric
     summary = pipeline.run(
         loaded,
         pipeline.PipelineOptions(
@@ -139,18 +142,19 @@ def run(loaded: C.LoadedConfig, name: str, storage: str, quiet: bool = False) ->
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from ups import pipeline, runtime
+    from ups.backend.ray_backend import RayBackend
 
     say = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
     cfg = loaded.cfg
-    pipeline.preflight(loaded)
+    preflight(loaded)
     check_space(loaded)
     root = Storage(storage)
     sweep_dir = root.sub(name)
     runtime.connect(cfg, trials=cfg.sweep.max_concurrent_trials)
-    pipeline._ensure_data(cfg, {p: None for p in cfg.data.paths if not os.path.exists(p)}, say)
+    pipeline.ensure_data(cfg, {p: None for p in cfg.data.paths if not os.path.exists(p)}, RayBackend(say=say), say)
 
     sc = cfg.sweep.scheduler
-    metric = STAGES[sc.stage].val_metric
+    metric = registry.get(sc.stage).val_metric
     # The final report (after evaluation) lands at epochs + 1: ASHA must not stop a trial before it.
     scheduler = (
         ASHAScheduler(
@@ -229,8 +233,17 @@ def _trials(grid, sweep_dir: Storage) -> list[dict[str, Any]]:
     return sorted(out, key=lambda t: str(t["trial"]))
 
 
-def decide(cfg: Config, meta, tasks, root: Storage, sweep: str, trials: list[dict], say) -> dict[str, Any]:
-    """Best trial by val nRMSE -> small eval + gate -> full eval + gate -> promote, under the lock."""
+def decide(
+    cfg: Config,
+    meta: views.DataMeta,
+    tasks: list[views.Task],
+    root: Storage,
+    sweep: str,
+    trials: list[dict[str, Any]],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """The gating policy (ups/gating.py) on the best trial, its measurements bound to Ray tasks;
+    then the champion's test metrics, which are reported and never select anything."""
     from ups import pipeline
     from ups.run import RunDir
 
@@ -243,94 +256,57 @@ def decide(cfg: Config, meta, tasks, root: Storage, sweep: str, trials: list[dic
         "champion": None,
         "champion_test": None,
     }
-    done = [t for t in trials if t["status"] == "completed" and "eval_nRMSE" in t["metrics"]]
-    if not done:
+    best = gating.best_trial(trials)
+    if best is None:
         out["gate"]["reasons"] = ["no trial completed"]
         return out
-    best = min(done, key=lambda t: t["metrics"]["eval_nRMSE"])
     out["best"] = best
     run_root, run_name = best["run"].rsplit("/", 1)
     cand_run = RunDir(Storage(run_root), run_name)
     cand_summary = cand_run.summary()
     cand_cfg = cand_run.config()
     cand_exports = pipeline.load_exports(cand_run, cand_summary)
-    digests = {n: r.get("weights_sha256") for n, r in cand_summary["stages"].items() if r.get("status") == "completed"}
-    registry = Registry(root, family)
 
-    with registry.lock():
-        champ = registry.champion()
-        champ_exports = champ_cfg = None
-        if champ:
-            champ_exports = {n: _load(uri) for n, uri in champ["exports"].items()}
-            champ_cfg = C.validate(yaml.safe_load(Storage(champ["checkpoint"]).read_text("config.yaml")))
+    def evaluate(c: Config, exports: dict[str, dict], small: bool) -> dict[str, Any]:
+        max_samples, horizon = (cfg.gate.small.max_samples, cfg.gate.small.horizon) if small else (None, None)
+        r = pipeline.evaluate_exports(c, meta, tasks, exports, "val", max_samples=max_samples, horizon=horizon)
+        r.pop("_arrays")
+        return r
 
-        def evaluate(which: str, small: bool) -> dict:
-            c, ex = (cand_cfg, cand_exports) if which == "candidate" else (champ_cfg, champ_exports)
-            kw = {"max_samples": cfg.gate.small.max_samples, "horizon": cfg.gate.small.horizon} if small else {}
-            r = pipeline.evaluate_exports(c, meta, tasks, ex, "val", **kw)
-            r.pop("_arrays")
-            return r
+    def measure(champ: dict[str, Any] | None) -> gating.Measures:
+        """Measurements bound to the champion the policy read under the registry's lock."""
+        sides = {"candidate": (cand_cfg, cand_exports)}
+        metrics = lambda side, small: evaluate(*sides[side], small)
+        if champ is None:
+            return gating.Measures(metrics)
+        sides["champion"] = (_champion_config(champ), _champion_exports(champ))
+        return gating.Measures(
+            metrics, lambda: _time_inference(cfg, meta, tasks, sides["candidate"], sides["champion"])
+        )
 
-        steps, passed, reasons = {}, True, []
-        if champ and champ.get("weights_sha256") == digests:
-            passed, reasons = False, [f"the candidate is the current champion (trial {champ['trial']}, same weights)"]
-        elif champ and champ.get("data_sha256") != cand_summary.get("data_sha256"):
-            passed, reasons = (
-                False,
-                [
-                    f"the champion was trained on other data (digest {champ.get('data_sha256')})"
-                    f"; set gate.family to start a new family"
-                ],
-            )
-        else:
-            for phase, small in (("small", True), ("full", False)):
-                cand = evaluate("candidate", small)
-                champ_m = evaluate("champion", small) if champ else None
-                ok, why = gate(cand, champ_m, cfg.gate)
-                steps[phase] = {
-                    "candidate": _scalars(cand),
-                    "champion": _scalars(champ_m) if champ_m else None,
-                    "passed": ok,
-                    "reasons": why,
-                }
-                reasons += [f"{phase}: {r}" for r in why]
-                say(f"gate {phase}: {'passed' if ok else 'failed'} — " + "; ".join(why))
-                if not ok:
-                    passed = False
-                    break
-        entry = {
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "sweep": sweep,
-            "trial": best["trial"],
-            "run": best["run"],
-            "config_digest": cand_summary.get("config_digest"),
-            "data_sha256": cand_summary.get("data_sha256"),
-            "weights_sha256": digests,
-            "promoted": passed,
-            "reasons": reasons,
-            "metrics": steps.get("full", {}).get("candidate") or best["metrics"],
-            "champion_before": champ and {"trial": champ["trial"], "sweep": champ["sweep"]},
-        }
-        if passed:
-            champ = registry.promote(Storage(best["run"]), cand_summary["stages"], entry)
-            say(f"promoted trial {best['trial']} to champion of {family}")
-        else:
-            say(f"not promoted: {'; '.join(reasons)}")
-        registry.record(entry)
-
+    candidate = gating.Candidate(best["trial"], best["run"], cand_summary, best["metrics"])
+    d = gating.decide(cfg.gate, Registry(root, family), candidate, measure, sweep=sweep, say=say)
+    champ = d["champion"]
     test = None
     if champ:  # the champion's test metrics are reported; they never select anything
-        ccfg = C.validate(yaml.safe_load(Storage(champ["checkpoint"]).read_text("config.yaml")))
-        r = pipeline.evaluate_exports(ccfg, meta, tasks, {n: _load(u) for n, u in champ["exports"].items()}, "test")
+        r = pipeline.evaluate_exports(_champion_config(champ), meta, tasks, _champion_exports(champ), "test")
         r.pop("_arrays")
-        test = _scalars(r)
+        test = gating.scalars(r)
     out.update(
-        gate={"passed": passed, "reasons": reasons, "steps": steps},
-        promoted=passed,
+        gate={"passed": d["passed"], "reasons": d["reasons"], "steps": d["steps"]},
+        promoted=d["passed"],
         champion={k: champ[k] for k in ("trial", "sweep", "checkpoint")} if champ else None,
         champion_test=test,
     )
     return out
+
+
+def _champion_config(champ: dict[str, Any]) -> Config:
+    return C.validate(yaml.safe_load(Storage(champ["checkpoint"]).read_text("config.yaml")))
+
+
+def _champion_exports(champ: dict[str, Any]) -> dict[str, dict]:
+    return {n: _load(uri) for n, uri in champ["exports"].items()}
 
 
 def _load(uri: str) -> dict:
@@ -339,8 +315,58 @@ def _load(uri: str) -> dict:
     return from_bytes(Storage(uri).read_bytes())["tensors"]
 
 
-def _scalars(d: dict | None) -> dict:
-    return {k: v for k, v in (d or {}).items() if isinstance(v, (int, float, str)) or k == "protocol"}
+def _time_inference(
+    cfg: Config,
+    meta: views.DataMeta,
+    tasks: list[views.Task],
+    candidate: tuple[Config, dict[str, dict]],
+    champion: tuple[Config, dict[str, dict]],
+) -> dict[str, Any]:
+    """Both stacks timed in turns in one Ray task, on the device evaluation runs on (a GPU one when
+    the run uses GPUs), on gate.small's trajectories and horizon."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": 0} if cfg.scaling.use_gpu else {"num_cpus": 1}
+    opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=None)  # type: ignore[arg-type]
+    (cand_cfg, cand_exports), (champ_cfg, champ_exports) = candidate, champion
+    ref = (
+        ray.remote(_timing_job)
+        .options(**opts)
+        .remote(
+            C.to_dict(cand_cfg),
+            C.to_dict(champ_cfg),
+            meta.to_dict(),
+            cand_exports,
+            champ_exports,
+            tasks,
+            cfg.gate.small.max_samples,
+            cfg.gate.small.horizon,
+        )
+    )
+    return ray.get(ref)
+
+
+def _timing_job(
+    cand_cfg: dict,
+    champ_cfg: dict,
+    meta_dict: dict,
+    cand_exports: dict[str, dict],
+    champ_exports: dict[str, dict],
+    tasks: list[views.Task],
+    samples: int,
+    horizon: int,
+) -> dict[str, Any]:
+    """Runs on a Ray worker: both stacks built in this one process, so they share its state and moment."""
+    import torch
+
+    from ups.eval.evaluate import build_surrogate
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    meta = views.DataMeta.from_dict(meta_dict)
+    cand = build_surrogate(Config.model_validate(cand_cfg), meta, cand_exports, device)
+    champ = build_surrogate(Config.model_validate(champ_cfg), meta, champ_exports, device)
+    return gating.time_rollouts(cand, champ, tasks, samples, horizon)
 
 
 def _wandb_table(cfg: Config, sweep: str, trials: list[dict]) -> None:
@@ -364,7 +390,7 @@ def _wandb_table(cfg: Config, sweep: str, trials: list[dict]) -> None:
     if run.run is not None:
         import wandb
 
-        cols = ["trial", "status", "epochs", "eval_nRMSE", "config"]
+        cols: list[str | int] = ["trial", "status", "epochs", "eval_nRMSE", "config"]
         table = wandb.Table(
             columns=cols,
             data=[

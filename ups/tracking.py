@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ups.storage import Storage
+
+if TYPE_CHECKING:
+    from ups.config import Config
+    from ups.run import RunDir
 
 METRICS_FILE = "metrics.jsonl"
 
 
-def read_jsonl(storage: Storage, name: str) -> list[dict]:
+def read_jsonl(storage: Storage, name: str) -> list[dict[str, Any]]:
     if not storage.exists(name):
         return []
     return [json.loads(line) for line in storage.read_text(name).splitlines() if line.strip()]
@@ -30,15 +34,19 @@ class MetricsLog:
     redo instead of appending duplicates.
     """
 
-    def __init__(self, run: Storage, stage: str):
+    def __init__(self, run: Storage, stage: str) -> None:
         self.run, self.stage = run, stage
         self.prior = [r for r in read_jsonl(run, METRICS_FILE) if r.get("stage") != stage]
 
-    def write(self, history: list[dict]) -> None:
+    def write(self, history: list[dict[str, Any]]) -> None:
         self.run.write_text("".join(json.dumps(r) + "\n" for r in self.prior + history), METRICS_FILE)
 
 
-def wandb_mode(mode: str) -> str:
+WandbMode = Literal["online", "offline", "disabled"]
+
+
+def wandb_mode(mode: Literal["auto"] | WandbMode) -> WandbMode:
+    """`logging.wandb.mode` as W&B takes it: auto is online iff WANDB_API_KEY is set."""
     if mode == "auto":
         return "online" if os.environ.get("WANDB_API_KEY") else "offline"
     return mode
@@ -47,7 +55,7 @@ def wandb_mode(mode: str) -> str:
 class WandbRun:
     """A thin guard around one W&B run; a no-op when disabled."""
 
-    def __init__(self, settings: dict[str, Any] | None, *, config: dict | None = None):
+    def __init__(self, settings: dict[str, Any] | None, *, config: dict[str, Any] | None = None) -> None:
         self.run = None
         if not settings or not settings.get("enabled") or wandb_mode(settings["mode"]) == "disabled":
             return
@@ -86,3 +94,24 @@ class WandbRun:
         if self.run:
             self.run.finish()
             self.run = None
+
+
+def wandb_settings(cfg: Config, info: dict[str, Any], rundir: RunDir) -> dict[str, Any] | None:
+    """What a process needs to open the run's W&B run (None: W&B is off)."""
+    w = cfg.logging.wandb
+    if not w.enabled or w.mode == "disabled":
+        return None
+    return {
+        "enabled": True, "mode": w.mode, "project": w.project, "entity": w.entity, "group": w.group,
+        "tags": w.tags, "id": info["wandb_id"], "name": info["name"],
+        "dir": rundir.dir.path() if rundir.dir.local else None,
+    }  # fmt: skip
+
+
+def final_wandb(settings: dict[str, Any] | None, summary: dict[str, Any]) -> None:
+    """The evaluation's scalars into the W&B run's summary."""
+    run = WandbRun(settings)
+    flat = {f"eval/{k}": v for k, v in summary.get("eval", {}).items() if isinstance(v, (int, float))}
+    flat.update({f"test/{k}": v for k, v in summary.get("eval_test", {}).items() if isinstance(v, (int, float))})
+    run.summary(flat)
+    run.finish()

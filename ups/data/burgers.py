@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -26,7 +27,8 @@ _CHUNK = 128  # rows stepped together: amortises per-op overhead; 64-128 measure
 
 
 @contextlib.contextmanager
-def _num_threads(n: int | None):
+def _num_threads(n: int | None) -> Iterator[None]:
+    """Torch's intra-op threads for the block only: the setting is process-wide, so it is restored."""
     if n is None:
         yield
         return
@@ -45,8 +47,8 @@ class _Stepper:
     Methods take `n`, the number of leading rows still stepping.
     """
 
-    def __init__(self, b: int, n_cells: int, dtype: torch.dtype):
-        z = lambda *s: torch.zeros(*s, dtype=dtype)  # noqa: E731
+    def __init__(self, b: int, n_cells: int, dtype: torch.dtype) -> None:
+        z = lambda *s: torch.zeros(*s, dtype=dtype)
         n = n_cells
         self.n_cells = n
         self.u, self.u1, self.u2, self.swap = z(b, n + 4), z(b, n + 4), z(b, n + 4), z(b, n + 4)

@@ -11,9 +11,10 @@ For PDEBench files pass nu = Nu / pi.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 
 class _ColeHopf:
@@ -29,12 +30,12 @@ class _ColeHopf:
     def _w(self, xi: np.ndarray, t: float) -> np.ndarray:
         raise NotImplementedError
 
-    def point_values(self, x: np.ndarray, times: np.ndarray) -> np.ndarray:
+    def point_values(self, x: npt.ArrayLike, times: npt.ArrayLike) -> np.ndarray:
         """u(x, t) for every t in `times`: shape (len(times), len(x))."""
         x = np.asarray(x, dtype=np.float64)
         return np.stack([self.mean + self._w(x - self.mean * t, float(t)) for t in np.atleast_1d(times)])
 
-    def cell_averages(self, edges: np.ndarray, times: np.ndarray) -> np.ndarray:
+    def cell_averages(self, edges: npt.ArrayLike, times: npt.ArrayLike) -> np.ndarray:
         """Exact averages over the cells [edges[i], edges[i+1]]: shape (len(times), len(edges) - 1)."""
         edges = np.asarray(edges, dtype=np.float64)
         out = []
@@ -51,7 +52,15 @@ class FourierColeHopf(_ColeHopf):
     family is tied to nu, so it suits moderate nu; use HopfIntegral for shocks at tiny nu.
     """
 
-    def __init__(self, nu: float, a0: float, a=(), b=(), mean: float = 0.0, L: float = 1.0):
+    def __init__(
+        self,
+        nu: float,
+        a0: float,
+        a: Sequence[float] | np.ndarray = (),
+        b: Sequence[float] | np.ndarray = (),
+        mean: float = 0.0,
+        L: float = 1.0,
+    ) -> None:
         self.nu, self.a0, self.mean, self.L = float(nu), float(a0), float(mean), float(L)
         k = max(len(a), len(b))
         self.a = np.zeros(k)
@@ -62,7 +71,7 @@ class FourierColeHopf(_ColeHopf):
             raise ValueError("a0 must exceed sum_k sqrt(a_k^2 + b_k^2) so phi stays positive")
         self.q = 2.0 * np.pi / self.L * np.arange(1, k + 1)
 
-    def _terms(self, xi: np.ndarray, t: float):
+    def _terms(self, xi: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
         decay = np.exp(-self.nu * self.q**2 * t)
         arg = xi[:, None] * self.q[None, :]
         c, s = np.cos(arg), np.sin(arg)
@@ -70,14 +79,14 @@ class FourierColeHopf(_ColeHopf):
         dphi = (decay * self.q * (self.b * c - self.a * s)).sum(axis=1)
         return phi, dphi
 
-    def _log_phi(self, xi, t):
+    def _log_phi(self, xi: np.ndarray, t: float) -> np.ndarray:
         return np.log(self._terms(xi, t)[0])
 
-    def _w(self, xi, t):
+    def _w(self, xi: np.ndarray, t: float) -> np.ndarray:
         phi, dphi = self._terms(xi, t)
         return -2.0 * self.nu * dphi / phi
 
-    def u0(self, x: np.ndarray) -> np.ndarray:
+    def u0(self, x: npt.ArrayLike) -> np.ndarray:
         """The initial condition, e.g. to build a HopfIntegral of the same solution."""
         return self.point_values(x, [0.0])[0]
 
@@ -91,7 +100,9 @@ class HopfIntegral(_ColeHopf):
     `n_fourier` points), so u0 should be resolved by that many modes.
     """
 
-    def __init__(self, u0: Callable[[np.ndarray], np.ndarray], nu: float, L: float = 1.0, n_fourier: int = 4096):
+    def __init__(
+        self, u0: Callable[[np.ndarray], np.ndarray], nu: float, L: float = 1.0, n_fourier: int = 4096
+    ) -> None:
         self.nu, self.L = float(nu), float(L)
         y = np.arange(n_fourier) * (L / n_fourier)
         uh = np.fft.rfft(np.asarray(u0(y), dtype=np.float64)) / n_fourier
@@ -122,7 +133,9 @@ class HopfIntegral(_ColeHopf):
         arg = xi[:, None] * self._kq[None, 1:]
         return 2.0 * (np.exp(1j * arg) * self._phih[None, 1:]).real.sum(axis=1)
 
-    def _weights(self, xi: np.ndarray, t: float, chunk: int = 2_000_000):
+    def _weights(
+        self, xi: np.ndarray, t: float, chunk: int = 2_000_000
+    ) -> Iterator[tuple[slice, np.ndarray, np.ndarray, np.ndarray, float]]:
         """Yield (rows, y - x, log-weights, min G, h) blocks of the trapezoid sums at points xi.
 
         Nodes are a global uniform grid y_j = j h (Phi is periodic, so Phi(y_j) = table[j mod m]);
@@ -148,7 +161,7 @@ class HopfIntegral(_ColeHopf):
             gmin = g.min(axis=1)
             yield slice(s, s + rows), dy, -(g - gmin[:, None]) / (2.0 * nu), gmin, h
 
-    def _log_phi(self, xi, t):
+    def _log_phi(self, xi: np.ndarray, t: float) -> np.ndarray:
         if t == 0.0:
             return -self._phi_at(xi) / (2.0 * self.nu)
         out = np.empty_like(xi)
@@ -156,7 +169,7 @@ class HopfIntegral(_ColeHopf):
             out[rows] = -gmin / (2.0 * self.nu) + np.log(np.exp(logw).sum(axis=1) * h)
         return out - 0.5 * np.log(4.0 * np.pi * self.nu * t)
 
-    def _w(self, xi, t):
+    def _w(self, xi: np.ndarray, t: float) -> np.ndarray:
         if t == 0.0:
             return 2.0 * (self._uh[None, 1:] * np.exp(1j * xi[:, None] * self._kq[None, 1:])).real.sum(axis=1)
         out = np.empty_like(xi)

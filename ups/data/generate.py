@@ -10,25 +10,29 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from ups.config import GenerateConfig
 from ups.data import advection, burgers, pdebench
 from ups.data.initial import pdebench_initial_conditions
+from ups.schema import GenerateConfig
 
 
 def grid(cfg: GenerateConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Cell centres (i + 1/2)/N of the unit domain, where PDEBench stores x, and the save times."""
     x = (np.arange(cfg.resolution) + 0.5) / cfg.resolution
     t = np.linspace(0.0, cfg.t_end, cfg.frames)
     return x, t
 
 
 def initial_conditions(cfg: GenerateConfig, start: int, stop: int) -> np.ndarray:
+    """ICs of trajectories [start, stop), each from its own stream (seed, i): chunking never changes them."""
     x, _ = grid(cfg)
-    return np.concatenate([pdebench_initial_conditions(1, x, np.random.default_rng([cfg.seed, i]))
-                           for i in range(start, stop)])
+    return np.concatenate(
+        [pdebench_initial_conditions(1, x, np.random.default_rng([cfg.seed, i])) for i in range(start, stop)]
+    )
 
 
 def solve_chunk(cfg: GenerateConfig, start: int, stop: int) -> np.ndarray:
@@ -42,33 +46,38 @@ def solve_chunk(cfg: GenerateConfig, start: int, stop: int) -> np.ndarray:
     return np.asarray(u, dtype=np.float32)
 
 
-def generate(cfg: GenerateConfig, path: str, *, use_ray: bool = False,
-             progress: Callable[[str], None] | None = None) -> str:
+def generate(
+    cfg: GenerateConfig, path: str, *, use_ray: bool = False, progress: Callable[[str], None] | None = None
+) -> str:
+    """Write `cfg.samples` trajectories to `path` and return it; `use_ray` solves chunks as parallel tasks."""
     progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
     t_start = time.perf_counter()
     chunks = [(s, min(s + cfg.chunk_size, cfg.samples)) for s in range(0, cfg.samples, cfg.chunk_size)]
-    results: list[np.ndarray | None] = [None] * len(chunks)
+    results: dict[int, np.ndarray] = {}  # chunk index -> solution; Ray tasks finish in any order
     if use_ray and len(chunks) > 1:
         import ray
-
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        task = ray.remote(num_cpus=1)(solve_chunk).options(
-            scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+        # placement_group=None opts out of capture: inside a sweep trial the tasks would otherwise be
+        # captured by the trial's placement group and compete for its few bundles. Ray documents None
+        # for "no group" but annotates the parameter as PlacementGroup, hence the ignore.
+        no_group = PlacementGroupSchedulingStrategy(placement_group=None)  # type: ignore[arg-type]
+        task = ray.remote(num_cpus=1)(solve_chunk).options(scheduling_strategy=no_group)
         pending = {task.remote(cfg, s, e): i for i, (s, e) in enumerate(chunks)}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             i = pending.pop(done[0])
             results[i] = ray.get(done[0])
-            progress(f"generate: {len(chunks) - len(pending)}/{len(chunks)} chunks "
-                     f"({time.perf_counter() - t_start:.0f}s)")
+            progress(
+                f"generate: {len(chunks) - len(pending)}/{len(chunks)} chunks ({time.perf_counter() - t_start:.0f}s)"
+            )
     else:
         for i, (s, e) in enumerate(chunks):
             results[i] = solve_chunk(cfg, s, e)
             progress(f"generate: {i + 1}/{len(chunks)} chunks ({time.perf_counter() - t_start:.0f}s)")
     x, t = grid(cfg)
-    attrs = {"Nu": cfg.nu} if cfg.pde == "burgers" else {"beta": cfg.beta}
+    attrs: dict[str, Any] = {"Nu": cfg.nu} if cfg.pde == "burgers" else {"beta": cfg.beta}
     attrs.update({"pde": cfg.pde, "seed": cfg.seed, "generator": "ups-ray"})
-    pdebench.write(path, np.concatenate(results), {"x": x, "t": t}, attrs)
+    pdebench.write(path, np.concatenate([results[i] for i in range(len(chunks))]), {"x": x, "t": t}, attrs)
     progress(f"generate: wrote {cfg.samples} {cfg.pde} trajectories to {path} in {time.perf_counter() - t_start:.1f}s")
     return path

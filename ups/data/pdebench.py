@@ -36,7 +36,7 @@ class FileInfo:
     n_times: int
     spatial_shape: tuple[int, ...]
     channels: tuple[str, ...]
-    attrs: dict = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,7 @@ def _dataset(f: h5py.File | h5py.Group, key: str, path: str, where: str = "") ->
     return obj
 
 
-def _check_coords(
-    f: h5py.Group, path: str, coords: dict[str, str], shape: tuple[int, ...], prefix: str = ""
-) -> None:
+def _check_coords(f: h5py.Group, path: str, coords: dict[str, str], shape: tuple[int, ...], prefix: str = "") -> None:
     """Coordinate datasets must exist, be 1-D, and match the data (t may have one extra entry)."""
     n_times, space = shape[1], shape[2:]
     for axis, key in coords.items():
@@ -91,9 +89,7 @@ def _check_coords(
         else:
             n = space[_SPACE_NAMES.index(axis)]
             if ds.shape[0] != n:
-                raise _err(
-                    path, f"coordinate '{prefix}{key}' has {ds.shape[0]} entries, data has {n} along {axis}"
-                )
+                raise _err(path, f"coordinate '{prefix}{key}' has {ds.shape[0]} entries, data has {n} along {axis}")
 
 
 def _single_file(f: h5py.File, path: str, names: tuple[str, ...], kind: str) -> _Layout:
@@ -156,7 +152,7 @@ def _detect(f: h5py.File, path: str, check_all: bool = True) -> _Layout:
     )
 
 
-def inspect(path: str | os.PathLike) -> FileInfo:
+def inspect(path: str | os.PathLike[str]) -> FileInfo:
     """Layout, shapes and attributes of a PDEBench file, validated, without reading the data."""
     path = os.fspath(path)
     with h5py.File(path, "r") as f:
@@ -189,7 +185,7 @@ def _finite(u: np.ndarray, path: str, dataset: str) -> None:
 
 
 def read(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     *,
     samples: slice | None = None,
     t: slice | None = None,
@@ -211,8 +207,11 @@ def read(
             groups = lay.datasets[samples]
             parts = []
             ref_shape = (lay.shape[1], *lay.shape[2:], len(lay.channels))
+            # Selections are bound to a name before indexing: mypy (on a 3.11+ parser) cannot tell
+            # `ds[(a, *b)]`, valid in 3.10, from the 3.11-only `ds[a, *b]`.
+            sel = (t, *sp, slice(None))
             for g in groups:
-                block = _seed_data(f, path, g, ref_shape)[(t, *sp, slice(None))]
+                block = _seed_data(f, path, g, ref_shape)[sel]
                 _finite(block, path, f"{g}/data")
                 parts.append(block.astype(np.float32, copy=False))
             empty = (0, *_selected_shape(lay.shape[1:], (t, *sp)), len(lay.channels))
@@ -220,8 +219,9 @@ def read(
             coord_root = f[groups[0]] if groups else f[lay.datasets[0]]
         else:
             chans = []
+            sel = (samples, t, *sp)
             for name in lay.datasets:
-                block = f[name][(samples, t, *sp)]
+                block = f[name][sel]
                 _finite(block, path, name)
                 chans.append(block.astype(np.float32, copy=False))
             u = np.stack(chans, axis=-1)
@@ -241,7 +241,7 @@ def _selected_shape(shape: tuple[int, ...], slices: tuple[slice, ...]) -> tuple[
 
 
 def write(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     u: np.ndarray,
     coords: dict[str, np.ndarray],
     attrs: dict[str, Any] | None = None,

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ups.config import ConfigError, DataConfig
 from ups.data import pdebench
+from ups.schema import ConfigError, DataConfig
 
 SPLITS = ("train", "val", "test")
 
@@ -28,7 +29,7 @@ class Normalizer:
     std: np.ndarray
 
     @classmethod
-    def fit(cls, u: np.ndarray, enabled: bool = True) -> "Normalizer":
+    def fit(cls, u: np.ndarray, enabled: bool = True) -> Normalizer:
         c = u.shape[-1]
         if not enabled:
             return cls(np.zeros(c, np.float32), np.ones(c, np.float32))
@@ -36,17 +37,17 @@ class Normalizer:
         std = flat.std(0)
         return cls(flat.mean(0).astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32))
 
-    def normalize(self, u):
+    def normalize(self, u: np.ndarray) -> np.ndarray:
         return (u - self.mean) / self.std
 
-    def denormalize(self, u):
+    def denormalize(self, u: np.ndarray) -> np.ndarray:
         return u * self.std + self.mean
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, list[float]]:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Normalizer":
+    def from_dict(cls, d: dict[str, Any]) -> Normalizer:
         return cls(np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32))
 
 
@@ -54,7 +55,7 @@ def split_indices(n: int, test_fraction: float, val_fraction: float) -> dict[str
     n_test = int(round(n * test_fraction))
     n_val = int(round((n - n_test) * val_fraction))
     idx = np.arange(n)
-    return {"test": idx[:n_test], "val": idx[n_test:n_test + n_val], "train": idx[n_test + n_val:]}
+    return {"test": idx[:n_test], "val": idx[n_test : n_test + n_val], "train": idx[n_test + n_val :]}
 
 
 def grid_positions(coords: dict[str, np.ndarray], spatial_shape: tuple[int, ...]) -> tuple[np.ndarray, list[float]]:
@@ -85,7 +86,7 @@ class Task:
     lengths: list[float]
     normalizer: Normalizer
     splits: dict[str, np.ndarray] = field(default_factory=dict)
-    attrs: dict = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def dt(self) -> float:
@@ -102,23 +103,35 @@ def check_file(path: str, cfg: DataConfig, source: str = "config") -> pdebench.F
         raise ConfigError(str(e)) from None
     n_t = len(range(0, info.n_times, cfg.t_stride))
     if n_t <= cfg.initial_step:
-        raise ConfigError(f"{source}: data.initial_step: {cfg.initial_step} leaves no frame to predict in {path} "
-                          f"({n_t} frames after t_stride={cfg.t_stride})")
+        raise ConfigError(
+            f"{source}: data.initial_step: {cfg.initial_step} leaves no frame to predict in {path} "
+            f"({n_t} frames after t_stride={cfg.t_stride})"
+        )
     return info
 
 
 def load_task(path: str, cfg: DataConfig) -> Task:
     info = pdebench.inspect(path)
     n = min(info.n_samples, cfg.max_samples or info.n_samples)
-    u, coords = pdebench.read(path, samples=slice(0, n), t=slice(None, None, cfg.t_stride),
-                              space=slice(None, None, cfg.x_stride))
+    u, coords = pdebench.read(
+        path, samples=slice(0, n), t=slice(None, None, cfg.t_stride), space=slice(None, None, cfg.x_stride)
+    )
     splits = split_indices(n, cfg.test_fraction, cfg.val_fraction)
     if len(splits["train"]) == 0:
         raise ConfigError(f"{path}: no training samples left after test/val splits of {n} samples")
     norm = Normalizer.fit(u[splits["train"]], cfg.normalize)
     grid, lengths = grid_positions(coords, u.shape[2:-1])
-    return Task(name=Path(path).stem, path=path, u=norm.normalize(u).astype(np.float32), t=coords["t"], grid=grid,
-                lengths=lengths, normalizer=norm, splits=splits, attrs=info.attrs)
+    return Task(
+        name=Path(path).stem,
+        path=path,
+        u=norm.normalize(u).astype(np.float32),
+        t=coords["t"],
+        grid=grid,
+        lengths=lengths,
+        normalizer=norm,
+        splits=splits,
+        attrs=info.attrs,
+    )
 
 
 def load_tasks(cfg: DataConfig) -> list[Task]:
@@ -126,8 +139,10 @@ def load_tasks(cfg: DataConfig) -> list[Task]:
     ref = tasks[0]
     for t in tasks[1:]:
         if t.u.shape[1:] != ref.u.shape[1:]:
-            raise ConfigError(f"data.path: {t.path} has frames x grid x channels {t.u.shape[1:]}, "
-                              f"but {ref.path} has {ref.u.shape[1:]}; multi-task runs need one shape")
+            raise ConfigError(
+                f"data.path: {t.path} has frames x grid x channels {t.u.shape[1:]}, "
+                f"but {ref.path} has {ref.u.shape[1:]}; multi-task runs need one shape"
+            )
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ConfigError(f"data.path: two files share a name ({names}); task names come from file names")
@@ -166,18 +181,36 @@ class DataMeta:
         return len(self.normalizers[0].mean)
 
     @classmethod
-    def from_tasks(cls, tasks: list[Task], initial_step: int) -> "DataMeta":
-        return cls(tasks=[t.name for t in tasks], dts=[t.dt for t in tasks], grid=tasks[0].grid,
-                   lengths=tasks[0].lengths, normalizers=[t.normalizer for t in tasks],
-                   frames=tasks[0].u.shape[1], initial_step=initial_step)
+    def from_tasks(cls, tasks: list[Task], initial_step: int) -> DataMeta:
+        return cls(
+            tasks=[t.name for t in tasks],
+            dts=[t.dt for t in tasks],
+            grid=tasks[0].grid,
+            lengths=tasks[0].lengths,
+            normalizers=[t.normalizer for t in tasks],
+            frames=tasks[0].u.shape[1],
+            initial_step=initial_step,
+        )
 
-    def to_dict(self) -> dict:
-        return {"tasks": self.tasks, "dts": self.dts, "grid": self.grid.tolist(), "lengths": self.lengths,
-                "normalizers": [n.to_dict() for n in self.normalizers], "frames": self.frames,
-                "initial_step": self.initial_step}
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tasks": self.tasks,
+            "dts": self.dts,
+            "grid": self.grid.tolist(),
+            "lengths": self.lengths,
+            "normalizers": [n.to_dict() for n in self.normalizers],
+            "frames": self.frames,
+            "initial_step": self.initial_step,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DataMeta":
-        return cls(tasks=d["tasks"], dts=d["dts"], grid=np.asarray(d["grid"], np.float32), lengths=d["lengths"],
-                   normalizers=[Normalizer.from_dict(n) for n in d["normalizers"]], frames=d["frames"],
-                   initial_step=d["initial_step"])
+    def from_dict(cls, d: dict[str, Any]) -> DataMeta:
+        return cls(
+            tasks=d["tasks"],
+            dts=d["dts"],
+            grid=np.asarray(d["grid"], np.float32),
+            lengths=d["lengths"],
+            normalizers=[Normalizer.from_dict(n) for n in d["normalizers"]],
+            frames=d["frames"],
+            initial_step=d["initial_step"],
+        )

@@ -18,52 +18,49 @@ from ups.config import Config
 from ups.data.views import DataMeta, Task
 from ups.eval.metrics import pdebench_metrics
 from ups.eval.rollout import Corrector, Surrogate
-from ups.models.codec import AnyPointDecoder, GridEncoder
-from ups.models.latent import LatentOperator, ResidualDenoiser
+from ups.models import factory
+from ups.schema import CorrectorKind
+from ups.stages import registry
 
 
-def build_surrogate(cfg: Config, meta: DataMeta, exports: dict[str, dict], device: str = "cpu") -> Surrogate:
-    """The stack from stage exports; the corrector follows `eval.corrector` ("auto": best trained)."""
-    grid = torch.as_tensor(meta.grid)
-    enc = GridEncoder(grid, meta.channels, cfg.latent.tokens, cfg.latent.dim, cfg.model.encoder)
-    dec = AnyPointDecoder(grid.shape[-1], meta.channels, cfg.latent.dim, cfg.model.decoder)
+def corrector_stages() -> dict[CorrectorKind, str]:
+    """Corrector kind -> the stage that trains it, from the registry (latest-registered first)."""
+    return {cls.corrector: name for name, cls in reversed(registry.stages().items()) if cls.corrector}
+
+
+def build_surrogate(
+    cfg: Config, meta: DataMeta, exports: dict[str, dict[str, Any]], device: torch.device | str = "cpu"
+) -> Surrogate:
+    """The stack from stage exports; the corrector follows `eval.corrector` ("auto": the one of the
+    latest trained corrector stage, the cheapest to run; the pipeline then keeps it only if it helps)."""
+    enc, dec = factory.build("encoder", cfg, meta), factory.build("decoder", cfg, meta)
     enc.load_state_dict(exports["autoencoder"]["encoder"])
     dec.load_state_dict(exports["autoencoder"]["decoder"])
-    op = LatentOperator(cfg.latent.tokens, cfg.latent.dim, cfg.model.operator, len(meta.tasks))
+    op = factory.build("operator", cfg, meta)
     op.load_state_dict(exports["operator"]["operator"])
-    kind = cfg.eval.corrector
-    if kind == "auto":
-        kind = next((k for k in ("consistency", "diffusion") if _stage_of(k) in exports), "none")
+    providers = corrector_stages()
+    requested = cfg.eval.corrector
+    kind: CorrectorKind | None
+    if requested == "auto":
+        kind = next((k for k, stage in providers.items() if stage in exports), None)
+    elif requested == "none":
+        kind = None
+    else:
+        kind = requested
     corrector = None
-    if kind != "none":
-        if _stage_of(kind) not in exports:
-            raise ValueError(f"eval.corrector={kind} but stage {_stage_of(kind)} was not trained")
-        ex = exports[_stage_of(kind)]
+    if kind is not None:
+        stage = providers.get(kind)
+        if stage is None or stage not in exports:
+            raise ValueError(f"eval.corrector={kind} but stage {stage} was not trained")
+        ex = exports[stage]
         diff = cfg.stages.diffusion_residual
-        net = ResidualDenoiser(
-            cfg.latent.tokens,
-            cfg.latent.dim,
-            cfg.model.denoiser,
-            consistency=kind == "consistency",
-            sigma_min=diff.sigma_min,
-        )
-        net.load_state_dict(ex["student" if kind == "consistency" else "denoiser"])
-        corrector = Corrector(
-            kind,
-            net.to(device).eval(),
-            float(ex["residual_scale"]),
-            diff.sigma_min,
-            diff.sigma_max,
-            diff.sample_steps,
-            cfg.eval.noise_scale,
-        )
+        net = factory.build("denoiser", cfg, meta, consistency=kind == "consistency")
+        net.load_state_dict(ex[registry.get(stage).export_keys[0]])
+        corrector = Corrector(kind, net.to(device).eval(), float(ex["residual_scale"]), diff.sigma_min,
+                              diff.sigma_max, diff.sample_steps, cfg.eval.noise_scale)  # fmt: skip
     for m in (enc, dec, op):
         m.to(device).eval()
     return Surrogate(meta, dec, op, encoder=enc, corrector=corrector, device=device)
-
-
-def _stage_of(kind: str) -> str:
-    return {"consistency": "consistency_distill", "diffusion": "diffusion_residual"}[kind]
 
 
 def _pdebench_layout(u: np.ndarray) -> np.ndarray:
@@ -77,8 +74,9 @@ def evaluate(model: Surrogate, tasks: list[Task], split: str, cfg: Config, seed:
     t_start = time.perf_counter()
     meta, init = model.meta, model.meta.initial_step
     steps = meta.frames - init if cfg.eval.horizon is None else min(cfg.eval.horizon, meta.frames - init)
-    preds: dict[str, list] = {"model": [], "operator": [], "persistence": []}
-    truths, task_ids = [], []
+    preds: dict[str, list[torch.Tensor]] = {"model": [], "operator": [], "persistence": []}
+    truths: list[torch.Tensor] = []
+    task_ids: list[torch.Tensor] = []
     gen = torch.Generator().manual_seed(seed)
     for ti, task in enumerate(tasks):
         rows = task.splits[split][: cfg.eval.max_samples]
@@ -97,38 +95,37 @@ def evaluate(model: Surrogate, tasks: list[Task], split: str, cfg: Config, seed:
             preds["persistence"].append(torch.cat([given, given[:, -1:].expand(-1, steps, *given.shape[2:])], 1).cpu())
             truths.append(truth.cpu())
             task_ids.append(tid.cpu())
-    truth = torch.cat(truths).numpy()
-    tid = torch.cat(task_ids).numpy()
+    truth_all = torch.cat(truths).numpy()
+    task_all = torch.cat(task_ids).numpy()
     lx = meta.lengths[0]
     out: dict[str, Any] = {
         "split": split,
-        "samples": int(len(truth)),
+        "samples": int(len(truth_all)),
         "horizon": steps,
         "initial_step": init,
         "corrector": model.corrector.kind if model.corrector else "none",
     }
-    curves = {}
+    curves: dict[str, list[float]] = {}
     for name, p in preds.items():
         if not p:
             continue
-        pred = torch.cat(p).numpy()
+        pred_all = torch.cat(p).numpy()
         prefix = "" if name == "model" else f"{name}_"
-        for k, v in pdebench_metrics(_pdebench_layout(pred), _pdebench_layout(truth), init, Lx=lx).items():
+        layout_pred, layout_truth = _pdebench_layout(pred_all), _pdebench_layout(truth_all)
+        for k, v in pdebench_metrics(layout_pred, layout_truth, init, Lx=lx).items():
             out[prefix + k] = v
-        curves[name] = pdebench_metrics(_pdebench_layout(pred), _pdebench_layout(truth), init, Lx=lx, per_time=True)[
-            "nRMSE"
-        ].tolist()
+        curves[name] = pdebench_metrics(layout_pred, layout_truth, init, Lx=lx, per_time=True)["nRMSE"].tolist()
         if len(tasks) > 1:
             for ti, t in enumerate(tasks):
-                m = tid == ti
-                r = pdebench_metrics(_pdebench_layout(pred[m]), _pdebench_layout(truth[m]), init, Lx=lx)
+                m = task_all == ti
+                r = pdebench_metrics(_pdebench_layout(pred_all[m]), _pdebench_layout(truth_all[m]), init, Lx=lx)
                 out.setdefault("per_task", {}).setdefault(t.name, {})[prefix + "nRMSE"] = r["nRMSE"]
     out["horizon_nRMSE"] = curves
     out["wall_time_s"] = round(time.perf_counter() - t_start, 3)
-    out["wall_clock"] = out["wall_time_s"] / max(len(truth), 1)  # seconds per trajectory, all predictors
-    out["protocol"] = {"split": split, "samples": int(len(truth)), "horizon": steps, "initial_step": init}
+    out["wall_clock"] = out["wall_time_s"] / max(len(truth_all), 1)  # seconds per trajectory, all predictors
+    out["protocol"] = {"split": split, "samples": int(len(truth_all)), "horizon": steps, "initial_step": init}
     out["_arrays"] = {
-        "truth": truth,
+        "truth": truth_all,
         "pred": torch.cat(preds["model"]).numpy(),
         "persistence": torch.cat(preds["persistence"]).numpy(),
     }

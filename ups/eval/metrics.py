@@ -11,6 +11,7 @@ fRMSE (PDEBench also multiplies by Ly, Lz, which default to 1).
 from __future__ import annotations
 
 import math
+from typing import Literal, overload
 
 import numpy as np
 import torch
@@ -50,7 +51,8 @@ def _fourier_bands(err: np.ndarray, Lx: float) -> np.ndarray:
         # i < n/2 of the full FFT only, summing power within a bin.
         f = np.abs(np.fft.fftn(err, axes=tuple(range(3, err.ndim)))) ** 2
         half = tuple(n // 2 for n in space)
-        f = f[(Ellipsis, *(slice(0, h) for h in half))].reshape(*err.shape[:3], -1)
+        quadrant = (slice(None),) * 3 + tuple(slice(0, h) for h in half)  # all of (B, C, T); i < n/2 per axis
+        f = f[quadrant].reshape(*err.shape[:3], -1)
         squares = np.meshgrid(*(np.arange(h) ** 2 for h in half), indexing="ij")
         radius = np.floor(np.sqrt(sum(squares))).astype(int).ravel()
         n_bins = min(half)  # radii >= n_bins are dropped; no bin below is empty (i = r, j = 0)
@@ -64,6 +66,40 @@ def _fourier_bands(err: np.ndarray, Lx: float) -> np.ndarray:
     return np.stack([b.mean(axis=-1) if b.shape[-1] else np.full(b.shape[:2], np.nan) for b in bands], axis=1)
 
 
+# Overloads on per_time: callers get floats or per-frame arrays without narrowing the union.
+@overload
+def pdebench_metrics(
+    pred: np.ndarray | torch.Tensor,
+    target: np.ndarray | torch.Tensor,
+    initial_step: int = 0,
+    *,
+    Lx: float = 1.0,
+    per_time: Literal[False] = False,
+) -> dict[str, float]: ...
+
+
+@overload
+def pdebench_metrics(
+    pred: np.ndarray | torch.Tensor,
+    target: np.ndarray | torch.Tensor,
+    initial_step: int = 0,
+    *,
+    Lx: float = 1.0,
+    per_time: Literal[True],
+) -> dict[str, np.ndarray]: ...
+
+
+@overload
+def pdebench_metrics(
+    pred: np.ndarray | torch.Tensor,
+    target: np.ndarray | torch.Tensor,
+    initial_step: int = 0,
+    *,
+    Lx: float = 1.0,
+    per_time: bool,
+) -> dict[str, float] | dict[str, np.ndarray]: ...
+
+
 def pdebench_metrics(
     pred: np.ndarray | torch.Tensor,
     target: np.ndarray | torch.Tensor,
@@ -71,7 +107,7 @@ def pdebench_metrics(
     *,
     Lx: float = 1.0,
     per_time: bool = False,
-) -> dict:
+) -> dict[str, float] | dict[str, np.ndarray]:
     """PDEBench metrics for (B, X[, Y, Z], T, C) arrays, frames >= initial_step only.
 
     Returns floats (averaged over channels and time), or with per_time=True 1-D arrays over

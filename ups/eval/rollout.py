@@ -5,20 +5,20 @@ that select checkpoints and the numbers that are reported come from the same cod
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
 from ups.data.views import DataMeta
 from ups.models.latent import heun_sample, karras_sigmas
+from ups.schema import CorrectorKind
 
 
 @dataclass
 class Corrector:
     """A residual sampler: diffusion (few-step Heun) or consistency (one step)."""
 
-    kind: Literal["diffusion", "consistency"]
+    kind: CorrectorKind
     net: nn.Module
     scale: float  # std of the operator's residual, the sampler works in units of it
     sigma_min: float
@@ -46,7 +46,7 @@ class Surrogate:
         encoder: nn.Module | None = None,
         corrector: Corrector | None = None,
         device: torch.device | str = "cpu",
-    ):
+    ) -> None:
         self.meta, self.encoder, self.decoder, self.operator, self.corrector = (
             meta,
             encoder,
@@ -61,6 +61,8 @@ class Surrogate:
 
     @torch.no_grad()
     def encode(self, u: torch.Tensor) -> torch.Tensor:
+        if self.encoder is None:
+            raise RuntimeError("this surrogate was built without an encoder; it can only roll out latents")
         return self.encoder(u)
 
     @torch.no_grad()

@@ -9,11 +9,18 @@ the full grid (or anywhere else).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from ups.config import DecoderConfig, EncoderConfig
+from ups.models import factory
 from ups.models.layers import MLP, Block, CrossBlock, fourier_dim, fourier_features
+from ups.schema import DecoderConfig, EncoderConfig
+
+if TYPE_CHECKING:
+    from ups.config import Config
+    from ups.data.views import DataMeta
 
 
 def patchify(u: torch.Tensor, p: int) -> torch.Tensor:
@@ -27,7 +34,9 @@ def patchify(u: torch.Tensor, p: int) -> torch.Tensor:
 
 
 class GridEncoder(nn.Module):
-    def __init__(self, grid: torch.Tensor, channels: int, tokens: int, dim: int, cfg: EncoderConfig):
+    centres: torch.Tensor  # (patches, d) patch centres, a non-persistent buffer
+
+    def __init__(self, grid: torch.Tensor, channels: int, tokens: int, dim: int, cfg: EncoderConfig) -> None:
         """`grid`: (X[, Y], d) positions in [0, 1); its patch centres are fixed buffers."""
         super().__init__()
         self.p, self.frequencies = cfg.patch_size, cfg.frequencies
@@ -51,7 +60,7 @@ class GridEncoder(nn.Module):
 
 
 class AnyPointDecoder(nn.Module):
-    def __init__(self, spatial_dims: int, channels: int, dim: int, cfg: DecoderConfig):
+    def __init__(self, spatial_dims: int, channels: int, dim: int, cfg: DecoderConfig) -> None:
         super().__init__()
         self.frequencies = cfg.frequencies
         self.query = nn.Linear(fourier_dim(spatial_dims, cfg.frequencies), cfg.hidden)
@@ -66,3 +75,16 @@ class AnyPointDecoder(nn.Module):
         for block in self.blocks:
             q = block(q, ctx)
         return self.head(q)
+
+
+# -- Registered builders (`model.<role>.arch`) --------------------------------------------------
+
+
+@factory.register("encoder", "patch_attention")
+def _encoder(cfg: Config, meta: DataMeta) -> GridEncoder:
+    return GridEncoder(torch.as_tensor(meta.grid), meta.channels, cfg.latent.tokens, cfg.latent.dim, cfg.model.encoder)
+
+
+@factory.register("decoder", "cross_attention")
+def _decoder(cfg: Config, meta: DataMeta) -> AnyPointDecoder:
+    return AnyPointDecoder(meta.grid.shape[-1], meta.channels, cfg.latent.dim, cfg.model.decoder)

@@ -3,11 +3,18 @@ one-step consistency student), and the steady prior."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from ups.config import DenoiserNetConfig, OperatorNetConfig, SteadyNetConfig
+from ups.models import factory
 from ups.models.layers import MLP, TokenTransformer, sinusoidal_embedding
+from ups.schema import DenoiserNetConfig, OperatorNetConfig, SteadyNetConfig
+
+if TYPE_CHECKING:
+    from ups.config import Config
+    from ups.data.views import DataMeta
 
 
 class LatentOperator(nn.Module):
@@ -18,7 +25,7 @@ class LatentOperator(nn.Module):
     the persistence baseline and training can only move away from it by learning something.
     """
 
-    def __init__(self, tokens: int, dim: int, cfg: OperatorNetConfig, num_tasks: int = 1):
+    def __init__(self, tokens: int, dim: int, cfg: OperatorNetConfig, num_tasks: int = 1) -> None:
         super().__init__()
         self.dt_embed = MLP(cfg.hidden, cfg.hidden)
         self.task_embed = nn.Embedding(num_tasks, cfg.hidden) if num_tasks > 1 else None
@@ -42,7 +49,7 @@ class ResidualDenoiser(nn.Module):
 
     def __init__(
         self, tokens: int, dim: int, cfg: DenoiserNetConfig, *, consistency: bool = False, sigma_min: float = 0.002
-    ):
+    ) -> None:
         super().__init__()
         self.noise_embed = MLP(cfg.hidden, cfg.hidden)
         self.trunk = TokenTransformer(tokens, 2 * dim, dim, cfg.hidden, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.hidden)
@@ -86,7 +93,7 @@ def heun_sample(denoiser: nn.Module, cond: torch.Tensor, x: torch.Tensor, sigmas
 class SteadyPrior(nn.Module):
     """Iterative refinement z <- z + g(z, k/K) toward the terminal (steady) latent of a trajectory."""
 
-    def __init__(self, tokens: int, dim: int, cfg: SteadyNetConfig):
+    def __init__(self, tokens: int, dim: int, cfg: SteadyNetConfig) -> None:
         super().__init__()
         self.steps, self.hidden = cfg.steps, cfg.hidden
         self.step_embed = MLP(cfg.hidden, cfg.hidden)
@@ -97,3 +104,27 @@ class SteadyPrior(nn.Module):
             tau = torch.full((len(z),), (k + 1) / self.steps, device=z.device)
             z = z + self.trunk(z, self.step_embed(sinusoidal_embedding(tau, self.hidden).to(z.dtype)))
         return z
+
+
+# -- Registered builders (`model.<role>.arch`) --------------------------------------------------
+
+
+@factory.register("operator", "transformer")
+def _operator(cfg: Config, meta: DataMeta) -> LatentOperator:
+    return LatentOperator(cfg.latent.tokens, cfg.latent.dim, cfg.model.operator, len(meta.tasks))
+
+
+@factory.register("denoiser", "transformer")
+def _denoiser(cfg: Config, meta: DataMeta, *, consistency: bool = False) -> ResidualDenoiser:
+    return ResidualDenoiser(
+        cfg.latent.tokens,
+        cfg.latent.dim,
+        cfg.model.denoiser,
+        consistency=consistency,
+        sigma_min=cfg.stages.diffusion_residual.sigma_min,
+    )
+
+
+@factory.register("steady", "transformer")
+def _steady(cfg: Config, meta: DataMeta) -> SteadyPrior:
+    return SteadyPrior(cfg.latent.tokens, cfg.latent.dim, cfg.model.steady)

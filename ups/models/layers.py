@@ -35,7 +35,7 @@ def sinusoidal_embedding(x: torch.Tensor, dim: int, max_period: float = 1e4) -> 
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, kv_dim: int | None = None):
+    def __init__(self, dim: int, heads: int, kv_dim: int | None = None) -> None:
         super().__init__()
         self.heads = heads
         self.q = nn.Linear(dim, dim)
@@ -52,7 +52,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Sequential):
-    def __init__(self, dim: int, hidden: int, out: int | None = None):
+    def __init__(self, dim: int, hidden: int, out: int | None = None) -> None:
         super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out or dim))
 
 
@@ -63,17 +63,18 @@ class Block(nn.Module):
     shallow one would and conditioning (Δt, noise level, task) enters every layer.
     """
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, cond_dim: int | None = None):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, cond_dim: int | None = None) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=cond_dim is None)
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=cond_dim is None)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
-        self.ada = None
+        self.ada: nn.Sequential | None = None
         if cond_dim is not None:
-            self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * dim))
-            nn.init.zeros_(self.ada[1].weight)
-            nn.init.zeros_(self.ada[1].bias)
+            modulation = nn.Linear(cond_dim, 6 * dim)
+            nn.init.zeros_(modulation.weight)
+            nn.init.zeros_(modulation.bias)
+            self.ada = nn.Sequential(nn.SiLU(), modulation)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if self.ada is None:
@@ -87,7 +88,7 @@ class Block(nn.Module):
 class CrossBlock(nn.Module):
     """Queries attend to a context (latent tokens or patches), then a feed-forward layer."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
         super().__init__()
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
@@ -113,7 +114,7 @@ class TokenTransformer(nn.Module):
         heads: int,
         mlp_ratio: float,
         cond_dim: int,
-    ):
+    ) -> None:
         super().__init__()
         self.inp = nn.Linear(in_dim, hidden)
         self.pos = nn.Parameter(torch.randn(tokens, hidden) * 0.02)

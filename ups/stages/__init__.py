@@ -1,15 +1,15 @@
-"""The five UPS stages, in pipeline order."""
+"""The UPS stages. Importing this package registers them, in pipeline order: the order of the
+imports below is the order the pipeline runs them (ups/stages/registry.py)."""
 
-from ups.stages.autoencoder import AutoencoderStage
+# isort: off
+from ups.stages import autoencoder  # noqa: F401
+from ups.stages import operator  # noqa: F401
+from ups.stages import diffusion_residual  # noqa: F401
+from ups.stages import consistency_distill  # noqa: F401
+from ups.stages import steady_prior  # noqa: F401
+
+# isort: on
+from ups.stages import registry
 from ups.stages.base import Stage
-from ups.stages.consistency_distill import ConsistencyDistillStage
-from ups.stages.diffusion_residual import DiffusionResidualStage
-from ups.stages.operator import OperatorStage
-from ups.stages.steady_prior import SteadyPriorStage
 
-STAGES: dict[str, type[Stage]] = {
-    s.name: s
-    for s in (AutoencoderStage, OperatorStage, DiffusionResidualStage, ConsistencyDistillStage, SteadyPriorStage)
-}
-
-__all__ = ["STAGES", "Stage"]
+__all__ = ["Stage", "registry"]

@@ -6,19 +6,29 @@ the codec is trained first and its weights' digest versions the latent cache.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ups.config import AutoencoderStageConfig
 from ups.eval.rollout import frame_nrmse, norm_stats, to_physical
-from ups.models.codec import AnyPointDecoder, GridEncoder
+from ups.models import factory
+from ups.schema import NonNegInt, PosInt, StageConfig
 from ups.stages.base import Stage, Sums, chunked, task_sums
+from ups.stages.registry import register
 from ups.train.shard import Trajectories
 
 
+class AutoencoderStageConfig(StageConfig):
+    epochs: NonNegInt = 20
+    query_points: PosInt | None = None  # decoder points per frame in training; None = the whole grid
+
+
 class Autoencoder(nn.Module):
-    def __init__(self, encoder: GridEncoder, decoder: AnyPointDecoder):
+    """The codec under training; encoder and decoder are whatever `model.*.arch` registered."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
 
@@ -27,27 +37,28 @@ class Autoencoder(nn.Module):
         return F.mse_loss(pred, batch["target"]), {}
 
 
-class AutoencoderStage(Stage):
+@register
+class AutoencoderStage(Stage[Autoencoder, AutoencoderStageConfig]):
     name = "autoencoder"
+    config_cls = AutoencoderStageConfig
+    export_keys = ("encoder", "decoder")
     inputs = "fields"
     val_metric = "val_recon_nrmse"
-    stage_cfg: AutoencoderStageConfig
 
     @classmethod
-    def samples_per_trajectory(cls, frames: int, stage_cfg) -> int:
+    def samples_per_trajectory(cls, frames: int, stage_cfg: AutoencoderStageConfig) -> int:
         return frames  # every frame of every trajectory, once per epoch
 
     def build(self) -> Autoencoder:
         grid = torch.as_tensor(self.meta.grid)
-        m = self.cfg.model
-        encoder = GridEncoder(grid, self.meta.channels, self.cfg.latent.tokens, self.cfg.latent.dim, m.encoder)
-        decoder = AnyPointDecoder(grid.shape[-1], self.meta.channels, self.cfg.latent.dim, m.decoder)
+        encoder = factory.build("encoder", self.cfg, self.meta)
+        decoder = factory.build("decoder", self.cfg, self.meta)
         self.points = grid.reshape(1, -1, grid.shape[-1]).to(self.device)
         return Autoencoder(encoder, decoder)
 
     def batch(self, train: Trajectories, ids: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         traj, t = ids // self.meta.frames, ids % self.meta.frames
-        u = train.u[traj, t].to(self.device)
+        u = train.fields[traj, t].to(self.device)
         target, points = u.reshape(len(u), -1, u.shape[-1]), self.points
         q = self.stage_cfg.query_points
         if q is not None and q < points.shape[1]:
@@ -57,7 +68,7 @@ class AutoencoderStage(Stage):
 
     @torch.no_grad()
     def validate(self, module: Autoencoder, val: Trajectories, rows: torch.Tensor) -> Sums:
-        u = val.u[rows].to(self.device)  # (n, T, X.., C)
+        u = val.fields[rows].to(self.device)  # (n, T, X.., C)
         frames = u.flatten(0, 1)
         recon = chunked(lambda x: module.decoder(module.encoder(x), self.points), frames)
         recon = recon.reshape(u.shape)
@@ -66,5 +77,5 @@ class AutoencoderStage(Stage):
         err = frame_nrmse(to_physical(recon, task, *stats), to_physical(u, task, *stats))  # (n, T)
         return task_sums(self.val_metric, err, task, self.meta.tasks)
 
-    def export(self, module: Autoencoder) -> dict:
+    def export(self, module: Autoencoder) -> dict[str, Any]:
         return {"encoder": module.encoder.state_dict(), "decoder": module.decoder.state_dict()}

@@ -12,40 +12,55 @@ stage object and are used while building batches and validating, outside DDP.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 from torch import nn
 
-from ups.config import Config, StageConfig
 from ups.data.views import DataMeta
+from ups.schema import CorrectorKind, StageConfig
 from ups.train.shard import Trajectories
+
+if TYPE_CHECKING:
+    from ups.config import Config
 
 # (sum, count) pairs that the loop all-reduces across ranks before dividing.
 Sums = dict[str, tuple[float, float]]
 ReduceSum = Callable[[torch.Tensor], torch.Tensor]
 
+Inputs = Literal["fields", "latents"]  # physical trajectories, or the latent cache
+ModuleT = TypeVar("ModuleT", bound=nn.Module)  # the stage's trainable module, as `build()` returns it
+ConfigT = TypeVar("ConfigT", bound=StageConfig)  # the stage's `stages.<name>` config section
 
-class Stage:
+
+class Stage(Generic[ModuleT, ConfigT]):
+    """One stage: declared once, registered with `ups.stages.registry.register`.
+
+    Subclasses name their module and config types, `Stage[MyObjective, MyStageConfig]`, so the
+    hooks that receive the module (unwrapped, or its EMA copy) and `stage_cfg` are typed."""
+
     name: ClassVar[str]
-    inputs: ClassVar[str] = "latents"  # "fields": physical trajectories; "latents": the latent cache
+    config_cls: ClassVar[type[StageConfig]] = StageConfig  # its `stages.<name>` config section
+    inputs: ClassVar[Inputs] = "latents"  # "fields": physical trajectories; "latents": the latent cache
     needs: ClassVar[tuple[str, ...]] = ()  # earlier stages whose exports this one reads
     val_metric: ClassVar[str]  # lower is better; early stopping and the best weights follow it
+    export_keys: ClassVar[tuple[str, ...]] = ()  # what `export()` returns (checked when it is written)
+    corrector: ClassVar[CorrectorKind | None] = None  # the `eval.corrector` kind this stage's export provides
 
-    def __init__(self, cfg: Config, meta: DataMeta, handoff: dict[str, dict[str, Any]], device: torch.device):
+    def __init__(self, cfg: Config, meta: DataMeta, handoff: dict[str, dict[str, Any]], device: torch.device) -> None:
         missing = [n for n in self.needs if n not in handoff]
         if missing:
             raise RuntimeError(f"stage {self.name} needs the output of {missing}, which was not handed over")
         self.cfg, self.meta, self.handoff, self.device = cfg, meta, handoff, device
-        self.stage_cfg: StageConfig = getattr(cfg.stages, self.name)
+        self.stage_cfg: ConfigT = getattr(cfg.stages, self.name)
         self.dts = torch.tensor(meta.dts, device=device)
 
     @classmethod
-    def samples_per_trajectory(cls, frames: int, stage_cfg: StageConfig) -> int:
+    def samples_per_trajectory(cls, frames: int, stage_cfg: ConfigT) -> int:
         """Training samples one trajectory yields; the driver checks the batch fits before Ray starts."""
         raise NotImplementedError
 
-    def build(self) -> nn.Module:
+    def build(self) -> ModuleT:
         """The trainable networks, freshly initialised (the loop seeds the RNG first)."""
         raise NotImplementedError
 
@@ -56,18 +71,19 @@ class Stage:
         return len(train) * self.samples_per_trajectory(self.meta.frames, self.stage_cfg)
 
     def batch(self, train: Trajectories, ids: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        """Tensors for one micro-batch; all randomness comes from `gen` (a function of the step)."""
+        """Tensors for one micro-batch; all randomness comes from `gen` (a function of the step).
+        The module's forward(batch) returns (loss, auxiliary losses); the trainer logs both."""
         raise NotImplementedError
 
-    def after_step(self, module: nn.Module) -> None:
+    def after_step(self, module: ModuleT) -> None:
         """Called after every optimizer step with the unwrapped module."""
 
     @torch.no_grad()
-    def validate(self, module: nn.Module, val: Trajectories, rows: torch.Tensor) -> Sums:
+    def validate(self, module: ModuleT, val: Trajectories, rows: torch.Tensor) -> Sums:
         """Validation sums over `rows` of the val set (this rank's share); uses EMA weights."""
         raise NotImplementedError
 
-    def export(self, module: nn.Module) -> dict[str, Any]:
+    def export(self, module: ModuleT) -> dict[str, Any]:
         """What later stages and evaluation read: state dicts and the tensors they need."""
         raise NotImplementedError
 

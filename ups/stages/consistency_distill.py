@@ -11,20 +11,30 @@ this one makes the rollout cost one extra network call per step instead of 2·st
 from __future__ import annotations
 
 import copy
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ups.config import ConsistencyStageConfig
-from ups.models.latent import ResidualDenoiser, heun_sample, karras_sigmas
+from ups.models import factory
+from ups.models.latent import heun_sample, karras_sigmas
+from ups.schema import Fraction, NonNegInt, OptimizerConfig, StageConfig, at_least
 from ups.stages.base import ReduceSum, Stage, Sums, task_sums
 from ups.stages.diffusion_residual import Residuals, frozen_operator, val_pairs
+from ups.stages.registry import register
 from ups.train.shard import Trajectories
 
 
+class ConsistencyStageConfig(StageConfig):
+    epochs: NonNegInt = 5
+    optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4)
+    num_scales: Annotated[int, at_least(2)] = 18  # discretisation of the teacher's probability-flow ODE
+    target_ema: Fraction = 0.95  # EMA of the student that provides the consistency target
+
+
 class StudentObjective(nn.Module):
-    def __init__(self, student: ResidualDenoiser):
+    def __init__(self, student: nn.Module) -> None:
         super().__init__()
         self.student = student
 
@@ -32,26 +42,27 @@ class StudentObjective(nn.Module):
         return F.mse_loss(self.student(batch["x"], batch["sigma"], batch["cond"]), batch["target"]), {}
 
 
-class ConsistencyDistillStage(Stage):
+@register
+class ConsistencyDistillStage(Stage[StudentObjective, ConsistencyStageConfig]):
     name = "consistency_distill"
+    config_cls = ConsistencyStageConfig
+    export_keys = ("student", "residual_scale")
+    corrector = "consistency"
     needs = ("operator", "diffusion_residual")
     val_metric = "val_distill_mse"
-    stage_cfg: ConsistencyStageConfig
 
     @classmethod
-    def samples_per_trajectory(cls, frames: int, stage_cfg) -> int:
+    def samples_per_trajectory(cls, frames: int, stage_cfg: ConsistencyStageConfig) -> int:
         return frames - 1
 
     def build(self) -> StudentObjective:
         cfg, diff = self.cfg, self.cfg.stages.diffusion_residual
         self.operator = frozen_operator(self)
-        self.teacher = ResidualDenoiser(cfg.latent.tokens, cfg.latent.dim, cfg.model.denoiser)
+        self.teacher = factory.build("denoiser", cfg, self.meta)
         self.teacher.load_state_dict(self.handoff["diffusion_residual"]["denoiser"])
         self.teacher.to(self.device).eval().requires_grad_(False)
         self.scale = float(self.handoff["diffusion_residual"]["residual_scale"])
-        student = ResidualDenoiser(
-            cfg.latent.tokens, cfg.latent.dim, cfg.model.denoiser, consistency=True, sigma_min=diff.sigma_min
-        )
+        student = factory.build("denoiser", cfg, self.meta, consistency=True)
         student.load_state_dict(self.teacher.state_dict())
         self.target = copy.deepcopy(student).to(self.device).eval().requires_grad_(False)
         # Ascending noise levels σ_0 = σ_min < ... < σ_{N-1} = σ_max.
@@ -95,7 +106,7 @@ class ConsistencyDistillStage(Stage):
         s_hi = self.sigmas[n + 1].to(self.device)
         x_hi = r + s_hi[:, None, None] * torch.randn(r.shape, generator=gen).to(self.device)
         # One Heun step of the teacher's ODE from σ_{n+1} to σ_n.
-        view = lambda s: s[:, None, None]  # noqa: E731
+        view = lambda s: s[:, None, None]
         d_hi = (x_hi - self.teacher(x_hi, s_hi, cond)) / view(s_hi)
         x_lo = x_hi + view(s_lo - s_hi) * d_hi
         d_lo = (x_lo - self.teacher(x_lo, s_lo, cond)) / view(s_lo)
@@ -121,11 +132,11 @@ class ConsistencyDistillStage(Stage):
         err = torch.cat(errs) if errs else torch.zeros(0)
         return task_sums(self.val_metric, err, self.val_res.task[pick], self.meta.tasks)
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"target": self.target.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.target.load_state_dict(state["target"])
 
-    def export(self, module: StudentObjective) -> dict:
+    def export(self, module: StudentObjective) -> dict[str, Any]:
         return {"student": module.student.state_dict(), "residual_scale": torch.tensor(self.scale)}

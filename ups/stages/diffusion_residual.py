@@ -10,20 +10,39 @@ probability-flow ODE draw a residual that corrects the operator's step.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+from pydantic import model_validator
 from torch import nn
 
-from ups.config import DiffusionStageConfig
-from ups.models.latent import LatentOperator, ResidualDenoiser
+from ups.models import factory
+from ups.schema import NonNegInt, OptimizerConfig, PosFloat, PosInt, StageConfig
 from ups.stages.base import ReduceSum, Stage, Sums, task_sums
+from ups.stages.registry import register
 from ups.train.shard import Trajectories
 
 VAL_PAIRS = 4096  # validation pairs kept (a fixed, evenly strided subset of the val split)
 
 
+class DiffusionStageConfig(StageConfig):
+    epochs: NonNegInt = 10
+    optimizer: OptimizerConfig = OptimizerConfig(lr=3e-4)
+    sigma_min: PosFloat = 0.002  # in units of the residual's std
+    sigma_max: PosFloat = 20.0
+    p_mean: float = -1.2  # log-normal noise-level distribution for training (EDM)
+    p_std: PosFloat = 1.2
+    sample_steps: PosInt = 4  # Heun steps of the few-step sampler
+
+    @model_validator(mode="after")
+    def _range(self) -> DiffusionStageConfig:
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError(f"sigma_min={self.sigma_min} must be < sigma_max={self.sigma_max}")
+        return self
+
+
 class DenoiserObjective(nn.Module):
-    def __init__(self, denoiser: ResidualDenoiser):
+    def __init__(self, denoiser: nn.Module) -> None:
         super().__init__()
         self.denoiser = denoiser
 
@@ -37,8 +56,8 @@ class DenoiserObjective(nn.Module):
 class Residuals:
     """op(z_t) and the standardised residual for every (trajectory, t) pair of a split."""
 
-    def __init__(self, operator: nn.Module, trajs: Trajectories, dts: torch.Tensor, device: torch.device):
-        z = trajs.z
+    def __init__(self, operator: nn.Module, trajs: Trajectories, dts: torch.Tensor, device: torch.device) -> None:
+        z = trajs.latents
         n, frames = z.shape[:2]
         self.task = trajs.task.repeat_interleave(frames - 1)
         z_t, z_next = z[:, :-1].flatten(0, 1), z[:, 1:].flatten(0, 1)
@@ -57,9 +76,8 @@ class Residuals:
         return len(self.res)
 
 
-def frozen_operator(stage: Stage) -> LatentOperator:
-    cfg = stage.cfg
-    op = LatentOperator(cfg.latent.tokens, cfg.latent.dim, cfg.model.operator, len(stage.meta.tasks))
+def frozen_operator(stage: Stage[Any, Any]) -> nn.Module:
+    op = factory.build("operator", stage.cfg, stage.meta)
     op.load_state_dict(stage.handoff["operator"]["operator"])
     return op.to(stage.device).eval().requires_grad_(False)
 
@@ -68,19 +86,22 @@ def val_pairs(n_pairs: int) -> torch.Tensor:
     return torch.arange(0, n_pairs, max(1, math.ceil(n_pairs / VAL_PAIRS)))
 
 
-class DiffusionResidualStage(Stage):
+@register
+class DiffusionResidualStage(Stage[DenoiserObjective, DiffusionStageConfig]):
     name = "diffusion_residual"
+    config_cls = DiffusionStageConfig
+    export_keys = ("denoiser", "residual_scale")
+    corrector = "diffusion"
     needs = ("operator",)
     val_metric = "val_denoise_loss"
-    stage_cfg: DiffusionStageConfig
 
     @classmethod
-    def samples_per_trajectory(cls, frames: int, stage_cfg) -> int:
+    def samples_per_trajectory(cls, frames: int, stage_cfg: DiffusionStageConfig) -> int:
         return frames - 1
 
     def build(self) -> DenoiserObjective:
         self.operator = frozen_operator(self)
-        return DenoiserObjective(ResidualDenoiser(self.cfg.latent.tokens, self.cfg.latent.dim, self.cfg.model.denoiser))
+        return DenoiserObjective(factory.build("denoiser", self.cfg, self.meta))
 
     def setup(self, train: Trajectories, val: Trajectories, reduce_sum: ReduceSum) -> None:
         self.train_res = Residuals(self.operator, train, self.dts, self.device)
@@ -105,7 +126,7 @@ class DiffusionResidualStage(Stage):
         r = self.train_res.res[ids]
         sigma = torch.exp(self.stage_cfg.p_mean + self.stage_cfg.p_std * torch.randn(len(ids), generator=gen))
         noise = torch.randn(r.shape, generator=gen)
-        to = lambda t: t.to(self.device)  # noqa: E731
+        to = lambda t: t.to(self.device)
         return {
             "x": to(r + sigma[:, None, None] * noise),
             "sigma": to(sigma),
@@ -132,5 +153,5 @@ class DiffusionResidualStage(Stage):
         loss = torch.cat(losses) if losses else torch.zeros(0)
         return task_sums(self.val_metric, loss, self.val_res.task[pick], self.meta.tasks)
 
-    def export(self, module: DenoiserObjective) -> dict:
+    def export(self, module: DenoiserObjective) -> dict[str, Any]:
         return {"denoiser": module.denoiser.state_dict(), "residual_scale": torch.tensor(self.scale)}

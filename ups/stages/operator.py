@@ -8,20 +8,28 @@ the val split, from the last input frame.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ups.config import OperatorStageConfig
 from ups.eval.rollout import Surrogate, frame_nrmse
-from ups.models.codec import AnyPointDecoder
-from ups.models.latent import LatentOperator
+from ups.models import factory
+from ups.schema import NonNegInt, PosInt, StageConfig
 from ups.stages.base import Stage, Sums, pair_index, task_sums
+from ups.stages.registry import register
 from ups.train.shard import Trajectories
 
 
+class OperatorStageConfig(StageConfig):
+    epochs: NonNegInt = 20
+    rollout_horizon: PosInt = 1  # unrolled steps in the training loss (1 = one-step only)
+    lambda_rollout: float = 0.5  # weight of the unrolled part when rollout_horizon > 1
+
+
 class OperatorObjective(nn.Module):
-    def __init__(self, operator: LatentOperator, lambda_rollout: float):
+    def __init__(self, operator: nn.Module, lambda_rollout: float) -> None:
         super().__init__()
         self.operator, self.lambda_rollout = operator, lambda_rollout
 
@@ -39,21 +47,21 @@ class OperatorObjective(nn.Module):
         return one_step + self.lambda_rollout * rollout, {"one_step": one_step.detach(), "rollout": rollout.detach()}
 
 
-class OperatorStage(Stage):
+@register
+class OperatorStage(Stage[OperatorObjective, OperatorStageConfig]):
     name = "operator"
+    config_cls = OperatorStageConfig
+    export_keys = ("operator",)
     needs = ("autoencoder",)  # the decoder, for decoded validation
     val_metric = "val_rollout_nrmse"
-    stage_cfg: OperatorStageConfig
 
     @classmethod
     def samples_per_trajectory(cls, frames: int, stage_cfg: OperatorStageConfig) -> int:
         return max(frames - stage_cfg.rollout_horizon, 0)  # windows of H+1 frames
 
     def build(self) -> OperatorObjective:
-        op = LatentOperator(self.cfg.latent.tokens, self.cfg.latent.dim, self.cfg.model.operator, len(self.meta.tasks))
-        self.decoder = AnyPointDecoder(
-            self.meta.grid.shape[-1], self.meta.channels, self.cfg.latent.dim, self.cfg.model.decoder
-        )
+        op = factory.build("operator", self.cfg, self.meta)
+        self.decoder = factory.build("decoder", self.cfg, self.meta)
         self.decoder.load_state_dict(self.handoff["autoencoder"]["decoder"])
         self.decoder.to(self.device).eval().requires_grad_(False)
         return OperatorObjective(op, self.stage_cfg.lambda_rollout)
@@ -63,27 +71,30 @@ class OperatorStage(Stage):
         traj, t = pair_index(ids, self.samples_per_trajectory(self.meta.frames, self.stage_cfg))
         frames = t[:, None] + torch.arange(h + 1)
         task = train.task[traj].to(self.device)
-        return {"z": train.z[traj[:, None], frames].to(self.device), "dt": self.dt(task), "task": task}
+        return {"z": train.latents[traj[:, None], frames].to(self.device), "dt": self.dt(task), "task": task}
 
     @torch.no_grad()
     def validate(self, module: OperatorObjective, val: Trajectories, rows: torch.Tensor) -> Sums:
         return rollout_sums(self, Surrogate(self.meta, self.decoder, module.operator, device=self.device), val, rows)
 
-    def export(self, module: OperatorObjective) -> dict:
+    def export(self, module: OperatorObjective) -> dict[str, Any]:
         return {"operator": module.operator.state_dict()}
 
 
-def rollout_sums(stage: Stage, model: Surrogate, val: Trajectories, rows: torch.Tensor, batch: int = 64) -> Sums:
+def rollout_sums(
+    stage: Stage[Any, Any], model: Surrogate, val: Trajectories, rows: torch.Tensor, batch: int = 64
+) -> Sums:
     """Decoded rollout nRMSE (frames after the inputs) over `rows` of the val set."""
     t0 = stage.meta.initial_step - 1
     steps = stage.meta.frames - 1 - t0
     if stage.cfg.eval.horizon:
         steps = min(steps, stage.cfg.eval.horizon)
-    errs, tasks = [], []
+    errs: list[torch.Tensor] = []
+    tasks: list[torch.Tensor] = []
     for chunk in rows.split(batch):
         task = val.task[chunk].to(stage.device)
-        pred = model.predict_fields(val.z[chunk, t0].to(stage.device), steps, task)
-        true = model.denormalize(val.u[chunk, t0 + 1 : t0 + 1 + steps].to(stage.device), task)
+        pred = model.predict_fields(val.latents[chunk, t0].to(stage.device), steps, task)
+        true = model.denormalize(val.fields[chunk, t0 + 1 : t0 + 1 + steps].to(stage.device), task)
         errs.append(frame_nrmse(pred, true).mean(1))
         tasks.append(task)
     if not errs:

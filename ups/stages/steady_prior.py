@@ -3,17 +3,25 @@ terminal latent. Transient problems have no steady state: 0 epochs marks the sta
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ups.models.latent import SteadyPrior
+from ups.models import factory
+from ups.schema import NonNegInt, StageConfig
 from ups.stages.base import Stage, Sums, chunked, pair_index, task_sums
+from ups.stages.registry import register
 from ups.train.shard import Trajectories
 
 
+class SteadyStageConfig(StageConfig):
+    epochs: NonNegInt = 0  # off: transient problems have no steady state
+
+
 class PriorObjective(nn.Module):
-    def __init__(self, prior: SteadyPrior):
+    def __init__(self, prior: nn.Module) -> None:
         super().__init__()
         self.prior = prior
 
@@ -21,29 +29,33 @@ class PriorObjective(nn.Module):
         return F.mse_loss(self.prior(batch["z"]), batch["target"]), {}
 
 
-class SteadyPriorStage(Stage):
+@register
+class SteadyPriorStage(Stage[PriorObjective, SteadyStageConfig]):
     name = "steady_prior"
+    config_cls = SteadyStageConfig
+    export_keys = ("prior",)
     val_metric = "val_steady_mse"
 
     @classmethod
-    def samples_per_trajectory(cls, frames: int, stage_cfg) -> int:
+    def samples_per_trajectory(cls, frames: int, stage_cfg: SteadyStageConfig) -> int:
         return frames - 1  # every state before the terminal one
 
     def build(self) -> PriorObjective:
-        return PriorObjective(SteadyPrior(self.cfg.latent.tokens, self.cfg.latent.dim, self.cfg.model.steady))
+        return PriorObjective(factory.build("steady", self.cfg, self.meta))
 
     def batch(self, train: Trajectories, ids: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         traj, t = pair_index(ids, self.meta.frames - 1)
-        return {"z": train.z[traj, t].to(self.device), "target": train.z[traj, -1].to(self.device)}
+        z = train.latents
+        return {"z": z[traj, t].to(self.device), "target": z[traj, -1].to(self.device)}
 
     @torch.no_grad()
     def validate(self, module: PriorObjective, val: Trajectories, rows: torch.Tensor) -> Sums:
-        z = val.z[rows, :-1].flatten(0, 1).to(self.device)
-        target = val.z[rows, -1:].expand(-1, self.meta.frames - 1, -1, -1).flatten(0, 1).to(self.device)
+        z = val.latents[rows, :-1].flatten(0, 1).to(self.device)
+        target = val.latents[rows, -1:].expand(-1, self.meta.frames - 1, -1, -1).flatten(0, 1).to(self.device)
         err = (chunked(module.prior, z) - target).pow(2).flatten(1).mean(1)
         return task_sums(
             self.val_metric, err.cpu(), val.task[rows].repeat_interleave(self.meta.frames - 1), self.meta.tasks
         )
 
-    def export(self, module: PriorObjective) -> dict:
+    def export(self, module: PriorObjective) -> dict[str, Any]:
         return {"prior": module.prior.state_dict()}

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from ups.config import OptimizerConfig, SchedulerConfig
+from ups.schema import OptimizerConfig, SchedulerConfig
 
 
 class MuonAdamW(torch.optim.Optimizer):

@@ -9,8 +9,10 @@ rank) alone, which is what makes a resumed run bit-identical to an uninterrupted
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 
@@ -24,22 +26,54 @@ class Trajectories:
     def __len__(self) -> int:
         return len(self.idx)
 
+    @property
+    def latents(self) -> torch.Tensor:
+        """`z`, for a stage that reads the latent cache."""
+        if self.z is None:
+            raise RuntimeError("these trajectories carry no latents (z): the stage reads the latent cache")
+        return self.z
+
+    @property
+    def fields(self) -> torch.Tensor:
+        """`u`, for a stage (or validation) that reads the physical fields."""
+        if self.u is None:
+            raise RuntimeError("these trajectories carry no fields (u): train splits of the latent cache drop them")
+        return self.u
+
     def to(self, device: torch.device) -> Trajectories:
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Trajectories(move(self.idx), move(self.task), move(self.z), move(self.u))
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return Trajectories(self.idx.to(device), self.task.to(device), move(self.z), move(self.u))
 
 
-def collect(iterator, batch_rows: int = 256) -> Trajectories:
-    """Drain a Ray Data iterator (or any iterable of numpy column batches) into tensors."""
+def collect(iterator: Any, batch_rows: int = 256) -> Trajectories:
+    """Drain a Ray Data iterator (or anything with `iter_batches` of numpy columns) into tensors."""
     cols: dict[str, list[np.ndarray]] = {}
     for batch in iterator.iter_batches(batch_size=batch_rows, batch_format="numpy"):
         for k, v in batch.items():
             cols.setdefault(k, []).append(np.asarray(v))
-    if not cols:
+    return _tensors({k: np.concatenate(v) for k, v in cols.items()})
+
+
+def from_table(table: pa.Table) -> Trajectories:
+    """The same, from a pyarrow table in memory (the path without Ray)."""
+    cols = {}
+    for name in table.column_names:
+        col = table.column(name).combine_chunks()
+        cols[name] = col.to_numpy_ndarray() if isinstance(col.type, pa.FixedShapeTensorType) else col.to_numpy()
+    return _tensors(cols)
+
+
+def _tensors(data: dict[str, np.ndarray]) -> Trajectories:
+    """Columns -> tensors sorted by trajectory id."""
+    if not data:
         return Trajectories(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
-    data = {k: np.concatenate(v) for k, v in cols.items()}
     order = np.argsort(data["idx"], kind="stable")
-    get = lambda k, dt: torch.from_numpy(np.ascontiguousarray(data[k][order])).to(dt) if k in data else None  # noqa: E731
-    return Trajectories(
-        idx=get("idx", torch.long), task=get("task", torch.long), z=get("z", torch.float32), u=get("u", torch.float32)
-    )
+
+    def get(k: str, dt: torch.dtype) -> torch.Tensor | None:
+        return torch.from_numpy(np.ascontiguousarray(data[k][order])).to(dt) if k in data else None
+
+    idx, task = get("idx", torch.long), get("task", torch.long)
+    assert idx is not None and task is not None
+    return Trajectories(idx=idx, task=task, z=get("z", torch.float32), u=get("u", torch.float32))

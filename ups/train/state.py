@@ -48,15 +48,19 @@ def save_checkpoint(directory: str | Path, state: dict[str, Any], meta: dict[str
 
 
 def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
-    """Return the manifest, or raise CorruptCheckpoint naming what is wrong."""
+    """Return the manifest, or raise CorruptCheckpoint naming what is wrong. A manifest must
+    list the state file: an empty or partial list verifies nothing and is refused."""
     directory = Path(directory)
     try:
         manifest = json.loads((directory / MANIFEST_FILE).read_text())
     except FileNotFoundError:
         raise CorruptCheckpoint(f"{directory.name}: no {MANIFEST_FILE} (cut off mid-write?)") from None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise CorruptCheckpoint(f"{directory.name}: {MANIFEST_FILE} is not valid JSON") from None
-    for name, rec in manifest.get("files", {}).items():
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or STATE_FILE not in files:
+        raise CorruptCheckpoint(f"{directory.name}: {MANIFEST_FILE} does not list {STATE_FILE}")
+    for name, rec in files.items():
         path = directory / name
         if not path.exists():
             raise CorruptCheckpoint(f"{directory.name}: {name} is missing")
@@ -69,8 +73,15 @@ def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_checkpoint(directory: str | Path) -> dict[str, Any]:
-    verify_checkpoint(directory)
+class OtherStage(Exception):
+    """A valid checkpoint of another stage (one worker group trains several stages in turn)."""
+
+
+def load_checkpoint(directory: str | Path, stage: str | None = None) -> dict[str, Any]:
+    """The verified training state; with `stage`, only a checkpoint of that stage."""
+    manifest = verify_checkpoint(directory)
+    if stage is not None and manifest.get("stage") != stage:
+        raise OtherStage(manifest.get("stage"))
     return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
@@ -79,7 +90,10 @@ def load_checkpoint(directory: str | Path) -> dict[str, Any]:
 
 def rng_state() -> dict[str, Any]:
     py = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    if not isinstance(np_state, tuple):  # only a non-MT19937 generator answers with a dict
+        raise TypeError("numpy's global RNG is not the legacy MT19937 RandomState")
+    kind, keys, pos, has_gauss, cached = np_state
     return {
         "python": [py[0], list(py[1]), py[2]],
         "numpy": {

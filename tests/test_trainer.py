@@ -1,0 +1,227 @@
+"""The stage trainer without Ray: a toy stage registered here trains through the real trainer,
+its config section comes from the registry, auxiliary losses are logged, a stop mid-epoch
+checkpoints at the micro-batch and the resumed stage ends bit-identical to an uninterrupted one,
+and seeds follow stage names. Fast tier: no Ray, seconds."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ups import config as C
+from ups.contracts import BestMetric, StageRecord, StageResult, TrainJob
+from ups.data.views import DataMeta, Normalizer
+from ups.eval.selection import choose_corrector
+from ups.exports import ExportMismatch, read_export, write_export
+from ups.schema import NonNegInt, PosFloat, StageConfig
+from ups.stages import registry
+from ups.stages.base import Stage, Sums, task_sums
+from ups.train.context import LocalContext
+from ups.train.shard import Trajectories
+from ups.train.trainer import StageTrainer, read_result, stage_seed
+
+TOKENS, DIM, FRAMES = 2, 4, 6
+
+
+class ToyConfig(StageConfig):
+    epochs: NonNegInt = 3
+    scale: PosFloat = 2.0
+
+
+class ToyObjective(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(DIM, DIM)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        pred = self.net(batch["z"])
+        mse = F.mse_loss(pred, batch["target"])
+        return mse, {"l1": (pred - batch["target"]).abs().mean().detach()}
+
+
+class ToyStage(Stage):
+    """Learn z -> scale * z with random input noise, so the data order and the noise both matter."""
+
+    name = "toy"
+    config_cls = ToyConfig
+    val_metric = "val_toy_mse"
+    export_keys = ("net",)
+
+    @classmethod
+    def samples_per_trajectory(cls, frames: int, stage_cfg: StageConfig) -> int:
+        return frames
+
+    def build(self) -> nn.Module:
+        return ToyObjective()
+
+    def batch(self, train: Trajectories, ids: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        assert train.z is not None
+        z = train.z[ids // FRAMES, ids % FRAMES]
+        noisy = z + 0.01 * torch.randn(z.shape, generator=gen)
+        return {"z": noisy, "target": self.stage_cfg.scale * z}
+
+    @torch.no_grad()
+    def validate(self, module: nn.Module, val: Trajectories, rows: torch.Tensor) -> Sums:
+        assert val.z is not None
+        z = val.z[rows]
+        err = (module.net(z) - self.stage_cfg.scale * z).pow(2).flatten(1).mean(1)
+        return task_sums(self.val_metric, err, val.task[rows], self.meta.tasks)
+
+    def export(self, module: nn.Module) -> dict:
+        return {"net": module.net.state_dict()}
+
+
+@pytest.fixture(scope="module")
+def toy() -> Iterator[type[Stage]]:
+    registry.register(ToyStage)
+    C.rebuild_schema()
+    yield ToyStage
+    registry.unregister("toy")
+    C.rebuild_schema()
+
+
+def meta() -> DataMeta:
+    norm = Normalizer(np.zeros(1, np.float32), np.ones(1, np.float32))
+    grid = np.linspace(0, 1, 8, endpoint=False, dtype=np.float32)[:, None]
+    return DataMeta(tasks=["toy"], dts=[0.1], grid=grid, lengths=[1.0], normalizers=[norm], frames=FRAMES,
+                    initial_step=1)  # fmt: skip
+
+
+def data(n: int, seed: int) -> Trajectories:
+    g = torch.Generator().manual_seed(seed)
+    return Trajectories(
+        torch.arange(n), torch.zeros(n, dtype=torch.long), z=torch.randn(n, FRAMES, TOKENS, DIM, generator=g)
+    )
+
+
+def job(tmp: Path, **stage: object) -> TrainJob:
+    tree = {"training": {"batch_size": 8, "ema_decay": 0.9}, "checkpoint": {"keep": 2},
+            "stages": {"toy": {"epochs": 3, "optimizer": {"lr": 3e-2}, **stage}}}  # fmt: skip
+    cfg = C.validate(tree)
+    return TrainJob(stage="toy", cfg=C.to_dict(cfg), config_digest=C.digest(cfg), meta=meta().to_dict(),
+                    run_uri=str(tmp), export_uri=str(tmp / "stages" / "toy" / "export.pt"),
+                    checkpoint_uri=str(tmp / "ray" / "toy"))  # fmt: skip
+
+
+class StopAfter(LocalContext):
+    """A context whose external stop request arrives after `calls` polls (every 8 optimizer steps)."""
+
+    def __init__(self, calls: int, *args: object, **kwargs: object):
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.calls = calls
+
+    def stop_requested(self) -> bool:
+        self.calls -= 1
+        return self.calls < 0
+
+
+def train_data() -> dict[str, Trajectories]:
+    return {"train": data(24, 0), "val": data(6, 1)}
+
+
+def test_the_registry_gives_a_toy_stage_its_config_section(toy):
+    cfg = C.validate({"stages": {"toy": {"scale": 3.0}}})
+    assert C.stage_config(cfg, "toy").scale == 3.0
+    assert registry.names()[-1] == "toy"
+    with pytest.raises(C.ConfigError, match="unknown key 'stages.toy.scal'"):
+        C.validate({"stages": {"toy": {"scal": 3.0}}})
+
+
+def test_a_toy_stage_trains_through_the_real_trainer_without_ray(toy, tmp_path):
+    j = job(tmp_path)
+    result = StageTrainer(j, LocalContext(train_data()), say=lambda _: None).fit()
+    assert result.status == "completed" and result.epochs == 3 and result.weights_sha256
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["val_toy_mse"] < rows[0]["val_toy_mse"]
+    assert all("train_l1" in r for r in rows)  # auxiliary losses are logged, not thrown away
+    tensors = read_export(j.export_uri, result.weights_sha256)
+    assert set(tensors) == {"net"}
+    assert read_result(j.export_uri) == result
+    assert len(list((tmp_path / "ray" / "toy").glob("checkpoint_*"))) == 2  # checkpoint.keep
+
+
+def test_a_stop_mid_epoch_resumes_bit_identical(toy, tmp_path):
+    reference = StageTrainer(job(tmp_path / "a"), LocalContext(train_data()), say=lambda _: None).fit()
+
+    j = job(tmp_path / "b")
+    said: list[str] = []
+    first = StageTrainer(j, StopAfter(0, train_data()), say=said.append).fit()  # stop at the first poll: step 8
+    assert first.status == "interrupted" and not (tmp_path / "b" / "stages").exists()
+    # 24 trajectories x 6 frames / batch 8 = 18 steps an epoch: the first poll (step 8) is inside epoch 1
+    assert said[-1] == "[toy] stop requested: checkpointed at epoch 1, micro-batch 8"
+    resumed = StageTrainer(j, LocalContext(train_data()), say=said.append).fit()
+    assert any(s.startswith("[toy] resumed at epoch 1, micro-batch 8") for s in said)
+    assert resumed.status == "completed" and resumed.restarts == 1
+    assert resumed.weights_sha256 == reference.weights_sha256
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(toy, tmp_path):
+    j = job(tmp_path, epochs=2)
+    StageTrainer(j, StopAfter(0, train_data()), say=lambda _: None).fit()
+    newest = sorted((tmp_path / "ray" / "toy").glob("checkpoint_*"))[-1]
+    (newest / "state.pt").write_bytes(b"truncated")
+    said: list[str] = []
+    StageTrainer(j, LocalContext(train_data()), say=said.append).fit()
+    assert any(f"corrupt checkpoint skipped: {newest.name}" in s for s in said)
+
+
+def test_a_stage_seed_follows_its_name_not_its_position():
+    assert stage_seed(0, "operator") == stage_seed(0, "operator")
+    assert stage_seed(0, "operator") != stage_seed(0, "diffusion_residual")
+    assert stage_seed(0, "operator") != stage_seed(1, "operator")
+
+
+def test_a_tampered_export_is_refused(tmp_path):
+    uri = str(tmp_path / "export.pt")
+    sha = write_export(uri, "toy", {"w": torch.ones(3)}, BestMetric("m", 0.5, 1), "digest")
+    assert torch.equal(read_export(uri, sha)["w"], torch.ones(3))
+    write_export(uri, "toy", {"w": torch.zeros(3)}, BestMetric("m", 0.5, 1), "digest")
+    with pytest.raises(ExportMismatch, match="does not match the recorded"):
+        read_export(uri, sha)
+
+
+def test_contracts_round_trip():
+    r = StageResult("operator", "completed", 4, BestMetric("val", 0.25, 3), world_sizes=[2], weights_sha256="ab")
+    assert StageResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+    rec = StageRecord.of(r, export="e", checkpoint=None, wall_time_s=1.234)
+    assert StageRecord.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec
+    assert StageRecord.skipped().to_dict() == {"status": "skipped", "epochs": 0}
+    j = TrainJob("s", {}, "d", {}, "r", "e", "c", handoff={"a": "u"})
+    assert TrainJob.from_dict(j.to_dict()) == j
+
+
+@pytest.mark.parametrize(
+    "val, kept",
+    [
+        ({"corrector": "consistency", "nRMSE": 0.30, "operator_nRMSE": 0.32}, "consistency"),
+        ({"corrector": "consistency", "nRMSE": 0.32, "operator_nRMSE": 0.32}, "consistency"),  # a tie keeps it
+        ({"corrector": "diffusion", "nRMSE": 0.35, "operator_nRMSE": 0.32}, "none"),
+        ({"corrector": "none", "nRMSE": 0.32}, "none"),
+    ],
+)
+def test_corrector_selection_on_val(val, kept):
+    choice = choose_corrector(val)
+    assert choice.kind == kept
+    assert choice.changed == (kept == "none" and val["corrector"] != "none")
+
+
+def test_the_trainer_and_the_local_pipeline_import_without_ray():
+    """`--no-ray` is for machines without Ray: nothing on that path may import it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # any `import ray` now raises ImportError
+        "import ups.pipeline, ups.backend.local_backend, ups.train.trainer, ups.latent_cache, ups.eval.evaluate\n"
+        "import ray_jobs.train\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert r.returncode == 0, r.stderr[-2000:]

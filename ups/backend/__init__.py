@@ -1,0 +1,66 @@
+"""Where the pipeline's work runs: on Ray (`RayBackend`: TorchTrainer worker groups, Ray Data,
+evaluation as Ray tasks) or in this process (`LocalBackend`: the same trainer and files, no Ray).
+
+The pipeline (ups/pipeline.py) talks to a backend through the few methods of `Backend` and
+never imports Ray itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ups.config import Config, GenerateConfig
+from ups.contracts import StageResult, TrainJob
+from ups.data.views import DataMeta, Task
+from ups.latent_cache import LatentCache
+from ups.run import RunDir
+
+
+class Preempted(RuntimeError):
+    """A stop was requested (SIGTERM); the interrupted stage checkpointed where it was."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def start(self, cfg: Config, rundir: RunDir) -> None:
+        """Connect (Ray) and install the SIGTERM handler."""
+        ...
+
+    def generate(self, gen: GenerateConfig, path: str) -> None: ...
+
+    def field_data(self, tasks: list[Task]) -> Any:
+        """The autoencoder's train/val data, in this backend's form."""
+        ...
+
+    def latent_data(self, cache: LatentCache) -> Any:
+        """The latent stages' train/val data from the cache, read once per pipeline run."""
+        ...
+
+    def build_cache(
+        self, rundir: RunDir, tasks: list[Task], meta: DataMeta, cfg: Config, encoder_uri: str, encoder_sha: str,
+        data_sha: str,
+    ) -> tuple[LatentCache, bool]: ...  # fmt: skip
+
+    def train(
+        self, group: str, jobs: list[TrainJob], data: Any, cfg: Config, callbacks: list[Any]
+    ) -> tuple[list[StageResult], str | None]:
+        """Train a group of stages in one worker group; returns their results and the newest checkpoint."""
+        ...
+
+    def evaluate(
+        self, cfg: Config, meta: DataMeta, tasks: list[Task], exports: dict[str, dict], split: str,
+        max_samples: int | None = None, horizon: int | None = None,
+    ) -> dict[str, Any]: ...  # fmt: skip
+
+    def check_stop(self, next_step: str) -> None:
+        """Raise Preempted if a stop was requested before `next_step`."""
+        ...
+
+    def stop_name(self) -> str | None: ...
+
+
+def eval_config(cfg: Config, max_samples: int | None, horizon: int | None) -> Config:
+    """The config an evaluation runs under (a gate's small evaluation narrows samples and horizon)."""
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={
+        "max_samples": max_samples or cfg.eval.max_samples, "horizon": horizon or cfg.eval.horizon})})  # fmt: skip

@@ -1,0 +1,99 @@
+"""The pipeline in this process, without Ray: the same trainer, files and evaluation.
+
+For a bare GPU box, a notebook, unit tests and benchmarks (`python -m ray_jobs.train --no-ray`).
+One process is one worker: world size 1, so `scaling.num_workers` is taken as 1 (the global
+batch is unchanged). Checkpoints are folders under `ray/<group>/` like Ray's, a SIGTERM makes
+the running stage checkpoint where it is and stop, and the same command resumes.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+import torch
+
+from ups.backend import Preempted, eval_config
+from ups.config import Config, GenerateConfig
+from ups.contracts import StageResult, TrainJob
+from ups.data.views import DataMeta, Task
+from ups.latent_cache import LatentCache, build_or_reuse, fields_trajectories
+from ups.run import RunDir
+from ups.train.context import LocalContext
+from ups.train.trainer import run_stages
+
+
+class _StoppableContext(LocalContext):
+    def __init__(self, backend: LocalBackend, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+
+    def stop_requested(self) -> bool:
+        return self.backend.reason is not None
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, device: str | None = None, say: Any = None):
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.reason: str | None = None
+        self.say = say or (lambda msg: print(msg, flush=True))
+
+    def start(self, cfg: Config, rundir: RunDir) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.reason = "SIGTERM"
+        print("SIGTERM: asking the running stage to checkpoint and stop", flush=True)
+
+    def generate(self, gen: GenerateConfig, path: str) -> None:
+        from ups.data.generate import generate
+
+        generate(gen, path, use_ray=False)
+
+    def field_data(self, tasks: list[Task]) -> Any:
+        return {"train": fields_trajectories(tasks, "train"), "val": fields_trajectories(tasks, "val")}
+
+    def latent_data(self, cache: LatentCache) -> Any:
+        return {"train": cache.trajectories("train"), "val": cache.trajectories("val")}
+
+    def build_cache(
+        self, rundir: RunDir, tasks: list[Task], meta: DataMeta, cfg: Config, encoder_uri: str, encoder_sha: str,
+        data_sha: str,
+    ) -> tuple[LatentCache, bool]:  # fmt: skip
+        return build_or_reuse(rundir.dir, tasks, meta, cfg, encoder_uri, encoder_sha, data_sha, use_ray=False,
+                              say=self.say)  # fmt: skip
+
+    def train(
+        self, group: str, jobs: list[TrainJob], data: Any, cfg: Config, callbacks: list[Any]
+    ) -> tuple[list[StageResult], str | None]:
+        ctx = _StoppableContext(self, data, device=self.device, keep=cfg.checkpoint.keep)
+        results = run_stages(jobs, ctx, self.say)
+        newest = next(iter(sorted(_checkpoint_dirs(jobs[0].checkpoint_uri), reverse=True)), None)
+        return results, newest
+
+    def evaluate(
+        self, cfg: Config, meta: DataMeta, tasks: list[Task], exports: dict[str, dict], split: str,
+        max_samples: int | None = None, horizon: int | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        from ups.eval.evaluate import build_surrogate, evaluate
+
+        cfg = eval_config(cfg, max_samples, horizon)
+        return evaluate(build_surrogate(cfg, meta, exports, self.device), tasks, split, cfg)
+
+    def check_stop(self, next_step: str) -> None:
+        if self.reason:
+            raise Preempted(f"stopped on {self.reason} before {next_step}; run the same command to resume")
+
+    def stop_name(self) -> str | None:
+        return None
+
+
+def _checkpoint_dirs(uri: str) -> list[str]:
+    from ups.storage import Storage
+
+    store = Storage(uri)
+    return [store.uri_of(d) for d in store.listdir(dirs_only=True) if d.startswith("checkpoint_")]

@@ -1,0 +1,135 @@
+"""The pipeline on Ray: a TorchTrainer worker group per group of stages, Ray Data for the
+fields and the latent cache, evaluation as a Ray task, and SIGTERM turned into a stop flag that
+the workers poll (ups/train/stop.py)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from ups import config as C
+from ups.backend import Preempted, eval_config
+from ups.config import Config, GenerateConfig
+from ups.contracts import StageResult, TrainJob
+from ups.data.views import DataMeta, Task
+from ups.latent_cache import LatentCache, build_or_reuse, fields_dataset
+from ups.run import RunDir
+
+
+class RayBackend:
+    name = "ray"
+
+    def __init__(self, trials: int = 0, say: Callable[[str], None] | None = None) -> None:
+        self.trials = trials  # concurrent sweep trials an embedded Ray must hold
+        self.reason: str | None = None
+        self.flag: Any = None
+        self._flag_name: str | None = None
+        self.say: Callable[[str], None] = say or (lambda msg: print(msg, flush=True))
+
+    def start(self, cfg: Config, rundir: RunDir) -> None:
+        from ups import runtime
+        from ups.train.stop import StopFlag, flag_name
+
+        runtime.connect(cfg, trials=self.trials)
+        self._flag_name = flag_name(f"{rundir.dir.uri}#{uuid.uuid4().hex}")
+        self.flag = StopFlag.options(name=self._flag_name).remote()  # type: ignore[attr-defined]
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.reason = "SIGTERM"
+        print("SIGTERM: asking the running stage to checkpoint and stop", flush=True)
+        self.flag.set.remote(self.reason)
+
+    def check_stop(self, next_step: str) -> None:
+        if self.reason:
+            raise Preempted(f"stopped on {self.reason} before {next_step}; run the same command to resume")
+
+    def stop_name(self) -> str | None:
+        return self._flag_name
+
+    def generate(self, gen: GenerateConfig, path: str) -> None:
+        from ups.data.generate import generate
+
+        generate(gen, path, use_ray=True)
+
+    def field_data(self, tasks: list[Task]) -> Any:
+        return {"train": fields_dataset(tasks, "train"), "val": fields_dataset(tasks, "val")}
+
+    def latent_data(self, cache: LatentCache) -> Any:
+        # Read once and held in the object store for every latent stage of this run.
+        return {"train": cache.dataset("train").materialize(), "val": cache.dataset("val").materialize()}
+
+    def build_cache(
+        self, rundir: RunDir, tasks: list[Task], meta: DataMeta, cfg: Config, encoder_uri: str, encoder_sha: str,
+        data_sha: str,
+    ) -> tuple[LatentCache, bool]:  # fmt: skip
+        return build_or_reuse(rundir.dir, tasks, meta, cfg, encoder_uri, encoder_sha, data_sha, use_ray=True,
+                              say=self.say)  # fmt: skip
+
+    def train(
+        self, group: str, jobs: list[TrainJob], data: Any, cfg: Config, callbacks: list[Any]
+    ) -> tuple[list[StageResult], str | None]:
+        import ray.train
+        from ray.data import ExecutionOptions
+
+        # Train V2's own classes (what `ray.train.*` and `ray.train.torch.TorchTrainer` are when V2
+        # is on, the default): type checkers resolve those re-exports to the V1 classes.
+        from ray.train.v2.api.config import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+        from ray.train.v2.api.result import Result
+        from ray.train.v2.torch.torch_trainer import TorchTrainer
+
+        from ups.train.ray_context import train_loop_per_worker
+
+        sc = cfg.scaling
+        resources = {"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {}), **sc.resources}
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"jobs": [j.to_dict() for j in jobs]},
+            scaling_config=ScalingConfig(
+                num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources,
+                elastic_resize_monitor_interval_s=sc.elastic_resize_interval_s,
+            ),
+            run_config=RunConfig(
+                name=group, storage_path=jobs[0].checkpoint_uri.rsplit("/", 1)[0],
+                failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+                logging_config=LoggingConfig(log_level="WARNING"), callbacks=callbacks,
+            ),
+            datasets=data,
+            dataset_config=ray.train.DataConfig(
+                datasets_to_split=["train"], execution_options=ExecutionOptions(preserve_order=True)
+            ),
+        )  # fmt: skip
+        result = trainer.fit()
+        assert isinstance(result, Result)  # fit() is annotated with the V1 class; V2 returns its own
+        results = [StageResult.from_dict(r) for r in (result.return_value or [])]
+        return results, result.checkpoint.path if result.checkpoint else None
+
+    def evaluate(
+        self, cfg: Config, meta: DataMeta, tasks: list[Task], exports: dict[str, dict], split: str,
+        max_samples: int | None = None, horizon: int | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Decoded evaluation as a Ray task (a GPU one when the run uses GPUs), outside any
+        placement group (a Tune trial's would otherwise capture it)."""
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        cfg = eval_config(cfg, max_samples, horizon)
+        opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": 0} if cfg.scaling.use_gpu else {"num_cpus": 1}
+        opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=None)  # type: ignore[arg-type]
+        task = ray.remote(_evaluate_job).options(**opts)
+        return ray.get(task.remote(C.to_dict(cfg), meta.to_dict(), exports, tasks, split))
+
+
+def _evaluate_job(cfg_dict: dict, meta_dict: dict, exports: dict, tasks: list[Task], split: str) -> dict[str, Any]:
+    import torch
+
+    from ups.eval.evaluate import build_surrogate, evaluate
+
+    cfg, meta = C.from_dict(cfg_dict), DataMeta.from_dict(meta_dict)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return evaluate(build_surrogate(cfg, meta, exports, device), tasks, split, cfg)

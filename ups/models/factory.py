@@ -1,0 +1,62 @@
+"""Networks by role and architecture: `model.<role>.arch` in the config picks the class.
+
+A new architecture is a new class plus one `@register("operator", "my_arch")` builder next to it;
+nothing else changes. Builders take the whole config and the data's metadata, so every network
+is built the same way in stages, evaluation, the latent cache and benchmarks.
+
+Roles: encoder (fields -> latent tokens), decoder (tokens -> fields at any point), operator
+(one latent time step), denoiser (the residual corrector and its consistency student), steady
+(the steady prior).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+if TYPE_CHECKING:
+    from ups.config import Config
+    from ups.data.views import DataMeta
+
+ROLES = ("encoder", "decoder", "operator", "denoiser", "steady")
+Builder = Callable[..., nn.Module]
+_BUILDERS: dict[tuple[str, str], Builder] = {}
+
+
+def register(role: str, arch: str) -> Callable[[Builder], Builder]:
+    """Register `builder(cfg, meta, **options) -> nn.Module` as architecture `arch` for `role`."""
+    if role not in ROLES:
+        raise ValueError(f"unknown model role {role!r} (roles: {', '.join(ROLES)})")
+
+    def add(builder: Builder) -> Builder:
+        if (role, arch) in _BUILDERS:
+            raise ValueError(f"architecture {arch!r} is already registered for {role}")
+        _BUILDERS[(role, arch)] = builder
+        return builder
+
+    return add
+
+
+def archs(role: str) -> list[str]:
+    """The architectures registered for a role (what `model.<role>.arch` may name)."""
+    _load_builtin()
+    return sorted(a for r, a in _BUILDERS if r == role)
+
+
+def build(role: str, cfg: Config, meta: DataMeta, **options: Any) -> nn.Module:
+    """A freshly initialised network for `role`, of the architecture the config names."""
+    _load_builtin()
+    arch = getattr(cfg.model, role).arch
+    try:
+        builder = _BUILDERS[(role, arch)]
+    except KeyError:
+        raise ValueError(f"model.{role}.arch={arch!r} is not registered (known: {', '.join(archs(role))})") from None
+    return builder(cfg, meta, **options)
+
+
+def _load_builtin() -> None:
+    # The built-in networks register on import; importing them here keeps the factory usable
+    # from modules that the model modules themselves import.
+    from ups.models import codec, latent  # noqa: F401

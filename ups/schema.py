@@ -1,0 +1,335 @@
+"""The config sections that do not depend on which stages exist: data, latent, networks,
+optimizers, schedules, training, scaling, checkpoints, evaluation, sweeps, gates, logging.
+
+Stage-specific sections live with their stage (`ups/stages/<stage>.py`) and `ups/config.py`
+assembles the whole schema from the stage registry. This module sits on the bottom floor: models,
+data and stages import it; it imports nothing of the project.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A bad config, include, override or data file; the message is one line for the user."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Schema. Sections own their keys; defaults make a tiny file a complete config.
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _rule(ok: Callable[[Any], bool], rule: str) -> AfterValidator:
+    """A bound as part of a key's type, so a subclass that changes a default keeps the bound.
+    None (an optional key left unset) always passes."""
+
+    def check(v: Any) -> Any:
+        if v is not None and not ok(v):
+            raise ValueError(f"must be {rule} (got {v})")
+        return v
+
+    return AfterValidator(check)
+
+
+PosInt = Annotated[int, _rule(lambda v: v > 0, "> 0")]
+PosFloat = Annotated[float, _rule(lambda v: v > 0, "> 0")]
+NonNegInt = Annotated[int, _rule(lambda v: v >= 0, ">= 0")]
+NonNegFloat = Annotated[float, _rule(lambda v: v >= 0, ">= 0")]
+Fraction = Annotated[float, _rule(lambda v: 0 <= v < 1, "in [0, 1)")]  # fractions, EMA decays
+Decay = Annotated[float, _rule(lambda v: 0 < v <= 1, "in (0, 1]")]  # multiplicative LR decays
+
+
+def at_least(n: int) -> AfterValidator:
+    """The bound `>= n`, used as `Annotated[int, at_least(n)]`."""
+    return _rule(lambda v: v >= n, f">= {n}")
+
+
+class GenerateConfig(Section):
+    """How to create `data.path` when it is missing (and what `ray_jobs.generate` writes)."""
+
+    pde: Literal["burgers", "advection"] = "burgers"
+    nu: PosFloat = 0.001  # PDEBench's Nu: u_t + (u²/2)_x = (Nu/π) u_xx
+    beta: float = 1.0  # advection speed
+    samples: PosInt = 1000
+    resolution: PosInt = 1024
+    frames: Annotated[int, at_least(2)] = 201  # saved frames, t = 0 .. t_end
+    t_end: PosFloat = 2.0
+    seed: int = 0
+    chunk_size: PosInt = 128  # trajectories per Ray task
+
+
+class DataConfig(Section):
+    path: Union[str, list[str]] = "data/burgers_nu0.001.h5"  # one HDF5 file, or a list (multi-task)
+    generate: GenerateConfig | None = None
+    test_fraction: Fraction = 0.1  # PDEBench protocol: the first 10% of samples are the test set
+    val_fraction: Fraction = 0.1  # of the samples that remain
+    max_samples: PosInt | None = None  # read only the first N samples of each file
+    x_stride: PosInt = 1  # PDEBench: 4 (1024 -> 256)
+    t_stride: PosInt = 1  # PDEBench: 5 (201 -> 41)
+    initial_step: PosInt = 10  # input frames; metrics exclude them
+    normalize: bool = True
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str | list[str]) -> str | list[str]:
+        paths = [v] if isinstance(v, str) else v
+        if not paths or any(not p for p in paths):
+            raise ValueError("must name at least one HDF5 file")
+        return v
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path] if isinstance(self.path, str) else list(self.path)
+
+
+class LatentConfig(Section):
+    tokens: PosInt = 16
+    dim: PosInt = 32
+
+
+class _Net(Section):
+    arch: str = "transformer"  # a registered architecture for this role (ups/models/factory.py)
+    hidden: PosInt = 64
+    depth: NonNegInt = 2
+    heads: PosInt = 4
+    mlp_ratio: PosFloat = 2.0
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> _Net:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden={self.hidden} is not divisible by heads={self.heads}")
+        return self
+
+
+class EncoderConfig(_Net):
+    arch: str = "patch_attention"
+    patch_size: PosInt = 4
+    depth: NonNegInt = 1
+    frequencies: PosInt = 6  # Fourier features of patch centres
+
+
+class DecoderConfig(_Net):
+    arch: str = "cross_attention"
+    frequencies: PosInt = 8  # Fourier features of the query coordinates
+
+
+class OperatorNetConfig(_Net):
+    hidden: PosInt = 96
+    depth: NonNegInt = 3
+
+
+class DenoiserNetConfig(_Net):
+    hidden: PosInt = 96
+    depth: NonNegInt = 2
+
+
+class SteadyNetConfig(_Net):
+    steps: PosInt = 4  # refinement iterations
+
+
+class ModelConfig(Section):
+    encoder: EncoderConfig = EncoderConfig()
+    decoder: DecoderConfig = DecoderConfig()
+    operator: OperatorNetConfig = OperatorNetConfig()
+    denoiser: DenoiserNetConfig = DenoiserNetConfig()
+    steady: SteadyNetConfig = SteadyNetConfig()
+
+
+class OptimizerConfig(Section):
+    name: Literal["adam", "adamw", "sgd", "muon"] = "adamw"  # muon: Muon for >=2-D weights + AdamW
+    lr: PosFloat = 1e-3
+    weight_decay: NonNegFloat = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: PosFloat = 1e-8
+    momentum: NonNegFloat = 0.9  # sgd
+    muon_momentum: NonNegFloat = 0.95
+    muon_ns_steps: PosInt = 5
+
+
+class SchedulerConfig(Section):
+    """Warmup, then a schedule. Epoch-valued keys are converted to optimizer steps at stage start."""
+
+    name: Literal["constant", "step", "cosine", "plateau"] = "constant"
+    warmup_epochs: NonNegFloat = 0.0
+    step_size: PosInt = 10  # step: epochs between decays
+    gamma: Decay = 0.5  # step
+    t_max: PosInt | None = None  # cosine: epochs to eta_min (default: the stage's epochs)
+    eta_min: NonNegFloat = 0.0  # cosine: absolute floor
+    factor: Decay = 0.5  # plateau: decay on a validation plateau
+    patience: int = 2  # plateau: epochs without improvement
+
+
+class StageConfig(Section):
+    epochs: NonNegInt = 10
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    patience: PosInt | None = None  # early stopping on the validation metric; None = never
+
+
+class TrainingConfig(Section):
+    batch_size: PosInt = 64  # global: samples per optimizer step over all workers and micro-steps
+    accum_steps: PosInt = 1  # micro-steps per optimizer step; the per-worker batch adapts to the world size
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    grad_clip: PosFloat | None = 1.0
+    ema_decay: Fraction | None = 0.999
+    compile: bool = False
+    # "reduce-overhead" = CUDA graphs: 7x faster steps for small launch-bound models on a GPU
+    # (bench/RESULTS.md); "default" keeps plain inductor.
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    seed: int = 0
+    deterministic: bool = True
+
+
+class ScalingConfig(Section):
+    num_workers: Union[int, tuple[int, int]] = 1  # an int, or [min, max] for an elastic run
+    use_gpu: bool = False
+    cpus_per_worker: PosFloat = 1.0
+    gpus_per_worker: PosFloat = 1.0
+    resources: dict[str, float] = {}  # extra custom resources per worker (e.g. a node label resource)
+    elastic_resize_interval_s: PosFloat = 60.0  # how often an elastic run reconsiders its size
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _workers(cls, v: Any) -> int | tuple[int, int]:
+        if isinstance(v, bool):
+            raise ValueError(f"must be an int or [min, max] (got {v!r})")
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError(f"must be >= 1 (got {v})")
+            return v
+        if (
+            isinstance(v, (list, tuple))
+            and len(v) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in v)
+        ):
+            lo, hi = v
+            if not 1 <= lo <= hi:
+                raise ValueError(f"needs 1 <= min <= max (got [{lo}, {hi}])")
+            return (lo, hi)
+        raise ValueError(f"must be an int or [min, max] (got {v!r})")
+
+    @property
+    def world_sizes(self) -> range:
+        lo, hi = (self.num_workers, self.num_workers) if isinstance(self.num_workers, int) else self.num_workers
+        return range(lo, hi + 1)
+
+    @property
+    def elastic(self) -> bool:
+        return not isinstance(self.num_workers, int)
+
+
+class RayConfig(Section):
+    """The embedded local Ray (ignored when RAY_ADDRESS points at a cluster)."""
+
+    num_cpus: PosInt | None = None  # logical CPUs; default: enough for the workers plus Ray Data
+    object_store_mb: PosInt | None = None
+    data_cpus: PosFloat = 1.0  # CPU budget of Ray Data pipelines (encoding, ingest)
+
+
+class CheckpointConfig(Section):
+    keep: PosInt = 2  # newest checkpoints kept per stage (a corrupt newest one falls back to the previous)
+    every_steps: PosInt | None = None  # also checkpoint inside an epoch, every N optimizer steps
+    max_failures: Annotated[int, at_least(-1)] = 3  # worker-group restarts per stage; -1 = unlimited
+
+
+# The residual correctors a stage can provide (`Stage.corrector`), besides "auto" and "none" in
+# `eval.corrector`.
+CorrectorKind = Literal["diffusion", "consistency"]
+
+
+class EvalConfig(Section):
+    horizon: PosInt | None = None  # predicted frames after the input frames; None = to the end
+    max_samples: PosInt | None = None  # trajectories per split; None = all
+    corrector: Literal["auto", "none", "diffusion", "consistency"] = "auto"  # auto: kept only if it beats
+    # the bare operator on val nRMSE (ups/pipeline.py)
+    noise_scale: NonNegFloat = 0.0  # initial noise of the corrector's sampler; 0 = its deterministic estimate
+    test: bool = True  # also report the test split at the end (never used to select anything)
+    plots: bool = True
+    batch_size: PosInt = 32
+
+
+class SchedulerSpec(Section):
+    name: Literal["asha", "fifo"] = "asha"
+    stage: str = "operator"  # a registered stage (checked against the registry in ups.config)
+    grace_period: PosInt = 1  # epochs of that stage before a trial can be stopped
+    reduction_factor: PosFloat = 2.0
+
+
+_SPACE_KINDS = {"choice", "uniform", "loguniform", "randint", "grid"}
+
+
+class SweepConfig(Section):
+    """A Ray Tune sweep: each trial runs the whole pipeline with sampled keys."""
+
+    space: dict[str, dict[str, list[Any]]] = {}  # dotted config key -> {choice|uniform|loguniform|randint|grid: [...]}
+    num_samples: PosInt = 1
+    max_concurrent_trials: PosInt = 1
+    scheduler: SchedulerSpec = SchedulerSpec()
+    seed: int = 0
+    trial_cpus: PosFloat = 0.01  # the trial's own driver process; its TorchTrainers reserve their own
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, space: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, list[Any]]]:
+        for key, spec in space.items():
+            if len(spec) != 1 or next(iter(spec)) not in _SPACE_KINDS:
+                raise ValueError(f"{key}: give exactly one of {sorted(_SPACE_KINDS)} (got {sorted(spec)})")
+            kind, args = next(iter(spec.items()))
+            if kind in ("uniform", "loguniform", "randint") and len(args) != 2:
+                raise ValueError(f"{key}: {kind} takes [low, high] (got {args})")
+            if kind in ("choice", "grid") and not args:
+                raise ValueError(f"{key}: {kind} needs at least one value")
+            if kind == "loguniform" and not 0 < args[0] < args[1]:
+                raise ValueError(f"{key}: loguniform needs 0 < low < high (got {args})")
+        return space
+
+
+class SmallEvalConfig(Section):
+    max_samples: PosInt = 8  # val trajectories
+    horizon: PosInt = 5  # predicted frames
+
+
+class GateConfig(Section):
+    """When a sweep's best trial replaces its family's champion."""
+
+    family: str | None = None  # default: tasks + grid + frames + protocol
+    min_improvement: Fraction = 0.02  # relative nRMSE margin over the champion
+    min_delta: float | None = None  # optional absolute nRMSE margin, applied as well
+    ratios: dict[str, float] = {"cRMSE": 1.25, "bRMSE": 1.25, "wall_clock": 2.0}  # candidate <= ratio x champion
+    small: SmallEvalConfig = SmallEvalConfig()
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, r in v.items():
+            if not r > 0:
+                raise ValueError(f"{k}: ratio must be > 0 (got {r})")
+        return v
+
+
+class WandbConfig(Section):
+    enabled: bool = True
+    mode: Literal["auto", "offline", "online", "disabled"] = "auto"  # auto: online iff WANDB_API_KEY is set
+    project: str = "ups-ray"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = []
+
+
+class LoggingConfig(Section):
+    wandb: WandbConfig = WandbConfig()
+
+
+class KeyedError(ValueError):
+    """A cross-field error that knows which dotted key to blame."""
+
+    def __init__(self, key: str, msg: str):
+        super().__init__(msg)
+        self.key, self.msg = key, msg

@@ -1,0 +1,434 @@
+"""The one stage trainer: every stage, under Ray Train or in a plain process.
+
+    trainer = StageTrainer(job, ctx)     # ctx: ups.train.context.LocalContext, or the Ray one
+    result = trainer.fit()               # build -> ingest -> restore -> prepare -> epochs -> export
+
+Phases, in order, on every (re)start: seed and build the stage, take this rank's data, restore
+the newest valid checkpoint of the stage, wrap for data parallelism, then run epochs from the
+exact micro-batch where the checkpoint left off; each epoch ends with validation, a metrics
+row and a checkpoint; the best-epoch EMA weights are exported at the end.
+
+Data order is a function of (seed, stage name, epoch, rank) and noise of (seed, stage name,
+epoch, micro-batch, rank), so replaying from a checkpoint reproduces an uninterrupted run bit
+for bit. Guaranteed: same world size, same hardware and thread count, CPU or deterministic GPU
+kernels. Not guaranteed: a different world size (an elastic resize restarts the interrupted
+epoch on the new shards), or non-deterministic GPU kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import math
+import os
+import posixpath
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ups import config as C
+from ups.contracts import BestMetric, StageResult, TrainJob
+from ups.data.views import DataMeta
+from ups.exports import read_export, write_export
+from ups.stages import registry
+from ups.stages.base import Stage
+from ups.storage import Storage
+from ups.tracking import MetricsLog, WandbRun
+from ups.train.context import TrainContext, restore_newest
+from ups.train.optim import LRSchedule, build_optimizer, ema_model
+from ups.train.shard import Trajectories
+from ups.train.state import rng_state, save_checkpoint, set_rng_state
+
+# Ranks agree on a stop request every this many optimizer steps: one tiny all-reduce, and on a
+# GPU one host sync, per check. Every step would put that sync on the hot path.
+STOP_CHECK_STEPS = 8
+RESULT_FILE = "result.json"
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed that is a pure function of its parts (no state to checkpoint)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """A stage's seed: a function of its name, so adding a stage never changes another's."""
+    return derive_seed(seed, "stage", stage)
+
+
+@dataclass
+class Progress:
+    """Where a stage is: everything but the tensors that a checkpoint must bring back."""
+
+    epoch: int = 0  # epochs finished
+    micro: int = 0  # micro-batches done in the current epoch
+    global_step: int = 0
+    best: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    finished: bool = False
+    stopped_early: bool = False
+    loss_sum: float = 0.0  # the interrupted epoch's loss so far (sum over samples)
+    loss_count: int = 0
+    aux_sums: dict[str, float] = field(default_factory=dict)
+    restarts: int = 0
+    world_sizes: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Progress:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class Phases:
+    """Wall time of each named phase of a stage on this worker (returned to the driver)."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[name] = round(self.times.get(name, 0.0) + now - self._last, 3)
+        self._last = now
+
+
+class StageTrainer:
+    def __init__(self, job: TrainJob, ctx: TrainContext, say: Callable[[str], None] | None = None):
+        self.job, self.ctx = job, ctx
+        self.name = job.stage
+        self.cfg = C.from_dict(job.cfg)
+        self.tcfg, self.scfg = self.cfg.training, C.stage_config(self.cfg, self.name)
+        self.seed = stage_seed(self.tcfg.seed, self.name)
+        self.rank, self.world, self.device = ctx.rank, ctx.world, ctx.device
+        self.say = say or (lambda msg: print(msg, flush=True))
+        self.phases = Phases()
+        self.progress = Progress()
+        self.history: list[dict[str, Any]] = []
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.preempted = False
+        self.first_step: float | None = None
+
+    # -- the whole stage ------------------------------------------------------------------------
+
+    def fit(self) -> StageResult:
+        self.build()
+        self.ingest()
+        self.restore()
+        self.prepare()
+        while not self.progress.finished:
+            if not self.train_epoch():
+                break  # a stop was requested: checkpointed mid-epoch
+            self.end_epoch()
+        self.phases.done("epochs")
+        return self.finish()
+
+    # -- phases ---------------------------------------------------------------------------------
+
+    def build(self) -> None:
+        """Seed, build the stage and its trainable module, the optimizer, schedule, scaler, EMA."""
+        if self.tcfg.deterministic and self.device.type == "cuda":
+            # CPU kernels used here are deterministic already; the switch imports torch._inductor (~2 s).
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(self.seed)  # identical initial weights on every rank
+        meta = DataMeta.from_dict(self.job.meta)
+        handoff = {s: read_export(uri, self.job.handoff_sha256.get(s)) for s, uri in self.job.handoff.items()}
+        self.stage: Stage = registry.get(self.name)(self.cfg, meta, handoff, self.device)
+        self.module: nn.Module = self.stage.build().to(self.device)
+        self.phases.done("build")
+
+    def ingest(self) -> None:
+        """This rank's data, then the stage's once-per-start setup (e.g. frozen-operator residuals)."""
+        self.train_data: Trajectories = self.ctx.dataset("train")
+        self.val_data: Trajectories = self.ctx.dataset("val")
+        self.phases.done("ingest")
+        self.stage.setup(self.train_data, self.val_data, self.ctx.comm.sum)
+        self.phases.done("stage_setup")
+        self.val_rows = torch.arange(self.rank, len(self.val_data), self.world)
+
+        tcfg, comm = self.tcfg, self.ctx.comm
+        self.micro_batch = tcfg.batch_size // (self.world * tcfg.accum_steps)
+        n = self.stage.num_samples(self.train_data)
+        self.steps_per_epoch = comm.min_int(n // self.micro_batch) // tcfg.accum_steps
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"training.batch_size={tcfg.batch_size} is larger than stage {self.name}'s data on one worker "
+                f"({n} samples at world size {self.world})"
+            )
+        self.micro_per_epoch = self.steps_per_epoch * tcfg.accum_steps
+        self.optimizer = build_optimizer(self.module, self.scfg.optimizer)
+        self.schedule = LRSchedule(self.optimizer, self.scfg.scheduler, self.scfg.epochs, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tcfg.amp == "fp16")
+        self.ema = ema_model(self.module, tcfg.ema_decay) if tcfg.ema_decay else None
+
+    def restore(self) -> None:
+        """Continue from the newest valid checkpoint of this stage, if there is one."""
+        state = restore_newest(self.ctx, self.job, self._rank0_say)
+        if state is not None:
+            if state["config_digest"] != self.job.config_digest and not self.job.accept_config_change:
+                raise RuntimeError(f"stage {self.name}: checkpoint was written under another config digest")
+            self.module.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+            self.stage.load_state_dict(state["stage"])
+            self.progress = Progress.from_dict(state["progress"])
+            self.history, self.best_weights = state["history"], state["best_weights"]
+            self.progress.restarts += 1
+            if state["world_size"] == self.world:
+                set_rng_state(state["rng"][self.rank])
+            elif self.progress.micro:
+                self.progress.micro = 0  # new shards after a resize: redo the interrupted epoch on them
+            self._rank0_say(
+                f"[{self.name}] resumed at epoch {self.progress.epoch + 1}, micro-batch {self.progress.micro} "
+                f"(world size {state['world_size']} -> {self.world})"
+            )
+        self.progress.world_sizes = self.progress.world_sizes + [self.world]  # one entry per (re)start
+        self.phases.done("restore")
+
+    def prepare(self) -> None:
+        """Data-parallel wrapping, compilation, and the rank-0 sinks (metrics.jsonl, W&B)."""
+        self.ddp = self.ctx.prepare(self.module)
+        self.model = torch.compile(self.ddp, mode=self.tcfg.compile_mode) if self.tcfg.compile else self.ddp
+        self.eval_module = self.ema.module if self.ema is not None else self.module
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.tcfg.amp)
+        self.log = MetricsLog(Storage(self.job.run_uri), self.name) if self.rank == 0 else None
+        self.wandb = WandbRun(self.job.wandb, config=self.job.cfg) if self.rank == 0 else None
+        if self.wandb:
+            self.wandb.define_stage(self.name)
+        self.phases.done("prepare")
+
+    def train_epoch(self) -> bool:
+        """Micro-batches from the current position to the end of the epoch; False if stopped."""
+        p, tcfg = self.progress, self.tcfg
+        epoch = p.epoch
+        order = torch.randperm(
+            self.stage.num_samples(self.train_data),
+            generator=torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch, self.rank)),
+        )
+        self._loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._aux_acc: dict[str, torch.Tensor] = {}
+        self._count_acc = 0
+        self._t_start = time.perf_counter()
+        self.module.train()
+        for m in range(p.micro, self.micro_per_epoch):
+            ids = order[m * self.micro_batch : (m + 1) * self.micro_batch]
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, "step", epoch, m, self.rank))
+            stepping = (m + 1) % tcfg.accum_steps == 0
+            self.micro_step(self.stage.batch(self.train_data, ids, gen), len(ids), sync=stepping)
+            if not stepping:
+                continue
+            self.optimizer_step()
+            p.micro = m + 1
+            self.first_step = self.first_step or time.time()
+            every = self.cfg.checkpoint.every_steps
+            if p.global_step % STOP_CHECK_STEPS == 0:
+                self.preempted = self.ctx.comm.any(self.ctx.stop_requested())
+            if self.preempted or (every and p.global_step % every == 0 and m + 1 < self.micro_per_epoch):
+                self._carry_epoch_sums()
+                self.checkpoint(
+                    {
+                        "stage": self.name,
+                        "epoch": epoch + 1,
+                        "global_step": p.global_step,
+                        "mid_epoch": True,
+                        "preempted": self.preempted,
+                    }
+                )
+            if self.preempted:
+                return False
+        self._train_time = time.perf_counter() - self._t_start
+        return True
+
+    def micro_step(self, batch: dict[str, torch.Tensor], n: int, sync: bool) -> None:
+        """Forward and backward of one micro-batch (gradients all-reduced only when `sync`)."""
+        no_sync = getattr(self.ddp, "no_sync", None)
+        ctx = contextlib.nullcontext() if sync or no_sync is None else no_sync()
+        with ctx:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                loss, aux = self.model(batch)
+            self.scaler.scale(loss.float() / self.tcfg.accum_steps).backward()
+        self._loss_acc += loss.detach().double() * n
+        for k, v in aux.items():
+            self._aux_acc[k] = self._aux_acc.get(k, 0) + v.detach().double() * n
+        self._count_acc += n
+
+    def optimizer_step(self) -> None:
+        """Unscale, clip, step, EMA, the stage's hook, the LR schedule."""
+        self.scaler.unscale_(self.optimizer)
+        if self.tcfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.tcfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.module)
+        self.stage.after_step(self.module)
+        self.schedule.step()
+        self.progress.global_step += 1
+
+    def _carry_epoch_sums(self) -> None:
+        """Move the epoch's running sums into the progress record, which travels with the state."""
+        p = self.progress
+        p.loss_sum += self._loss_acc.item()
+        p.loss_count += self._count_acc
+        for k, v in self._aux_acc.items():
+            p.aux_sums[k] = p.aux_sums.get(k, 0.0) + float(v)
+        self._loss_acc.zero_()
+        self._aux_acc = {}
+        self._count_acc = 0
+
+    def end_epoch(self) -> None:
+        """Validation, best weights, schedule, early stopping, the metrics row and a checkpoint."""
+        p, comm = self.progress, self.ctx.comm
+        epoch = p.epoch
+        self._carry_epoch_sums()
+        aux_keys = sorted(p.aux_sums)
+        totals = comm.sum(
+            torch.tensor([p.loss_sum, p.loss_count, *(p.aux_sums[k] for k in aux_keys)], dtype=torch.float64)
+        )
+        train_loss = (totals[0] / totals[1]).item()
+        if not math.isfinite(train_loss) and not self.scaler.is_enabled():
+            raise FloatingPointError(f"stage {self.name}: training loss is {train_loss} in epoch {epoch + 1}")
+        aux = {f"train_{k}": (totals[2 + i] / totals[1]).item() for i, k in enumerate(aux_keys)}
+
+        val_metrics = self.validate()
+        metric = val_metrics[self.stage.val_metric]
+        if metric < p.best:
+            p.best, p.best_epoch, p.bad_epochs = metric, epoch + 1, 0
+            self.best_weights = {k: v.detach().clone().cpu() for k, v in self.eval_module.state_dict().items()}
+        else:
+            p.bad_epochs += 1
+        self.schedule.epoch_end(metric)
+        p.epoch, p.micro, p.loss_sum, p.loss_count, p.aux_sums = epoch + 1, 0, 0.0, 0, {}
+        early_stop = self.scfg.patience is not None and p.bad_epochs >= self.scfg.patience
+        p.finished = early_stop or epoch + 1 >= self.scfg.epochs
+        p.stopped_early = early_stop and epoch + 1 < self.scfg.epochs
+        row = {
+            "stage": self.name, "epoch": epoch + 1, "world_size": self.world, "train_loss": train_loss, **aux,
+            **val_metrics, "lr": self.schedule.lr, "epoch_time_s": round(time.perf_counter() - self._t_start, 4),
+            "samples_per_s": round(totals[1].item() / max(self._train_time, 1e-9), 2),
+            "global_step": p.global_step,
+        }  # fmt: skip
+        self.history.append(row)
+        if self.rank == 0:
+            assert self.log is not None
+            self.log.write(self.history)
+            if self.wandb:
+                self.wandb.log(f"train/{self.name}", row)
+            self.say(
+                f"[{self.name}] epoch {epoch + 1}/{self.scfg.epochs}  train_loss={train_loss:.4g}  "
+                f"{self.stage.val_metric}={metric:.4g}  lr={row['lr']:.2e}  {row['epoch_time_s']:.1f}s"
+            )
+        self.checkpoint(row)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """The stage's validation sums on this rank's val rows, reduced over ranks (EMA weights)."""
+        self.module.eval()
+        sums = self.stage.validate(self.eval_module, self.val_data, self.val_rows)
+        keys = sorted(sums)
+        totals = self.ctx.comm.sum(torch.tensor([[*sums[k]] for k in keys], dtype=torch.float64).reshape(-1, 2))
+        return {k: (s / c).item() if c else float("nan") for k, (s, c) in zip(keys, totals)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole training state of this rank's trainer (rank 0's is what is saved)."""
+        return {
+            "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None, "stage": self.stage.state_dict(),
+            "progress": dataclasses.asdict(self.progress), "history": self.history,
+            "best_weights": self.best_weights, "world_size": self.world, "config_digest": self.job.config_digest,
+        }  # fmt: skip
+
+    def checkpoint(self, row: dict[str, Any]) -> None:
+        """Every rank calls this (the report is a collective); rank 0 writes the state."""
+        rngs = self.ctx.comm.gather(rng_state())
+        tmp = None
+        if self.rank == 0:
+            tmp = tempfile.mkdtemp(prefix=f"ups-{self.name}-")
+            manifest = {"stage": self.name, "epoch": self.progress.epoch, "global_step": self.progress.global_step,
+                        "config_digest": self.job.config_digest}  # fmt: skip
+            save_checkpoint(tmp, {**self.state_dict(), "rng": rngs}, manifest)
+        self.ctx.report(self.job, row, tmp)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def finish(self) -> StageResult:
+        """Export the best-epoch weights (rank 0), or report where a stop left the stage."""
+        p = self.progress
+        best = BestMetric(self.stage.val_metric, p.best, p.best_epoch)
+        result = StageResult(
+            stage=self.name, status="interrupted" if self.preempted else "completed", epochs=p.epoch, best=best,
+            stopped_early=p.stopped_early, world_size=self.world, restarts=p.restarts, world_sizes=p.world_sizes,
+            first_step_unix=self.first_step,
+        )  # fmt: skip
+        if self.preempted:
+            if self.rank == 0:
+                self.say(f"[{self.name}] stop requested: checkpointed at epoch {p.epoch + 1}, micro-batch {p.micro}")
+        elif self.rank == 0:
+            if self.best_weights is not None:
+                self.eval_module.load_state_dict(self.best_weights)
+            tensors = self.stage.export(self.eval_module)
+            missing = [k for k in self.stage.export_keys if k not in tensors]
+            if missing:
+                raise RuntimeError(f"stage {self.name}: export lacks {missing}")
+            result.weights_sha256 = write_export(self.job.export_uri, self.name, tensors, best, self.job.config_digest)
+        if self.wandb:
+            self.wandb.finish()
+        self.phases.done("export")
+        result.phases_s = self.phases.times
+        if not self.preempted:
+            if self.rank == 0:
+                stage_folder(self.job.export_uri).write_json(result.to_dict(), RESULT_FILE)
+            # The other ranks may go on to a stage that reads this export: wait until it is written.
+            self.ctx.comm.barrier()
+        return result
+
+    def _rank0_say(self, msg: str) -> None:
+        if self.rank == 0:
+            self.say(msg)
+
+
+def stage_folder(export_uri: str) -> Storage:
+    return Storage(posixpath.dirname(export_uri))
+
+
+def read_result(export_uri: str) -> StageResult | None:
+    """The result a finished stage wrote beside its export, if it did."""
+    folder = stage_folder(export_uri)
+    if not folder.exists(RESULT_FILE):
+        return None
+    return StageResult.from_dict(folder.read_json(RESULT_FILE))
+
+
+def run_stages(jobs: list[TrainJob], ctx: TrainContext, say: Callable[[str], None] | None = None) -> list[StageResult]:
+    """Train stages in turn on one context (one worker group): a stage that finished in an earlier
+    attempt of the group (its result.json is there) is not trained again, a later stage reads the
+    exports of earlier ones, and a stop request ends the group after the interrupted stage."""
+    results: list[StageResult] = []
+    done: dict[str, StageResult] = {}
+    for job in jobs:
+        job = dataclasses.replace(
+            job,
+            handoff_sha256={**job.handoff_sha256, **{n: r.weights_sha256 for n, r in done.items() if r.weights_sha256}},
+        )
+        prior = read_result(job.export_uri)
+        if prior is not None and prior.status == "completed":
+            result = prior
+        else:
+            result = StageTrainer(job, ctx, say).fit()
+        results.append(result)
+        done[job.stage] = result
+        if result.status != "completed":
+            break
+    return results
