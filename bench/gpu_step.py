@@ -162,6 +162,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("no CUDA device (use --device cpu for a dry run)")
+    if args.device == "cpu":
+        torch.set_num_threads(1)  # a dry run on a shared box: 2 spinning threads on busy cores stall
     torch.backends.cuda.matmul.allow_tf32 = True
     results = []
     for recipe in args.recipes:

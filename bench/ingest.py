@@ -2,11 +2,13 @@
 
 Iterates the worker's shard of the Parquet latent cache with `iter_torch_batches`, alone and
 then while the same worker trains the operator in a second thread, and measures what training
-consumes. Each pass restarts Ray Data's streaming execution, so a pass has a fixed start-up
-(time to the first batch) and then a steady rate; both are reported. The smoke cache has only
-~100 rows (all start-up), so its files are listed `--repeat` times to make a pass long enough to
-measure the steady rate. Figure: steady ingest batches/s while training / training batches/s,
-the headroom (goal >= 5x).
+consumes. The training is the real trainer: a `StageTrainer` for the operator stage (over a
+LocalContext inside the worker, on the run's latent cache in memory) running whole epochs of its
+own `train_epoch()`; its rate is optimizer steps (= batches) per second. Each pass restarts
+Ray Data's streaming execution, so a pass has a fixed start-up (time to the first batch) and then
+a steady rate; both are reported. The smoke cache has only ~100 rows (all start-up), so its files
+are listed `--repeat` times to make a pass long enough to measure the steady rate. Figure: steady
+ingest batches/s while training / training batches/s, the headroom (goal >= 5x).
 
     .venv/bin/python bench/ingest.py [--repeat 100]
 """
@@ -18,21 +20,18 @@ import statistics
 import threading
 import time
 
-from _common import OUT, emit, run_pipeline, smoke
+from _common import OUT, cache_latents, data_meta, emit, ready_trainer, run_handoff, run_pipeline, smoke, stage_job
 
 
 def worker(config: dict) -> dict:
     import ray.train
     import torch
 
-    from ups.config import Config
-    from ups.models.latent import LatentOperator
-    from ups.stages.operator import OperatorObjective
-    from ups.train.optim import build_optimizer
+    from ups.contracts import TrainJob
 
-    cfg = Config.model_validate(config["cfg"])
+    job = TrainJob.from_dict(config["job"])
     shard = ray.train.get_dataset_shard("train")
-    b = cfg.training.batch_size
+    b = job.cfg["training"]["batch_size"]
 
     def one_pass() -> tuple[float, float]:
         """(seconds to the first batch, batches/s after it)."""
@@ -48,19 +47,17 @@ def worker(config: dict) -> dict:
         runs = [one_pass() for _ in range(k)]
         return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
-    module = OperatorObjective(LatentOperator(cfg.latent.tokens, cfg.latent.dim, cfg.model.operator), 0.5)
-    opt = build_optimizer(module, cfg.stages.operator.optimizer)
-    seq = torch.randn(b, 2, cfg.latent.tokens, cfg.latent.dim)
-    batch = {"z": seq, "dt": torch.full((b,), 0.1), "task": torch.zeros(b, dtype=torch.long)}
+    # The consumer: the real trainer (operator stage, LocalContext in this worker) on the run's
+    # latent cache in memory, running whole epochs of its own loop.
+    trainer = ready_trainer(job, cache_latents(config["summary"]))
     stop, steps = threading.Event(), [0]
 
     def train() -> None:
+        start = trainer.progress.global_step
         while not stop.is_set():
-            loss, _ = module(batch)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            steps[0] += 1
+            trainer.progress.micro = 0  # the next epoch (epoch-0 order again; no validation)
+            trainer.train_epoch()
+            steps[0] = trainer.progress.global_step - start
 
     def start_training() -> threading.Thread:
         stop.clear()
@@ -93,7 +90,6 @@ def main() -> None:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from ups.config import to_dict
     from ups.latent_cache import LatentCache
     from ups.storage import Storage
 
@@ -114,9 +110,15 @@ def main() -> None:
     files = [f"{cache.uri}/{f}" for f in cache.manifest["files"]["train"]] * args.repeat
     ds = ray.data.read_parquet(files).select_columns(["z"])
     rows = cache.manifest["rows"]["train"] * args.repeat
+    job = stage_job("operator", loaded.cfg, data_meta(loaded.cfg), OUT / f"{summary['name']}-consumer",
+                    run_handoff(summary, "operator"))  # fmt: skip
     res = TorchTrainer(
         worker,
-        train_loop_config={"cfg": to_dict(loaded.cfg), "passes": args.passes},
+        train_loop_config={
+            "job": job.to_dict(),
+            "summary": {"latent_cache": summary["latent_cache"]},
+            "passes": args.passes,
+        },  # fmt: skip
         datasets={"train": ds},
         scaling_config=ray.train.ScalingConfig(num_workers=1),
         run_config=ray.train.RunConfig(name=f"ingest-{int(time.time())}", storage_path=str(OUT)),

@@ -3,8 +3,10 @@ validation metric (the worse of the two runs' best, so both reach it).
 
     .venv/bin/python bench/scaling.py [--epochs 6]
 
-On this 2-core box two workers share the cores with Ray itself; on a GPU cluster each worker is a
-GPU. The global batch is the same in both runs (per-worker batch halves at 2 workers).
+Both runs are the whole pipeline on the Ray backend (the operator trained by StageTrainer under
+TorchTrainer); figures are the trainer's own metrics rows. On this 2-core box two workers share
+the cores with Ray itself; on a GPU cluster each worker is a GPU. The global batch is the same in
+both runs (per-worker batch halves at 2 workers).
 """
 
 from __future__ import annotations
@@ -18,16 +20,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=6)
     args = ap.parse_args()
-    runs = {}
-    for workers in (1, 2):
-        loaded = smoke(
+    from ups import runtime
+
+    def config(workers: int):
+        return smoke(
             f"scaling.num_workers={workers}",
             "stages.autoencoder.epochs=2",
             f"stages.operator.epochs={args.epochs}",
             "stages.diffusion_residual.epochs=0",
             "stages.consistency_distill.epochs=0",
         )
-        runs[workers] = stage_rows(run_pipeline(loaded, f"bench-scaling-{workers}w"), "operator")
+
+    runtime.connect(config(2).cfg)  # one embedded Ray for both runs, sized for the larger one
+    runs = {}
+    for workers in (1, 2):
+        runs[workers] = stage_rows(run_pipeline(config(workers), f"bench-scaling-{workers}w"), "operator")
+    batch = config(1).cfg.training.batch_size
     target = max(min(r["val_rollout_nrmse"] for r in rows) for rows in runs.values())
 
     def time_to_target(rows: list[dict]) -> float:
@@ -49,7 +57,7 @@ def main() -> None:
             "time_to_target_s_1w": time_to_target(runs[1]),
             "time_to_target_s_2w": time_to_target(runs[2]),
         },
-        setting={"stage": "operator", "epochs": args.epochs, "global_batch": 32},
+        setting={"stage": "operator", "epochs": args.epochs, "global_batch": batch},
     )
 
 

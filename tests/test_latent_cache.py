@@ -64,8 +64,9 @@ def test_cache_reused_and_invalidated(ray_session, smoke_data, tmp_path):
 def test_cache_without_ray_matches_and_is_verified_against_its_files(smoke_data, tmp_path):
     """The in-process build (`--no-ray`) writes the same rows; a reused cache whose file was
     altered is rebuilt, not trusted for its recorded digests."""
-    cfg = Config.model_validate({"data": {"path": str(smoke_data), "max_samples": 24}, "latent": {"tokens": 4, "dim": 8},
-                                 "model": {"encoder": {"hidden": 16, "heads": 2}}})  # fmt: skip
+    tree = {"data": {"path": str(smoke_data), "max_samples": 24}, "latent": {"tokens": 4, "dim": 8},
+            "model": {"encoder": {"hidden": 16, "heads": 2}}}  # fmt: skip
+    cfg = Config.model_validate(tree)
     tasks = views.load_tasks(cfg.data)
     meta = views.DataMeta.from_tasks(tasks, 4)
     run = Storage(str(tmp_path / "run"))

@@ -17,6 +17,8 @@ from ups.train.state import from_bytes, tensors_sha256, to_bytes
 
 EXPORT_FILE = "export.pt"
 
+Exports = dict[str, dict[str, Any]]  # stage name -> its export's tensors (what `read_export` returns)
+
 
 class ExportMismatch(RuntimeError):
     """An export whose tensors do not match the digest recorded for it."""

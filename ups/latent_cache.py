@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +29,9 @@ from ups.exports import read_export
 from ups.models import factory
 from ups.storage import Storage
 from ups.train.shard import Trajectories, from_table
+
+if TYPE_CHECKING:
+    from ray.data import Dataset
 
 CACHE_DIR, MANIFEST, FORMAT = "latent_cache", "manifest.json", 2
 ENCODE_BATCH = 32  # trajectories per encoder batch, hence per Parquet file
@@ -56,7 +59,7 @@ def fields_table(tasks: list[Task], splits: tuple[str, ...]) -> pa.Table:
     )
 
 
-def fields_dataset(tasks: list[Task], split: str) -> Any:
+def fields_dataset(tasks: list[Task], split: str) -> Dataset:
     """A split's fields as a Ray Dataset (the autoencoder's input under Ray)."""
     import ray.data
 
@@ -79,7 +82,9 @@ class Encode:
     checked against its files, not only against the digests it recorded.
     """
 
-    def __init__(self, export_uri: str, export_sha256: str, cfg: dict, meta: dict, out_uri: str):
+    def __init__(
+        self, export_uri: str, export_sha256: str, cfg: dict[str, Any], meta: dict[str, Any], out_uri: str
+    ) -> None:
         cfg_, meta_ = C.from_dict(cfg), DataMeta.from_dict(meta)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.encoder = factory.build("encoder", cfg_, meta_)
@@ -118,12 +123,12 @@ class Encode:
 @dataclass
 class LatentCache:
     uri: str  # folder holding {split}/part-*.parquet and the manifest
-    manifest: dict
+    manifest: dict[str, Any]
 
     def files(self, split: str) -> list[str]:
         return [f"{self.uri}/{f}" for f in self.manifest["files"][split]]
 
-    def dataset(self, split: str) -> Any:
+    def dataset(self, split: str) -> Dataset:
         """One split as a Ray Dataset, files in trajectory order (every run shards identically)."""
         import ray.data
 
@@ -180,7 +185,7 @@ def build_or_reuse(
 
     t0 = time.perf_counter()
     tmp = f"{CACHE_DIR}.tmp-{uuid.uuid4().hex[:8]}"
-    kwargs = {
+    kwargs: dict[str, Any] = {  # Encode's constructor arguments, for an actor or in process
         "export_uri": encoder_export_uri,
         "export_sha256": encoder_sha256,
         "cfg": C.to_dict(cfg),
@@ -206,7 +211,7 @@ def build_or_reuse(
             .take_all()
         )
     else:
-        encode = Encode(**kwargs)  # type: ignore[arg-type]
+        encode = Encode(**kwargs)
         written = []
         for start in range(0, table.num_rows, ENCODE_BATCH):
             part = table.slice(start, ENCODE_BATCH)

@@ -26,7 +26,7 @@ from ups.contracts import StageRecord, StageResult, TrainJob, stage_records
 from ups.data import views
 from ups.data.pdebench import FileInfo
 from ups.eval.selection import choose_corrector
-from ups.exports import EXPORT_FILE, read_export
+from ups.exports import EXPORT_FILE, Exports, read_export
 from ups.preflight import preflight
 from ups.report import summary_table
 from ups.run import RunDir
@@ -198,7 +198,7 @@ def _record(
         )  # fmt: skip
 
 
-def load_exports(rundir: RunDir, summary: dict[str, Any]) -> dict[str, dict]:
+def load_exports(rundir: RunDir, summary: dict[str, Any]) -> Exports:
     """Every completed stage's export tensors, verified against the digests in summary.json."""
     return {
         n: read_export(rec.export, rec.weights_sha256)
@@ -208,7 +208,7 @@ def load_exports(rundir: RunDir, summary: dict[str, Any]) -> dict[str, dict]:
 
 
 def evaluate_exports(
-    cfg: Config, meta: views.DataMeta, tasks: list[views.Task], exports: dict[str, dict], split: str, *,
+    cfg: Config, meta: views.DataMeta, tasks: list[views.Task], exports: Exports, split: str, *,
     max_samples: int | None = None, horizon: int | None = None, backend: Backend | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Decoded evaluation of stage exports (on Ray unless a backend is given)."""
@@ -218,7 +218,7 @@ def evaluate_exports(
 
 def evaluate_run(
     backend: Backend, rundir: RunDir, cfg: Config, meta: views.DataMeta, tasks: list[views.Task],
-    exports: dict[str, dict], split: str, say: Callable[[str], None],
+    exports: Exports, split: str, say: Callable[[str], None],
 ) -> dict[str, Any]:  # fmt: skip
     """The run's evaluation on a split: metrics, plots and eval/{split}/ files."""
     from ups.eval import plots

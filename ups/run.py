@@ -29,13 +29,13 @@ def default_name(config_name: str) -> str:
 
 
 class RunDir:
-    def __init__(self, storage: Storage, name: str):
+    def __init__(self, storage: Storage, name: str) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
             raise C.ConfigError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only")
         self.name, self.root = name, storage
         self.dir = storage.sub(name)
 
-    def open(self, cfg: C.Config, *, restart: bool = False, accept_change: bool = False) -> dict:
+    def open(self, cfg: C.Config, *, restart: bool = False, accept_change: bool = False) -> dict[str, Any]:
         """Create or re-open the run; returns run.json. Raises ConfigError on a config conflict."""
         digest = C.digest(cfg)
         if self.dir.exists(RUN_FILE):
@@ -73,7 +73,7 @@ class RunDir:
         shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
         return f"changed: {shown}" if keys else "changed"
 
-    def _write(self, cfg: C.Config, info: dict) -> None:
+    def _write(self, cfg: C.Config, info: dict[str, Any]) -> None:
         self.dir.write_text(C.to_yaml(cfg), CONFIG_FILE)
         self.dir.write_json(info, RUN_FILE)
 

@@ -330,6 +330,6 @@ class LoggingConfig(Section):
 class KeyedError(ValueError):
     """A cross-field error that knows which dotted key to blame."""
 
-    def __init__(self, key: str, msg: str):
+    def __init__(self, key: str, msg: str) -> None:
         super().__init__(msg)
         self.key, self.msg = key, msg

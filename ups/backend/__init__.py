@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from ups.config import Config, GenerateConfig
 from ups.contracts import StageResult, TrainJob
 from ups.data.views import DataMeta, Task
+from ups.exports import Exports
 from ups.latent_cache import LatentCache
 from ups.run import RunDir
 
@@ -49,7 +50,7 @@ class Backend(Protocol):
         ...
 
     def evaluate(
-        self, cfg: Config, meta: DataMeta, tasks: list[Task], exports: dict[str, dict], split: str,
+        self, cfg: Config, meta: DataMeta, tasks: list[Task], exports: Exports, split: str,
         max_samples: int | None = None, horizon: int | None = None,
     ) -> dict[str, Any]: ...  # fmt: skip
 

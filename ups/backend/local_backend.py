@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,14 +19,16 @@ from ups.backend import Preempted, eval_config
 from ups.config import Config, GenerateConfig
 from ups.contracts import StageResult, TrainJob
 from ups.data.views import DataMeta, Task
+from ups.exports import Exports
 from ups.latent_cache import LatentCache, build_or_reuse, fields_trajectories
 from ups.run import RunDir
 from ups.train.context import LocalContext
+from ups.train.shard import Trajectories
 from ups.train.trainer import run_stages
 
 
 class _StoppableContext(LocalContext):
-    def __init__(self, backend: LocalBackend, *args: Any, **kwargs: Any):
+    def __init__(self, backend: LocalBackend, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.backend = backend
 
@@ -36,10 +39,10 @@ class _StoppableContext(LocalContext):
 class LocalBackend:
     name = "local"
 
-    def __init__(self, device: str | None = None, say: Any = None):
+    def __init__(self, device: str | None = None, say: Callable[[str], None] | None = None) -> None:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.reason: str | None = None
-        self.say = say or (lambda msg: print(msg, flush=True))
+        self.say: Callable[[str], None] = say or (lambda msg: print(msg, flush=True))
 
     def start(self, cfg: Config, rundir: RunDir) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -54,10 +57,10 @@ class LocalBackend:
 
         generate(gen, path, use_ray=False)
 
-    def field_data(self, tasks: list[Task]) -> Any:
+    def field_data(self, tasks: list[Task]) -> dict[str, Trajectories]:
         return {"train": fields_trajectories(tasks, "train"), "val": fields_trajectories(tasks, "val")}
 
-    def latent_data(self, cache: LatentCache) -> Any:
+    def latent_data(self, cache: LatentCache) -> dict[str, Trajectories]:
         return {"train": cache.trajectories("train"), "val": cache.trajectories("val")}
 
     def build_cache(
@@ -76,7 +79,7 @@ class LocalBackend:
         return results, newest
 
     def evaluate(
-        self, cfg: Config, meta: DataMeta, tasks: list[Task], exports: dict[str, dict], split: str,
+        self, cfg: Config, meta: DataMeta, tasks: list[Task], exports: Exports, split: str,
         max_samples: int | None = None, horizon: int | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         from ups.eval.evaluate import build_surrogate, evaluate

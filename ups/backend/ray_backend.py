@@ -8,15 +8,19 @@ import signal
 import threading
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ups import config as C
 from ups.backend import Preempted, eval_config
 from ups.config import Config, GenerateConfig
 from ups.contracts import StageResult, TrainJob
 from ups.data.views import DataMeta, Task
+from ups.exports import Exports
 from ups.latent_cache import LatentCache, build_or_reuse, fields_dataset
 from ups.run import RunDir
+
+if TYPE_CHECKING:
+    from ray.data import Dataset
 
 
 class RayBackend:
@@ -35,6 +39,7 @@ class RayBackend:
 
         runtime.connect(cfg, trials=self.trials)
         self._flag_name = flag_name(f"{rundir.dir.uri}#{uuid.uuid4().hex}")
+        # Ray types `@ray.remote(num_cpus=0)` on a class as returning the bare class (no .options).
         self.flag = StopFlag.options(name=self._flag_name).remote()  # type: ignore[attr-defined]
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
@@ -56,10 +61,10 @@ class RayBackend:
 
         generate(gen, path, use_ray=True)
 
-    def field_data(self, tasks: list[Task]) -> Any:
+    def field_data(self, tasks: list[Task]) -> dict[str, Dataset]:
         return {"train": fields_dataset(tasks, "train"), "val": fields_dataset(tasks, "val")}
 
-    def latent_data(self, cache: LatentCache) -> Any:
+    def latent_data(self, cache: LatentCache) -> dict[str, Dataset]:
         # Read once and held in the object store for every latent stage of this run.
         return {"train": cache.dataset("train").materialize(), "val": cache.dataset("val").materialize()}
 
@@ -110,7 +115,7 @@ class RayBackend:
         return results, result.checkpoint.path if result.checkpoint else None
 
     def evaluate(
-        self, cfg: Config, meta: DataMeta, tasks: list[Task], exports: dict[str, dict], split: str,
+        self, cfg: Config, meta: DataMeta, tasks: list[Task], exports: Exports, split: str,
         max_samples: int | None = None, horizon: int | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """Decoded evaluation as a Ray task (a GPU one when the run uses GPUs), outside any
@@ -120,12 +125,15 @@ class RayBackend:
 
         cfg = eval_config(cfg, max_samples, horizon)
         opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": 0} if cfg.scaling.use_gpu else {"num_cpus": 1}
+        # Ray documents placement_group=None as "no group" but annotates it as PlacementGroup.
         opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=None)  # type: ignore[arg-type]
         task = ray.remote(_evaluate_job).options(**opts)
         return ray.get(task.remote(C.to_dict(cfg), meta.to_dict(), exports, tasks, split))
 
 
-def _evaluate_job(cfg_dict: dict, meta_dict: dict, exports: dict, tasks: list[Task], split: str) -> dict[str, Any]:
+def _evaluate_job(
+    cfg_dict: dict[str, Any], meta_dict: dict[str, Any], exports: Exports, tasks: list[Task], split: str
+) -> dict[str, Any]:
     import torch
 
     from ups.eval.evaluate import build_surrogate, evaluate

@@ -18,6 +18,7 @@ from ups.config import Config
 from ups.data.views import DataMeta, Task
 from ups.eval.metrics import pdebench_metrics
 from ups.eval.rollout import Corrector, Surrogate
+from ups.exports import Exports
 from ups.models import factory
 from ups.schema import CorrectorKind
 from ups.stages import registry
@@ -28,9 +29,7 @@ def corrector_stages() -> dict[CorrectorKind, str]:
     return {cls.corrector: name for name, cls in reversed(registry.stages().items()) if cls.corrector}
 
 
-def build_surrogate(
-    cfg: Config, meta: DataMeta, exports: dict[str, dict[str, Any]], device: torch.device | str = "cpu"
-) -> Surrogate:
+def build_surrogate(cfg: Config, meta: DataMeta, exports: Exports, device: torch.device | str = "cpu") -> Surrogate:
     """The stack from stage exports; the corrector follows `eval.corrector` ("auto": the one of the
     latest trained corrector stage, the cheapest to run; the pipeline then keeps it only if it helps)."""
     enc, dec = factory.build("encoder", cfg, meta), factory.build("decoder", cfg, meta)

@@ -29,7 +29,7 @@ from ups.train.state import MANIFEST_FILE, CorruptCheckpoint, OtherStage, load_c
 class Dist:
     """The few collectives the trainer needs; no-ops on a single worker."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device) -> None:
         self.on = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.device = device
 
@@ -115,7 +115,7 @@ class LocalContext:
     """One process, no Ray: the data is handed in, checkpoints are folders under the job's
     `checkpoint_uri` named `checkpoint_<UTC time>` (the newest `keep` are kept)."""
 
-    def __init__(self, data: dict[str, Trajectories], device: torch.device | str = "cpu", keep: int = 2):
+    def __init__(self, data: dict[str, Trajectories], device: torch.device | str = "cpu", keep: int = 2) -> None:
         self.rank, self.world = 0, 1
         self.device = torch.device(device)
         self.comm = Dist(self.device)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from typing import Any, overload
 
 import torch
 from torch import nn
@@ -18,7 +20,7 @@ class MuonAdamW(torch.optim.Optimizer):
     `adjust_lr_fn="match_rms_adamw"` scales Muon's update to AdamW's RMS, so one `lr` serves both.
     """
 
-    def __init__(self, params: list[nn.Parameter], cfg: OptimizerConfig):
+    def __init__(self, params: list[nn.Parameter], cfg: OptimizerConfig) -> None:
         matrices = [p for p in params if p.ndim >= 2]
         others = [p for p in params if p.ndim < 2]
         self.parts: list[torch.optim.Optimizer] = []
@@ -41,26 +43,38 @@ class MuonAdamW(torch.optim.Optimizer):
 
     # The parts own their groups (load_state_dict replaces the dicts), so always look them up.
     @property
-    def param_groups(self) -> list[dict]:
+    def param_groups(self) -> list[dict[str, Any]]:
         return [g for part in self.parts for g in part.param_groups]
 
     @param_groups.setter
-    def param_groups(self, _groups) -> None:
+    def param_groups(self, _groups: list[dict[str, Any]]) -> None:
         pass
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One step of every part; a closure (re-evaluating the loss) runs once, with grad on."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for part in self.parts:
             part.step()
+        return loss
 
-    def zero_grad(self, set_to_none: bool = True):
+    def zero_grad(self, set_to_none: bool = True) -> None:
         for part in self.parts:
             part.zero_grad(set_to_none)
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"parts": [part.state_dict() for part in self.parts]}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         for part, s in zip(self.parts, state["parts"], strict=True):
             part.load_state_dict(s)
 
@@ -91,7 +105,9 @@ class LRSchedule:
     it follows global steps across resumes and world-size changes.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, epochs: int, steps_per_epoch: int):
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, epochs: int, steps_per_epoch: int
+    ) -> None:
         self.opt, self.cfg = optimizer, cfg
         self.base = [g["lr"] for g in optimizer.param_groups]
         self.spe = max(steps_per_epoch, 1)
@@ -135,7 +151,7 @@ class LRSchedule:
     def lr(self) -> float:
         return self.opt.param_groups[0]["lr"]
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step_count,
             "plateau_scale": self.plateau_scale,
@@ -143,7 +159,7 @@ class LRSchedule:
             "bad_epochs": self.bad_epochs,
         }
 
-    def load_state_dict(self, s: dict) -> None:
+    def load_state_dict(self, s: dict[str, Any]) -> None:
         self.step_count, self.plateau_scale = s["step"], s["plateau_scale"]
         self.best, self.bad_epochs = s["best"], s["bad_epochs"]
         self._apply()
@@ -156,7 +172,9 @@ def ema_model(module: nn.Module, decay: float) -> AveragedModel:
     """
 
     @torch.no_grad()
-    def update(ema_params, params, num_averaged):
+    def update(
+        ema_params: Sequence[torch.Tensor], params: Sequence[torch.Tensor], num_averaged: torch.Tensor | int
+    ) -> None:
         n = int(num_averaged)
         d = min(decay, (1 + n) / (10 + n))
         torch._foreach_lerp_(list(ema_params), list(params), 1 - d)

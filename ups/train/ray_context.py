@@ -25,7 +25,7 @@ from ups.train.trainer import run_stages
 
 
 class RayContext:
-    def __init__(self, stop_flag: str | None):
+    def __init__(self, stop_flag: str | None) -> None:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()

@@ -16,7 +16,7 @@ import ray
 
 @ray.remote(num_cpus=0)
 class StopFlag:
-    def __init__(self):
+    def __init__(self) -> None:
         self.reason: str | None = None
 
     def set(self, reason: str) -> None:
@@ -33,7 +33,7 @@ def flag_name(run_uri: str) -> str:
 class StopWatcher:
     """Rank 0's view of the flag, refreshed in the background so the hot loop never waits on it."""
 
-    def __init__(self, name: str | None, poll_s: float = 0.5):
+    def __init__(self, name: str | None, poll_s: float = 0.5) -> None:
         self.event = threading.Event()
         self._done = threading.Event()
         if name is None:

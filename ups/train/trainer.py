@@ -100,7 +100,7 @@ class Phases:
 
 
 class StageTrainer:
-    def __init__(self, job: TrainJob, ctx: TrainContext, say: Callable[[str], None] | None = None):
+    def __init__(self, job: TrainJob, ctx: TrainContext, say: Callable[[str], None] | None = None) -> None:
         self.job, self.ctx = job, ctx
         self.name = job.stage
         self.cfg = C.from_dict(job.cfg)
@@ -140,7 +140,7 @@ class StageTrainer:
         torch.manual_seed(self.seed)  # identical initial weights on every rank
         meta = DataMeta.from_dict(self.job.meta)
         handoff = {s: read_export(uri, self.job.handoff_sha256.get(s)) for s, uri in self.job.handoff.items()}
-        self.stage: Stage = registry.get(self.name)(self.cfg, meta, handoff, self.device)
+        self.stage: Stage[Any, Any] = registry.get(self.name)(self.cfg, meta, handoff, self.device)
         self.module: nn.Module = self.stage.build().to(self.device)
         self.phases.done("build")
 
