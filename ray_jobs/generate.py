@@ -1,4 +1,4 @@
-"""Generate a PDEBench-layout dataset: `python -m ray_jobs.generate --config configs/data/burgers_nu0.001.yaml`.
+"""Generate a PDEBench-layout dataset: `python -m ray_jobs.generate --config configs/burgers1d.yaml`.
 
 Writes `data.generate` (PDE, Nu or beta, samples, resolution, frames, seed) to `data.path`,
 fanning chunks out as Ray tasks.

@@ -220,10 +220,6 @@ class ScalingConfig(Section):
         lo, hi = (self.num_workers, self.num_workers) if isinstance(self.num_workers, int) else self.num_workers
         return range(lo, hi + 1)
 
-    @property
-    def elastic(self) -> bool:
-        return not isinstance(self.num_workers, int)
-
 
 class RayConfig(Section):
     """The embedded local Ray (ignored when RAY_ADDRESS points at a cluster)."""

@@ -1,9 +1,9 @@
 """Graceful stop: the driver asks, the workers checkpoint where they are and return.
 
 On SIGTERM (a spot node going away, `ray job stop`, a scheduler's kill) the driver sets a flag
-in a small named actor. Rank 0 polls it from a background thread; every optimizer step the ranks
-agree (one all-reduce) whether to stop, write a just-in-time checkpoint with the exact position
-inside the epoch, and return. Running the same command again resumes from that checkpoint.
+in a small named actor. Rank 0 polls it from a background thread; every STOP_CHECK_STEPS (8)
+optimizer steps the ranks agree (one all-reduce) whether to stop, write a just-in-time checkpoint
+with the exact position inside the epoch, and return. Running the same command again resumes from that checkpoint.
 """
 
 from __future__ import annotations
