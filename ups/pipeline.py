@@ -27,6 +27,7 @@ from ups.data import views
 from ups.data.pdebench import FileInfo
 from ups.eval.selection import choose_corrector
 from ups.exports import EXPORT_FILE, Exports, read_export
+from ups.latent_cache import build_or_reuse
 from ups.preflight import preflight
 from ups.report import summary_table
 from ups.run import RunDir
@@ -79,7 +80,8 @@ def run(loaded: C.LoadedConfig, opts: PipelineOptions) -> dict[str, Any]:
                 ae = records["autoencoder"]
                 assert ae.export and ae.weights_sha256
                 t0 = time.perf_counter()
-                cache, reused = backend.build_cache(rundir, tasks, meta, cfg, ae.export, ae.weights_sha256, data_sha)
+                cache, reused = build_or_reuse(rundir.dir, tasks, meta, cfg, ae.export, ae.weights_sha256, data_sha,
+                                               use_ray=backend.name == "ray", say=say)  # fmt: skip
                 summary["latent_cache"] = {"uri": cache.uri, "reused": reused, "rows": cache.manifest["rows"],
                                            "encoder_sha256": ae.weights_sha256}  # fmt: skip
                 say(f"== latent cache: {'reused' if reused else 'built'} at {cache.uri} "

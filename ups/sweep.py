@@ -25,6 +25,7 @@ from ups import config as C
 from ups import gating
 from ups.config import Config, ConfigError
 from ups.data import views
+from ups.exports import read_export
 from ups.gating import Registry, family_of
 from ups.preflight import preflight
 from ups.stages import registry
@@ -306,13 +307,9 @@ def _champion_config(champ: dict[str, Any]) -> Config:
 
 
 def _champion_exports(champ: dict[str, Any]) -> dict[str, dict]:
-    return {n: _load(uri) for n, uri in champ["exports"].items()}
-
-
-def _load(uri: str) -> dict:
-    from ups.train.state import from_bytes
-
-    return from_bytes(Storage(uri).read_bytes())["tensors"]
+    """The champion's weights, verified against the digests its record holds."""
+    digests = champ.get("weights_sha256") or {}
+    return {n: read_export(uri, digests.get(n)) for n, uri in champ["exports"].items()}
 
 
 def _time_inference(
@@ -325,10 +322,10 @@ def _time_inference(
     """Both stacks timed in turns in one Ray task, on the device evaluation runs on (a GPU one when
     the run uses GPUs), on gate.small's trajectories and horizon."""
     import ray
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": 0} if cfg.scaling.use_gpu else {"num_cpus": 1}
-    opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=None)  # type: ignore[arg-type]
+    from ups.backend.ray_backend import task_options
+
+    opts = task_options(cfg)
     (cand_cfg, cand_exports), (champ_cfg, champ_exports) = candidate, champion
     ref = (
         ray.remote(_timing_job)
@@ -364,8 +361,8 @@ def _timing_job(
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     meta = views.DataMeta.from_dict(meta_dict)
-    cand = build_surrogate(Config.model_validate(cand_cfg), meta, cand_exports, device)
-    champ = build_surrogate(Config.model_validate(champ_cfg), meta, champ_exports, device)
+    cand = build_surrogate(C.from_dict(cand_cfg), meta, cand_exports, device)
+    champ = build_surrogate(C.from_dict(champ_cfg), meta, champ_exports, device)
     return gating.time_rollouts(cand, champ, tasks, samples, horizon)
 
 

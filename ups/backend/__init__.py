@@ -38,11 +38,6 @@ class Backend(Protocol):
         """The latent stages' train/val data from the cache, read once per pipeline run."""
         ...
 
-    def build_cache(
-        self, rundir: RunDir, tasks: list[Task], meta: DataMeta, cfg: Config, encoder_uri: str, encoder_sha: str,
-        data_sha: str,
-    ) -> tuple[LatentCache, bool]: ...  # fmt: skip
-
     def train(
         self, group: str, jobs: list[TrainJob], data: Any, cfg: Config, callbacks: list[Any]
     ) -> tuple[list[StageResult], str | None]:

@@ -20,7 +20,7 @@ from ups.config import Config, GenerateConfig
 from ups.contracts import StageResult, TrainJob
 from ups.data.views import DataMeta, Task
 from ups.exports import Exports
-from ups.latent_cache import LatentCache, build_or_reuse, fields_trajectories
+from ups.latent_cache import LatentCache, fields_trajectories
 from ups.run import RunDir
 from ups.train.context import LocalContext
 from ups.train.shard import Trajectories
@@ -63,13 +63,6 @@ class LocalBackend:
     def latent_data(self, cache: LatentCache) -> dict[str, Trajectories]:
         return {"train": cache.trajectories("train"), "val": cache.trajectories("val")}
 
-    def build_cache(
-        self, rundir: RunDir, tasks: list[Task], meta: DataMeta, cfg: Config, encoder_uri: str, encoder_sha: str,
-        data_sha: str,
-    ) -> tuple[LatentCache, bool]:  # fmt: skip
-        return build_or_reuse(rundir.dir, tasks, meta, cfg, encoder_uri, encoder_sha, data_sha, use_ray=False,
-                              say=self.say)  # fmt: skip
-
     def train(
         self, group: str, jobs: list[TrainJob], data: Any, cfg: Config, callbacks: list[Any]
     ) -> tuple[list[StageResult], str | None]:
@@ -82,10 +75,9 @@ class LocalBackend:
         self, cfg: Config, meta: DataMeta, tasks: list[Task], exports: Exports, split: str,
         max_samples: int | None = None, horizon: int | None = None,
     ) -> dict[str, Any]:  # fmt: skip
-        from ups.eval.evaluate import build_surrogate, evaluate
+        from ups.eval.evaluate import evaluate_split
 
-        cfg = eval_config(cfg, max_samples, horizon)
-        return evaluate(build_surrogate(cfg, meta, exports, self.device), tasks, split, cfg)
+        return evaluate_split(eval_config(cfg, max_samples, horizon), meta, tasks, exports, split, self.device)
 
     def check_stop(self, next_step: str) -> None:
         if self.reason:

@@ -16,7 +16,7 @@ from ups.config import Config, GenerateConfig
 from ups.contracts import StageResult, TrainJob
 from ups.data.views import DataMeta, Task
 from ups.exports import Exports
-from ups.latent_cache import LatentCache, build_or_reuse, fields_dataset
+from ups.latent_cache import LatentCache, fields_dataset
 from ups.run import RunDir
 
 if TYPE_CHECKING:
@@ -68,13 +68,6 @@ class RayBackend:
         # Read once and held in the object store for every latent stage of this run.
         return {"train": cache.dataset("train").materialize(), "val": cache.dataset("val").materialize()}
 
-    def build_cache(
-        self, rundir: RunDir, tasks: list[Task], meta: DataMeta, cfg: Config, encoder_uri: str, encoder_sha: str,
-        data_sha: str,
-    ) -> tuple[LatentCache, bool]:  # fmt: skip
-        return build_or_reuse(rundir.dir, tasks, meta, cfg, encoder_uri, encoder_sha, data_sha, use_ray=True,
-                              say=self.say)  # fmt: skip
-
     def train(
         self, group: str, jobs: list[TrainJob], data: Any, cfg: Config, callbacks: list[Any]
     ) -> tuple[list[StageResult], str | None]:
@@ -118,26 +111,28 @@ class RayBackend:
         self, cfg: Config, meta: DataMeta, tasks: list[Task], exports: Exports, split: str,
         max_samples: int | None = None, horizon: int | None = None,
     ) -> dict[str, Any]:  # fmt: skip
-        """Decoded evaluation as a Ray task (a GPU one when the run uses GPUs), outside any
-        placement group (a Tune trial's would otherwise capture it)."""
+        """Decoded evaluation as a Ray task (see `task_options`)."""
         import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         cfg = eval_config(cfg, max_samples, horizon)
-        opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": 0} if cfg.scaling.use_gpu else {"num_cpus": 1}
-        # Ray documents placement_group=None as "no group" but annotates it as PlacementGroup.
-        opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=None)  # type: ignore[arg-type]
-        task = ray.remote(_evaluate_job).options(**opts)
+        task = ray.remote(_evaluate_job).options(**task_options(cfg))
         return ray.get(task.remote(C.to_dict(cfg), meta.to_dict(), exports, tasks, split))
+
+
+def task_options(cfg: Config) -> dict[str, Any]:
+    """Options of a driver-side Ray task (evaluation, gate timing): a GPU one when the run uses
+    GPUs, outside any placement group (a Tune trial's would otherwise capture it)."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": 0} if cfg.scaling.use_gpu else {"num_cpus": 1}
+    # Ray documents placement_group=None as "no group" but annotates it as PlacementGroup.
+    opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group=None)  # type: ignore[arg-type]
+    return opts
 
 
 def _evaluate_job(
     cfg_dict: dict[str, Any], meta_dict: dict[str, Any], exports: Exports, tasks: list[Task], split: str
 ) -> dict[str, Any]:
-    import torch
+    from ups.eval.evaluate import evaluate_split
 
-    from ups.eval.evaluate import build_surrogate, evaluate
-
-    cfg, meta = C.from_dict(cfg_dict), DataMeta.from_dict(meta_dict)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return evaluate(build_surrogate(cfg, meta, exports, device), tasks, split, cfg)
+    return evaluate_split(C.from_dict(cfg_dict), DataMeta.from_dict(meta_dict), tasks, exports, split)

@@ -129,3 +129,12 @@ def evaluate(model: Surrogate, tasks: list[Task], split: str, cfg: Config, seed:
         "persistence": torch.cat(preds["persistence"]).numpy(),
     }
     return out
+
+
+def evaluate_split(
+    cfg: Config, meta: DataMeta, tasks: list[Task], exports: dict[str, dict], split: str, device: str | None = None
+) -> dict[str, Any]:
+    """Build the stack from exports and evaluate it on a split, in this process (the local
+    backend calls it directly, the Ray backend inside a task)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return evaluate(build_surrogate(cfg, meta, exports, device), tasks, split, cfg)

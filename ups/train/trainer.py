@@ -167,6 +167,7 @@ class StageTrainer:
         self.schedule = LRSchedule(self.optimizer, self.scfg.scheduler, self.scfg.epochs, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tcfg.amp == "fp16")
         self.ema = ema_model(self.module, tcfg.ema_decay) if tcfg.ema_decay else None
+        self.phases.done("optimizer")  # includes waiting for the slowest rank at the first collective
 
     def restore(self) -> None:
         """Continue from the newest valid checkpoint of this stage, if there is one."""
