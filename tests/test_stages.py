@@ -124,3 +124,43 @@ def test_operator_starts_as_persistence(tiny):
     op = LatentOperator(cfg.latent.tokens, cfg.latent.dim, cfg.model.operator)
     z = torch.randn(3, cfg.latent.tokens, cfg.latent.dim)
     assert torch.equal(op(z, torch.full((3,), 0.1)), z)
+
+
+def test_the_fno_baseline_learns_and_is_scored_beside_the_surrogate(tiny):
+    from ups.eval.evaluate import build_baseline, build_surrogate, evaluate
+
+    cfg, meta, train, val = tiny
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={
+        "baseline": cfg.model.baseline.model_copy(update={"modes": 4, "width": 8, "depth": 2})})})  # fmt: skip
+    cfg = cfg.model_copy(update={"stages": cfg.stages.model_copy(update={
+        "fno_baseline": cfg.stages.fno_baseline.model_copy(update={"rollout_horizon": 2})})})  # fmt: skip
+    stage, fno, losses, v0, v1 = run_stage("fno_baseline", cfg, meta, {}, train, val, 150)
+    assert falls(losses) and v1 < v0, (losses[:3], losses[-3:], v0, v1)
+
+    # Scored by the same evaluation as the surrogate: fno_* metrics beside the model's and the floors.
+    ae_stage, ae, _, _, _ = run_stage("autoencoder", cfg, meta, {}, train, val, 5)
+    op_stage = registry.get("operator")(cfg, meta, {"autoencoder": ae_stage.export(ae)}, torch.device("cpu"))
+    exports = {"autoencoder": ae_stage.export(ae), "operator": op_stage.export(op_stage.build()),
+               "fno_baseline": stage.export(fno)}  # fmt: skip
+    from ups.data import views
+
+    tasks = views.load_tasks(cfg.data)
+    out = evaluate(build_surrogate(cfg, meta, exports), tasks, "val", cfg, baseline=build_baseline(cfg, meta, exports))
+    for prefix in ("fno_", "recon_", "one_step_", "persistence_", ""):
+        assert 0 < out[f"{prefix}nRMSE"] < 10
+    assert out["fno_nRMSE"] != out["nRMSE"] and len(out["horizon_nRMSE"]["fno"]) == out["horizon"]
+    # An untrained operator is persistence, so its one-step prediction is the decoded previous frame.
+    assert out["one_step_nRMSE"] != out["recon_nRMSE"]
+
+
+def test_fno_shapes_in_1d_and_2d():
+    from ups.models.fno import FNO
+    from ups.schema import FNOConfig
+
+    cfg = FNOConfig(modes=3, width=8, depth=2)
+    g1 = torch.rand(16, 1)
+    assert FNO(g1, 2, 3, cfg)(torch.randn(4, 3, 16, 2)).shape == (4, 16, 2)
+    g2 = torch.rand(8, 8, 2)
+    net = FNO(g2, 1, 2, cfg)
+    assert net(torch.randn(3, 2, 8, 8, 1)).shape == (3, 8, 8, 1)
+    assert net.rollout(torch.randn(3, 2, 8, 8, 1), 4).shape == (3, 4, 8, 8, 1)

@@ -55,7 +55,7 @@ class ToyStage(Stage):
     export_keys = ("net",)
 
     @classmethod
-    def samples_per_trajectory(cls, frames: int, stage_cfg: StageConfig) -> int:
+    def samples_per_trajectory(cls, frames: int, stage_cfg: StageConfig, initial_step: int = 1) -> int:
         return frames
 
     def build(self) -> nn.Module:

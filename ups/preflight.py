@@ -84,7 +84,7 @@ def check_batches(cfg: Config, infos: dict[str, FileInfo | None], where: Callabl
         scfg = C.stage_config(cfg, s)
         if scfg.epochs == 0:
             continue
-        per_traj = stage.samples_per_trajectory(frames, scfg)
+        per_traj = stage.samples_per_trajectory(frames, scfg, cfg.data.initial_step)
         for world in cfg.scaling.world_sizes:
             have = (n_train // world) * per_traj
             if have < b // world:

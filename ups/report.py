@@ -8,6 +8,9 @@ from typing import Any
 from ups.contracts import stage_records
 from ups.stages import registry
 
+# What each evaluation also scores, beside the surrogate (ups/eval/evaluate.py).
+RIVALS = (("FNO baseline", "fno"), ("autoencoder reconstruction", "recon"), ("one step", "one_step"))
+
 
 def summary_table(summary: dict[str, Any]) -> str:
     records = stage_records(summary)
@@ -28,4 +31,11 @@ def summary_table(summary: dict[str, Any]) -> str:
                 f"{ev.get('operator_nRMSE', ev['nRMSE']):.4g} | persistence {ev['persistence_nRMSE']:.4g}"
                 f" | cRMSE {ev['cRMSE']:.3g} bRMSE {ev['bRMSE']:.3g} fRMSE_high {ev['fRMSE_high']:.3g}"
             )
+            shown = " | ".join(
+                f"{label} {ev[f'{prefix}_nRMSE']:.4g}"
+                for label, prefix in RIVALS
+                if ev.get(f"{prefix}_nRMSE") is not None
+            )
+            if shown:
+                lines.append(f"{' ' * len(key)}  nRMSE of {shown}")
     return "\n".join(lines)

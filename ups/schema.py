@@ -134,12 +134,22 @@ class SteadyNetConfig(_Net):
     steps: PosInt = 4  # refinement iterations
 
 
+class FNOConfig(Section):
+    """The FNO baseline (ups/models/fno.py); PDEBench's: 12 modes, width 20, 4 layers."""
+
+    arch: str = "fno"
+    modes: PosInt = 12
+    width: PosInt = 20
+    depth: PosInt = 4
+
+
 class ModelConfig(Section):
     encoder: EncoderConfig = EncoderConfig()
     decoder: DecoderConfig = DecoderConfig()
     operator: OperatorNetConfig = OperatorNetConfig()
     denoiser: DenoiserNetConfig = DenoiserNetConfig()
     steady: SteadyNetConfig = SteadyNetConfig()
+    baseline: FNOConfig = FNOConfig()
 
 
 class OptimizerConfig(Section):

@@ -9,7 +9,7 @@ baseline u(t) = u(t0) is scored beside it, and so is the bare operator when a co
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from ups.eval.metrics import pdebench_metrics
 from ups.eval.rollout import Corrector, Surrogate
 from ups.exports import Exports
 from ups.models import factory
+from ups.models.fno import FNO
 from ups.schema import CorrectorKind
 from ups.stages import registry
 
@@ -68,12 +69,18 @@ def _pdebench_layout(u: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate(model: Surrogate, tasks: list[Task], split: str, cfg: Config, seed: int = 0) -> dict[str, Any]:
-    """Metrics of the model, the bare operator and persistence on `split`, overall and per task."""
+def evaluate(
+    model: Surrogate, tasks: list[Task], split: str, cfg: Config, seed: int = 0, baseline: FNO | None = None
+) -> dict[str, Any]:
+    """Metrics on `split`, overall and per task, of the model and of what bounds or rivals it:
+    the bare operator (when a corrector is used), persistence, the FNO baseline (when trained),
+    and two floors under every rollout: `recon_` (each true frame encoded and decoded: the
+    autoencoder's error) and `one_step_` (each frame predicted from the true previous one)."""
     t_start = time.perf_counter()
     meta, init = model.meta, model.meta.initial_step
     steps = meta.frames - init if cfg.eval.horizon is None else min(cfg.eval.horizon, meta.frames - init)
-    preds: dict[str, list[torch.Tensor]] = {"model": [], "operator": [], "persistence": []}
+    names = ["model", "operator", "persistence", "recon", "one_step", "fno"]
+    preds: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     truths: list[torch.Tensor] = []
     task_ids: list[torch.Tensor] = []
     gen = torch.Generator().manual_seed(seed)
@@ -92,6 +99,11 @@ def evaluate(model: Surrogate, tasks: list[Task], split: str, cfg: Config, seed:
                     torch.cat([given, model.predict_fields(z0, steps, tid, correct=False)], 1).cpu()
                 )
             preds["persistence"].append(torch.cat([given, given[:, -1:].expand(-1, steps, *given.shape[2:])], 1).cpu())
+            for name, frames in _floors(model, chunk, tid, init, steps).items():
+                preds[name].append(torch.cat([given, frames], 1).cpu())
+            if baseline is not None:
+                fno = model.denormalize(baseline.rollout(chunk[:, :init], steps), tid)
+                preds["fno"].append(torch.cat([given, fno], 1).cpu())
             truths.append(truth.cpu())
             task_ids.append(tid.cpu())
     truth_all = torch.cat(truths).numpy()
@@ -131,10 +143,33 @@ def evaluate(model: Surrogate, tasks: list[Task], split: str, cfg: Config, seed:
     return out
 
 
+@torch.no_grad()
+def _floors(model: Surrogate, u: torch.Tensor, task: torch.Tensor, init: int, steps: int) -> dict[str, torch.Tensor]:
+    """Decoded reconstructions of the true predicted frames, and one-step predictions from the true
+    previous frames, in physical units: (B, steps, X.., C) each."""
+    b = len(u)
+    rep = task.repeat_interleave(steps)
+    shape = (b, steps, *u.shape[2:])
+    recon = model.decode(model.encode(u[:, init : init + steps].flatten(0, 1))).reshape(shape)
+    z_prev = model.encode(u[:, init - 1 : init - 1 + steps].flatten(0, 1))
+    one_step = model.decode(model.operator(z_prev, model.dts[rep], rep)).reshape(shape)
+    return {"recon": model.denormalize(recon, task), "one_step": model.denormalize(one_step, task)}
+
+
+def build_baseline(cfg: Config, meta: DataMeta, exports: dict[str, dict], device: str = "cpu") -> FNO | None:
+    """The FNO baseline from its export, if the run trained one."""
+    if "fno_baseline" not in exports:
+        return None
+    net = cast(FNO, factory.build("baseline", cfg, meta))
+    net.load_state_dict(exports["fno_baseline"]["fno"])
+    return net.to(device).eval()
+
+
 def evaluate_split(
     cfg: Config, meta: DataMeta, tasks: list[Task], exports: dict[str, dict], split: str, device: str | None = None
 ) -> dict[str, Any]:
     """Build the stack from exports and evaluate it on a split, in this process (the local
     backend calls it directly, the Ray backend inside a task)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return evaluate(build_surrogate(cfg, meta, exports, device), tasks, split, cfg)
+    baseline = build_baseline(cfg, meta, exports, device)
+    return evaluate(build_surrogate(cfg, meta, exports, device), tasks, split, cfg, baseline=baseline)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ups.config import Config
     from ups.data.views import DataMeta
 
-ROLES = ("encoder", "decoder", "operator", "denoiser", "steady")
+ROLES = ("encoder", "decoder", "operator", "denoiser", "steady", "baseline")
 Builder = Callable[..., nn.Module]
 _BUILDERS: dict[tuple[str, str], Builder] = {}
 
@@ -59,4 +59,4 @@ def build(role: str, cfg: Config, meta: DataMeta, **options: Any) -> nn.Module:
 def _load_builtin() -> None:
     # The built-in networks register on import; importing them here keeps the factory usable
     # from modules that the model modules themselves import.
-    from ups.models import codec, latent  # noqa: F401
+    from ups.models import codec, fno, latent  # noqa: F401

@@ -7,6 +7,7 @@ from ups.stages import operator  # noqa: F401
 from ups.stages import diffusion_residual  # noqa: F401
 from ups.stages import consistency_distill  # noqa: F401
 from ups.stages import steady_prior  # noqa: F401
+from ups.stages import fno_baseline  # noqa: F401
 
 # isort: on
 from ups.stages import registry

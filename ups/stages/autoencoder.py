@@ -46,7 +46,7 @@ class AutoencoderStage(Stage[Autoencoder, AutoencoderStageConfig]):
     val_metric = "val_recon_nrmse"
 
     @classmethod
-    def samples_per_trajectory(cls, frames: int, stage_cfg: AutoencoderStageConfig) -> int:
+    def samples_per_trajectory(cls, frames: int, stage_cfg: AutoencoderStageConfig, initial_step: int = 1) -> int:
         return frames  # every frame of every trajectory, once per epoch
 
     def build(self) -> Autoencoder:

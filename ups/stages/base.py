@@ -56,7 +56,7 @@ class Stage(Generic[ModuleT, ConfigT]):
         self.dts = torch.tensor(meta.dts, device=device)
 
     @classmethod
-    def samples_per_trajectory(cls, frames: int, stage_cfg: ConfigT) -> int:
+    def samples_per_trajectory(cls, frames: int, stage_cfg: ConfigT, initial_step: int = 1) -> int:
         """Training samples one trajectory yields; the driver checks the batch fits before Ray starts."""
         raise NotImplementedError
 
@@ -68,7 +68,7 @@ class Stage(Generic[ModuleT, ConfigT]):
         """Work done once per (re)start before training, e.g. residuals of a frozen operator."""
 
     def num_samples(self, train: Trajectories) -> int:
-        return len(train) * self.samples_per_trajectory(self.meta.frames, self.stage_cfg)
+        return len(train) * self.samples_per_trajectory(self.meta.frames, self.stage_cfg, self.meta.initial_step)
 
     def batch(self, train: Trajectories, ids: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         """Tensors for one micro-batch; all randomness comes from `gen` (a function of the step).

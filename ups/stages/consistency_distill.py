@@ -52,7 +52,7 @@ class ConsistencyDistillStage(Stage[StudentObjective, ConsistencyStageConfig]):
     val_metric = "val_distill_mse"
 
     @classmethod
-    def samples_per_trajectory(cls, frames: int, stage_cfg: ConsistencyStageConfig) -> int:
+    def samples_per_trajectory(cls, frames: int, stage_cfg: ConsistencyStageConfig, initial_step: int = 1) -> int:
         return frames - 1
 
     def build(self) -> StudentObjective:

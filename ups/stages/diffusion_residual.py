@@ -96,7 +96,7 @@ class DiffusionResidualStage(Stage[DenoiserObjective, DiffusionStageConfig]):
     val_metric = "val_denoise_loss"
 
     @classmethod
-    def samples_per_trajectory(cls, frames: int, stage_cfg: DiffusionStageConfig) -> int:
+    def samples_per_trajectory(cls, frames: int, stage_cfg: DiffusionStageConfig, initial_step: int = 1) -> int:
         return frames - 1
 
     def build(self) -> DenoiserObjective:

@@ -56,7 +56,7 @@ class OperatorStage(Stage[OperatorObjective, OperatorStageConfig]):
     val_metric = "val_rollout_nrmse"
 
     @classmethod
-    def samples_per_trajectory(cls, frames: int, stage_cfg: OperatorStageConfig) -> int:
+    def samples_per_trajectory(cls, frames: int, stage_cfg: OperatorStageConfig, initial_step: int = 1) -> int:
         return max(frames - stage_cfg.rollout_horizon, 0)  # windows of H+1 frames
 
     def build(self) -> OperatorObjective:
@@ -68,7 +68,7 @@ class OperatorStage(Stage[OperatorObjective, OperatorStageConfig]):
 
     def batch(self, train: Trajectories, ids: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         h = self.stage_cfg.rollout_horizon
-        traj, t = pair_index(ids, self.samples_per_trajectory(self.meta.frames, self.stage_cfg))
+        traj, t = pair_index(ids, self.samples_per_trajectory(self.meta.frames, self.stage_cfg, self.meta.initial_step))
         frames = t[:, None] + torch.arange(h + 1)
         task = train.task[traj].to(self.device)
         return {"z": train.latents[traj[:, None], frames].to(self.device), "dt": self.dt(task), "task": task}

@@ -37,7 +37,7 @@ class SteadyPriorStage(Stage[PriorObjective, SteadyStageConfig]):
     val_metric = "val_steady_mse"
 
     @classmethod
-    def samples_per_trajectory(cls, frames: int, stage_cfg: SteadyStageConfig) -> int:
+    def samples_per_trajectory(cls, frames: int, stage_cfg: SteadyStageConfig, initial_step: int = 1) -> int:
         return frames - 1  # every state before the terminal one
 
     def build(self) -> PriorObjective:
