@@ -55,6 +55,10 @@ class TrainJob:
     wandb: dict[str, Any] | None = None
     accept_config_change: bool = False
     stop_flag: str | None = None  # name of the driver's stop-flag actor (Ray only)
+    # One id per worker group the driver launches: a stage that finished in an earlier attempt of
+    # the same group (Ray restarted the workers) is not trained again; after a driver restart it
+    # is resumed from its checkpoints as before.
+    attempt: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -79,6 +83,7 @@ class StageResult:
     weights_sha256: str | None = None  # of the exported tensors (completed stages)
     first_step_unix: float | None = None
     phases_s: dict[str, float] = field(default_factory=dict)
+    attempt: str = ""  # the TrainJob.attempt that produced it
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,7 +89,8 @@ def run(loaded: C.LoadedConfig, opts: PipelineOptions) -> dict[str, Any]:
                     f"({time.perf_counter() - t0:.1f}s)")  # fmt: skip
                 latents = backend.latent_data(cache)
             data = latents
-        jobs = [_job(name, folder, cfg, info, meta, rundir, records, wandb, opts, backend) for name in group]
+        attempt = uuid.uuid4().hex
+        jobs = [_job(name, folder, attempt, cfg, info, meta, rundir, records, wandb, opts, backend) for name in group]
         where = f"{cfg.scaling.num_workers} worker(s)" if backend.name == "ray" else "this process (no Ray)"
         for name in group:
             say(f"== {name}: {C.stage_config(cfg, name).epochs} epochs on {where}")
@@ -173,7 +175,7 @@ def _groups(
 
 
 def _job(
-    name: str, group: str, cfg: Config, info: dict[str, Any], meta: views.DataMeta, rundir: RunDir,
+    name: str, group: str, attempt: str, cfg: Config, info: dict[str, Any], meta: views.DataMeta, rundir: RunDir,
     records: dict[str, StageRecord], wandb: dict[str, Any] | None, opts: PipelineOptions, backend: Backend,
 ) -> TrainJob:  # fmt: skip
     needs = registry.get(name).needs
@@ -183,7 +185,7 @@ def _job(
         checkpoint_uri=rundir.dir.uri_of("ray", group),
         handoff={n: rundir.dir.uri_of("stages", n, EXPORT_FILE) for n in needs},
         handoff_sha256={n: r.weights_sha256 for n in needs if (r := records.get(n)) and r.weights_sha256},
-        wandb=wandb, accept_config_change=opts.accept_config_change, stop_flag=backend.stop_name(),
+        wandb=wandb, accept_config_change=opts.accept_config_change, stop_flag=backend.stop_name(), attempt=attempt,
     )  # fmt: skip
 
 

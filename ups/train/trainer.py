@@ -371,7 +371,7 @@ class StageTrainer:
         result = StageResult(
             stage=self.name, status="interrupted" if self.preempted else "completed", epochs=p.epoch, best=best,
             stopped_early=p.stopped_early, world_size=self.world, restarts=p.restarts, world_sizes=p.world_sizes,
-            first_step_unix=self.first_step,
+            first_step_unix=self.first_step, attempt=self.job.attempt,
         )  # fmt: skip
         if self.preempted:
             if self.rank == 0:
@@ -424,7 +424,7 @@ def run_stages(jobs: list[TrainJob], ctx: TrainContext, say: Callable[[str], Non
             handoff_sha256={**job.handoff_sha256, **{n: r.weights_sha256 for n, r in done.items() if r.weights_sha256}},
         )
         prior = read_result(job.export_uri)
-        if prior is not None and prior.status == "completed":
+        if prior is not None and prior.status == "completed" and prior.attempt == job.attempt:
             result = prior
         else:
             result = StageTrainer(job, ctx, say).fit()
