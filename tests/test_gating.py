@@ -7,6 +7,8 @@ import itertools
 import json
 import math
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +23,17 @@ from ups import gating
 from ups.config import Config, GateConfig
 from ups.data.views import DataMeta, Normalizer, Task
 from ups.eval.rollout import Surrogate
-from ups.gating import Candidate, Measures, Registry, decide, family_of, gate, time_interleaved, time_rollouts
+from ups.gating import (
+    Candidate,
+    Measures,
+    Registry,
+    RegistryLockError,
+    decide,
+    family_of,
+    gate,
+    time_interleaved,
+    time_rollouts,
+)
 from ups.storage import Storage
 
 PROTOCOL = {"split": "val", "samples": 4, "horizon": 5, "initial_step": 1}
@@ -443,3 +455,196 @@ def test_registry_lock_excludes_another_holder(registry):
         assert not got.wait(0.3)  # blocked while held
     assert got.wait(5)
     t.join()
+
+
+def test_registry_history_keeps_order_and_reads_a_legacy_history_jsonl_first(registry):
+    registry.dir.write_text('{"n": 0}\n\n{"n": 1}\n', "history.jsonl")  # a registry from before history/
+    for n in range(2, 7):
+        registry.record({"n": n})
+    assert registry.history() == [{"n": n} for n in range(7)]
+    assert registry.dir.read_text("history.jsonl") == '{"n": 0}\n\n{"n": 1}\n'  # never rewritten
+
+
+def assert_refused(reg: Registry, match: str = "is locked") -> None:
+    """A lock with a 0.5 s timeout is refused, and promptly: it did not wait on the holder."""
+    t0 = time.monotonic()
+    with pytest.raises(RegistryLockError, match=match), reg.lock(timeout_s=0.5):
+        pass
+    assert time.monotonic() - t0 < 60
+
+
+def test_local_lock_gives_up_after_its_timeout_while_another_process_holds_it(registry):
+    registry.dir.makedirs()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX);"
+            " print('held', flush=True); time.sleep(120)",
+            registry.dir.path(".lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert_refused(registry, match=r"registry .*fam is locked by another driver \(waited 0.5 s\)")
+    finally:
+        holder.kill()
+        holder.wait()
+    with registry.lock(timeout_s=60):  # the kernel dropped the dead holder's lock
+        pass
+
+
+# --- the registry on an object store ---------------------------------------------------------
+# A Storage with local=False takes the object-store paths (the lease, plain whole-object writes
+# that are not atomic here) over a real folder.
+
+
+def object_registry(tmp_path: Path, lease_s: float = 30.0, delay_s: float = 0.05) -> Registry:
+    store = Storage(str(tmp_path / "bucket"))
+    store.local = False
+    return Registry(store, "fam", lease_s=lease_s, delay_s=delay_s)
+
+
+def lease_of(reg: Registry) -> dict[str, Any]:
+    return json.loads(Path(reg.dir.path(".lease")).read_text())
+
+
+def put_lease(reg: Registry, holder: str, expires_in: float) -> None:
+    reg.dir.write_json({"holder": holder, "expires_at": time.time() + expires_in}, ".lease")
+
+
+@pytest.mark.parametrize("dead_holder", [False, True])
+def test_object_store_lock_admits_one_driver_at_a_time(tmp_path, dead_holder):
+    drivers = [object_registry(tmp_path, delay_s=0.2) for _ in range(3)]  # one Registry per driver
+    if dead_holder:
+        put_lease(drivers[0], "dead", -1.0)  # every driver races to take it over
+    inside, most, done, errors = [0], [0], [], []
+    count = threading.Lock()
+
+    def driver(reg: Registry, i: int) -> None:
+        try:
+            for n in range(3):
+                with reg.lock(timeout_s=300):
+                    with count:
+                        inside[0] += 1
+                        most[0] = max(most[0], inside[0])
+                    time.sleep(0.02)
+                    with count:
+                        inside[0] -= 1
+                    done.append((i, n))
+        except Exception as e:  # reported below, not lost in the thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=driver, args=(reg, i)) for i, reg in enumerate(drivers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert not errors and len(done) == 9
+    assert most[0] == 1  # never two drivers inside
+    assert not os.path.exists(drivers[0].dir.path(".lease"))  # each released its own lease
+
+
+def test_a_live_lease_of_another_driver_is_waited_for_then_refused(tmp_path):
+    reg = object_registry(tmp_path)
+    put_lease(reg, "other", 600)
+    assert_refused(reg, match=r"is locked by another driver \(waited 0.5 s\)")
+    assert lease_of(reg)["holder"] == "other"
+
+
+def test_an_unreadable_lease_never_counts_as_free(tmp_path):
+    reg = object_registry(tmp_path)
+    reg.dir.write_text("{not json", ".lease")
+    assert_refused(reg)
+
+
+def test_an_expired_lease_of_a_dead_holder_is_taken_over(tmp_path):
+    reg = object_registry(tmp_path)
+    put_lease(reg, "dead", -1.0)
+    with reg.lock(timeout_s=60):
+        lease = lease_of(reg)
+        assert lease["holder"] != "dead" and lease["expires_at"] > time.time()
+    assert not os.path.exists(reg.dir.path(".lease"))
+
+
+def test_a_long_hold_is_renewed_and_never_expires(tmp_path):
+    reg = object_registry(tmp_path, lease_s=2.4, delay_s=0.05)  # renewed every 0.8 s
+    rival = object_registry(tmp_path, lease_s=2.4, delay_s=0.05)
+    with reg.lock(timeout_s=60):
+        time.sleep(5.0)  # twice the lease: only the renewals keep it alive
+        assert_refused(rival)
+        reg._fence()  # the lease still carries our token: a promote would go ahead
+    with rival.lock(timeout_s=60):  # released: the rival gets it
+        pass
+
+
+def test_release_leaves_the_lease_of_a_driver_that_took_over(tmp_path):
+    reg = object_registry(tmp_path)
+    with reg.lock(timeout_s=60):
+        put_lease(reg, "other", 600)  # another driver now holds it (ours was lost)
+    assert lease_of(reg)["holder"] == "other"
+
+
+def test_a_promote_after_the_lease_was_lost_switches_nothing(tmp_path):
+    reg = object_registry(tmp_path)
+    first = promote_first(tmp_path, reg)
+    before = reg.champion()
+    second = fake_run(tmp_path, "t2", "w2")
+    with reg.lock(timeout_s=60):
+        put_lease(reg, "other", 600)
+        with pytest.raises(RegistryLockError, match="lost its lock to another driver"):
+            reg.promote(Storage(second.run), second.summary["stages"], {"trial": "t2", "sweep": "s2"})
+    assert reg.champion() == before and Path(before["checkpoint"]).exists()
+    assert [n for n in reg.dir.listdir() if n.startswith("champion-")] == [os.path.basename(before["checkpoint"])]
+    with pytest.raises(RegistryLockError, match="without its lock"):  # and never without the lock at all
+        reg.promote(Storage(first.run), first.summary["stages"], {"trial": "t1", "sweep": "s1"})
+
+
+def test_decide_on_an_object_store_replaces_the_champion(tmp_path):
+    reg = object_registry(tmp_path)
+    promote_first(tmp_path, reg)
+    old_slot = Path(reg.champion()["checkpoint"])
+    fakes = Fakes(both_phases(metrics(0.5), metrics(1.0)), timing(0.001, 0.001))
+    d = decide(GateConfig(), reg, fake_run(tmp_path, "t2", "w2"), fakes, sweep="s2")
+    assert d["passed"] and reg.champion()["trial"] == "t2" and not old_slot.exists()
+    assert [h["trial"] for h in reg.history()] == ["t1", "t2"]
+    assert not os.path.exists(reg.dir.path(".lease"))
+
+
+@pytest.mark.parametrize("where", ["local", "object store"])
+def test_concurrent_records_lose_no_entry_and_keep_each_writers_order(tmp_path, where):
+    reg = Registry(Storage(str(tmp_path / "store")), "fam") if where == "local" else object_registry(tmp_path)
+    threads = [threading.Thread(target=lambda w=w: [reg.record({"w": w, "n": n}) for n in range(10)]) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    history = reg.history()
+    assert len(history) == 40
+    for w in range(4):
+        assert [h["n"] for h in history if h["w"] == w] == list(range(10))
+
+
+@pytest.mark.parametrize("target", ["outside", "history", "registry", "parent", "dotdot", "not a string"])
+def test_promote_deletes_only_a_champion_slot_directly_in_the_registry(tmp_path, registry, target):
+    first = promote_first(tmp_path, registry)
+    victim = tmp_path / "victim"
+    (victim / "champion-1").mkdir(parents=True)
+    (victim / "champion-1" / "keep").write_text("x")
+    points_at = {
+        "outside": str(victim / "champion-1"),
+        "history": registry.dir.uri_of("history"),
+        "registry": registry.dir.uri,
+        "parent": os.path.dirname(registry.dir.uri),
+        "dotdot": registry.dir.uri + "/champion-x/../..",
+        "not a string": ["champion-1"],
+    }[target]
+    tampered = {**registry.champion(), "checkpoint": points_at}
+    registry.dir.write_json(tampered, "champion.json")
+    second = fake_run(tmp_path, "t2", "w2")
+    champ = registry.promote(Storage(second.run), second.summary["stages"], {"trial": "t2", "sweep": "s2"})
+    assert (victim / "champion-1" / "keep").exists()
+    assert len(registry.history()) == 1 and registry.champion() == champ and Path(champ["checkpoint"]).exists()
+    assert Path(first.run).exists()

@@ -8,8 +8,9 @@
 - Selection uses the val split only; the test split is reported for the champion, never used.
 - Wall-clock is gated on candidate and champion timed in turns in one process (medians of repeats
   long enough to time), never on two one-off measurements of a few milliseconds each.
-- The registry is per family (task + resolution + metric protocol), updated under a lock with
-  whole-file writes, and keeps an append-only history of every decision with its reasons.
+- The registry is per family (task + resolution + metric protocol), updated with whole-file writes
+  under a lock (flock on a local disk; on object stores a renewed, fenced lease: `Registry.lock`
+  states its guarantee), and keeps an append-only history, one object per decision with its reasons.
 
 The policy (`decide`) takes its measurements as callables, so it runs without Ray: ups/sweep.py
 binds them to Ray tasks, tests to fakes.
@@ -21,17 +22,21 @@ import contextlib
 import fcntl
 import json
 import math
-import os
+import posixpath
+import random
 import re
 import statistics
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from datetime import datetime, timedelta, timezone
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
 from ups.config import Config, GateConfig
 from ups.data.views import DataMeta
+from ups.schema import ConfigError
 from ups.storage import Storage
 
 if TYPE_CHECKING:
@@ -42,6 +47,7 @@ REGISTRY = "registry"
 WALL_CLOCK = "wall_clock"  # the ratio gate that uses the interleaved timing, not the eval's own number
 
 Side = Literal["candidate", "champion"]
+T = TypeVar("T")
 
 
 def family_of(cfg: Config, meta: DataMeta) -> str:
@@ -330,55 +336,194 @@ def decide(
 # ----------------------------------------------------------------------------------------------
 # The registry.
 
+LEASE, HISTORY, LEGACY_HISTORY = ".lease", "history", "history.jsonl"
+SLOT = re.compile(r"champion-[A-Za-z0-9_-]+")  # the weight folders promote() writes and may delete
+_last_stamp_us = 0
+_stamp_mutex = threading.Lock()
+
+
+class RegistryLockError(ConfigError):
+    """The registry's lock was not had in time, or was lost while held; one line for the user."""
+
+
+def _stamp() -> str:
+    """UTC time to the microsecond, strictly increasing within this process, so names sort by time
+    even when two entries come in the same microsecond or the wall clock steps back."""
+    global _last_stamp_us
+    with _stamp_mutex:
+        _last_stamp_us = max(time.time_ns() // 1000, _last_stamp_us + 1)
+        us = _last_stamp_us
+    return (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=us)).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+class _Lease:
+    """This driver's hold on an object-store lease: a daemon thread rewrites `expires_at` every
+    lease_s / 3, so the lease never expires while held; `check` is the fence before a critical write."""
+
+    def __init__(self, registry: Registry, token: str) -> None:
+        self.registry, self.token = registry, token
+        self.mutex = threading.Lock()  # our renewal and our own reads of the lease never interleave
+        self.stop, self.lost = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._renew, name=f"lease-{registry.family}", daemon=True)
+        self.thread.start()
+
+    def ours(self) -> bool:
+        lease = self.registry._read_lease()
+        return lease is not None and lease[0] == self.token and lease[1] > time.time()
+
+    def _renew(self) -> None:
+        while not self.stop.wait(self.registry.lease_s / 3):
+            with self.mutex:
+                try:
+                    if not self.ours():  # expired or taken over: never renew what is not (or no longer) ours
+                        self.lost.set()
+                        return
+                    self.registry._write_lease(self.token)
+                except OSError:
+                    pass  # retried next period; a lease that expires meanwhile fails the fence
+
+    def check(self) -> None:
+        with self.mutex:
+            if self.lost.is_set() or not self.ours():
+                raise RegistryLockError(f"registry {self.registry.dir.root}: lost its lock to another driver")
+
+    def release(self) -> None:
+        """Stop renewing, then delete the lease only if it still carries our token."""
+        self.stop.set()
+        self.thread.join()
+        with contextlib.suppress(OSError):  # unreachable store: the lease expires by itself
+            if self.ours():
+                self.registry.dir.fs.delete_file(self.registry.dir.path(LEASE))
+
 
 class Registry:
-    """`{storage}/registry/{family}/`: champion.json, history.jsonl, champion/ (its weights)."""
+    """`{storage}/registry/{family}/`: champion.json, history/ (one object per decision),
+    champion-*/ (the champion's weights), .lock or .lease.
 
-    def __init__(self, storage: Storage, family: str):
-        self.family = family
+    `lease_s` and `delay_s` tune the object-store lock (see `lock`); every driver of a family must
+    use the same `delay_s`.
+    """
+
+    def __init__(self, storage: Storage, family: str, *, lease_s: float = 60.0, delay_s: float = 2.0) -> None:
+        if not 0 < 3 * delay_s < lease_s:
+            raise ValueError(f"the lease must outlast 3 write delays (lease_s {lease_s:g}, delay_s {delay_s:g})")
+        self.family, self.lease_s, self.delay_s = family, lease_s, delay_s
         self.dir = storage.sub(REGISTRY, family)
+        self._held = threading.local()  # the _Lease this thread holds, for promote's fence
 
     def champion(self) -> dict[str, Any] | None:
         return self.dir.read_json("champion.json") if self.dir.exists("champion.json") else None
 
     def history(self) -> list[dict[str, Any]]:
-        if not self.dir.exists("history.jsonl"):
-            return []
-        return [json.loads(line) for line in self.dir.read_text("history.jsonl").splitlines() if line.strip()]
+        """Every decision, oldest first: a legacy history.jsonl (older registries), then history/ by name."""
+        legacy = self.dir.read_text(LEGACY_HISTORY) if self.dir.exists(LEGACY_HISTORY) else ""
+        entries = [json.loads(line) for line in legacy.splitlines() if line.strip()]
+        names = [n for n in self.dir.listdir(HISTORY) if n.endswith(".json")]  # not a local write's temp file
+        return entries + [self.dir.read_json(HISTORY, n) for n in names]
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Append one decision as its own object: no read-modify-write, so no writer loses another's entry."""
+        self.dir.write_json(entry, HISTORY, f"{_stamp()}-{uuid.uuid4().hex}.json")
 
     @contextlib.contextmanager
     def lock(self, timeout_s: float = 600) -> Iterator[None]:
-        """An exclusive lock across processes: flock on a local disk, a lease file on object stores."""
+        """An exclusive lock across drivers, or RegistryLockError after `timeout_s`.
+
+        Local disk: flock, polled so the timeout holds; the kernel drops it if its holder dies.
+        Object stores: Fischer's timed mutual exclusion on a lease object {holder, expires_at}. An
+        acquirer that finds no live lease writes its own, waits `delay_s`, reads it back and holds
+        the lock only if its token is still there; an attempt whose read-to-write took over `delay_s`
+        on its own clock does not claim. A daemon thread renews the lease while it is held; a dead
+        holder's lease expires and is taken over; release deletes the lease only while it is ours.
+
+        Guarantee: at most one driver holds the lock at a time, given whole-object writes with strong
+        read-after-write consistency (S3, GCS), wall clocks that agree to well under `lease_s`, and a
+        holder that reaches the store at least every 2/3 `lease_s` (so a renewal lands before expiry).
+        Fischer's own bound (a lease written within `delay_s` of the read that found it free) is not
+        assumed: each acquirer checks it on its own clock. Should an assumption fail anyway, a driver
+        whose token is no longer in the lease is stopped by the fence in `promote` before it switches
+        champion.json or deletes weights.
+        """
         self.dir.makedirs()
         if self.dir.local:
-            with open(self.dir.path(".lock"), "w") as f:
-                fcntl.flock(f, fcntl.LOCK_EX)
+            with open(self.dir.path(".lock"), "a") as f:
+                self._poll(lambda: _try_flock(f), timeout_s)
                 try:
                     yield
                 finally:
                     fcntl.flock(f, fcntl.LOCK_UN)
             return
-        me, end = uuid.uuid4().hex, time.time() + timeout_s
-        while True:  # best effort on object stores: a lease that expires if its holder dies
-            if not self.dir.exists(".lease") or time.time() - self.dir.read_json(".lease")["at"] > timeout_s:
-                self.dir.write_json({"holder": me, "at": time.time()}, ".lease")
-                if self.dir.read_json(".lease")["holder"] == me:
-                    break
-            if time.time() > end:
-                raise TimeoutError(f"registry {self.dir.uri} is locked")
-            time.sleep(1.0)
+        lease = _Lease(self, self._poll(self._try_lease, timeout_s))
+        self._held.lease = lease
         try:
             yield
         finally:
-            self.dir.fs.delete_file(self.dir.path(".lease"))
+            self._held.lease = None
+            lease.release()
 
-    def record(self, entry: dict[str, Any]) -> None:
-        """Append one decision to history.jsonl (rewritten whole: object stores cannot append)."""
-        old = self.dir.read_text("history.jsonl") if self.dir.exists("history.jsonl") else ""
-        self.dir.write_text(old + json.dumps(entry) + "\n", "history.jsonl")
+    def _poll(self, attempt: Callable[[], T | None], timeout_s: float) -> T:
+        """Call `attempt` until it returns something, at jittered intervals, for at most `timeout_s`."""
+        end, pause = time.monotonic() + timeout_s, 0.05 if self.dir.local else min(1.0, self.delay_s)
+        while (got := attempt()) is None:
+            if time.monotonic() >= end:
+                raise RegistryLockError(
+                    f"registry {self.dir.root} is locked by another driver (waited {timeout_s:g} s)"
+                )
+            time.sleep(pause * random.uniform(0.5, 1.5))
+        return got
+
+    def _try_lease(self) -> str | None:
+        """One round of Fischer's protocol: our new token if we now hold the lease, else None."""
+        t0 = time.monotonic()
+        lease = self._read_lease()
+        if lease is not None and lease[1] > time.time():
+            return None
+        token = uuid.uuid4().hex
+        self._write_lease(token)
+        if time.monotonic() - t0 > self.delay_s:  # too slow to trust: a faster rival may already be in
+            return None
+        time.sleep(self.delay_s)  # any rival that also saw the lease free has written by now
+        lease = self._read_lease()
+        return token if lease is not None and lease[0] == token else None
+
+    def _read_lease(self) -> tuple[str, float] | None:
+        """(holder, expires_at), or None without a lease; one that cannot be read counts as held
+        forever (never as free): delete it by hand if no driver runs."""
+        try:
+            raw = self.dir.read_bytes(LEASE)
+        except FileNotFoundError:  # pyarrow's answer for a missing file or key, on every filesystem
+            return None
+        try:
+            d = json.loads(raw)
+            return str(d["holder"]), float(d["expires_at"])
+        except (ValueError, KeyError, TypeError):
+            return "", math.inf
+
+    def _write_lease(self, token: str) -> None:
+        self.dir.write_json({"holder": token, "expires_at": time.time() + self.lease_s}, LEASE)
+
+    def _fence(self) -> None:
+        """Before a write only the holder may make: on object stores, our token must still be in the lease."""
+        if self.dir.local:
+            return  # flock cannot be lost while its file is open
+        lease: _Lease | None = getattr(self._held, "lease", None)
+        if lease is None:
+            raise RegistryLockError(f"registry {self.dir.root}: written to without its lock")
+        lease.check()
+
+    def _slot_of(self, checkpoint: object) -> str | None:
+        """The champion-* folder directly in this registry that `checkpoint` names, else None: the
+        old champion.json may have been edited to point anywhere, and only our own slots are deleted."""
+        if not isinstance(checkpoint, str):
+            return None
+        name = posixpath.basename(checkpoint.partition("?")[0])
+        if not SLOT.fullmatch(name) or checkpoint.partition("?")[0] != self.dir.uri_of(name).partition("?")[0]:
+            return None
+        return name
 
     def promote(self, run: Storage, stages: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
-        """Copy the candidate's weights and config in, then point champion.json at them."""
+        """Copy the candidate's weights and config into a new slot, then point champion.json at them
+        and drop the old champion's slot; both of the last two are fenced."""
         slot = f"champion-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         exports = {}
         for name, rec in stages.items():
@@ -390,7 +535,21 @@ class Registry:
             self.dir.write_bytes(run.read_bytes(f), slot, f)
         champion = {**entry, "checkpoint": self.dir.uri_of(slot), "exports": exports}
         old = self.champion()
+        try:
+            self._fence()
+        except RegistryLockError:
+            self.dir.delete_dir(slot)  # ours alone: nothing points at it
+            raise
         self.dir.write_json(champion, "champion.json")  # the switch: one whole-file write
-        if old and old.get("checkpoint", "").startswith(self.dir.uri) and os.path.basename(old["checkpoint"]) != slot:
-            self.dir.delete_dir(os.path.basename(old["checkpoint"]))
+        old_slot = self._slot_of(old.get("checkpoint")) if old else None
+        if old_slot and old_slot != slot:
+            self.dir.delete_dir(old_slot)
         return champion
+
+
+def _try_flock(f: IO[str]) -> bool | None:
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return None
+    return True
