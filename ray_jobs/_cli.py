@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import posixpath
 import sys
 from collections.abc import Callable
 
 from ups.config import ConfigError, LoadedConfig, load_config
+from ups.names import MAX_LEN, check_name, slug
 from ups.run import default_name
+from ups.storage import check_storage
 
 
 def parser(job: str, description: str, *, config_required: bool = True) -> argparse.ArgumentParser:
@@ -33,8 +36,30 @@ def parser(job: str, description: str, *, config_required: bool = True) -> argpa
 
 
 def load(args: argparse.Namespace) -> tuple[LoadedConfig, str]:
+    """The config and the run name, after the flags that become paths are checked (before Ray, before writes).
+
+    Every job checks --storage and --name, also generate, which ignores them: a bad value is a
+    mistake wherever it is typed.
+    """
+    check_storage(args.storage)
+    if args.name is not None:  # `--name ''` is a bad name, not "no name"
+        check_name("--name", args.name)
     loaded = load_config(args.config, args.overrides)
-    return loaded, args.name or default_name(loaded.name)
+    if args.name is not None:
+        return loaded, args.name
+    # The config file's stem may hold anything a file name can; the default must still be one segment.
+    stem = slug(loaded.name, MAX_LEN - len(default_name("")))
+    return loaded, check_name("--name", default_name(stem))
+
+
+def run_folder(run: str) -> tuple[str, str]:
+    """`--run {storage}/{name}` as (storage, name), both checked like --storage and --name are."""
+    base, sep, query = run.partition("?")  # a cloud URI's query (region, endpoint) belongs to the storage
+    parent, name = posixpath.split(base.rstrip("/"))
+    storage = (parent or ".") + sep + query
+    check_storage(storage, "--run")
+    check_name("--run", name)
+    return storage, name
 
 
 def user_errors(main: Callable[[], int | None]) -> Callable[[], None]:

@@ -3,6 +3,10 @@
 Ray Train uses the same pyarrow filesystems for checkpoints, so one `Storage` describes where a
 run's files, Ray's checkpoints and the registry live. Every write is whole-file and atomic on a
 local disk (temp file + rename); object stores make a PUT atomic on their own.
+
+Everything a `Storage` touches lies under its root: parts that would leave it raise `PathEscape`.
+A URI may carry credentials (`s3://KEY:SECRET@bucket/...`, `?secret_key=...`); `Storage.uri` keeps
+them for pyarrow and Ray, `Storage.shown` (and `redact`) is what may be printed or recorded.
 """
 
 from __future__ import annotations
@@ -10,11 +14,124 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
+
+from ups.schema import ConfigError
+
+# The schemes pyarrow.fs.FileSystem.from_uri understands (it is case-sensitive), less its test-only `mock`.
+SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+_SECRET_PARAM = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
+
+
+class PathEscape(ValueError):
+    """A path part that would leave the storage root. A bug in the caller, not a user error: names the
+    user types are checked before they get here (ups/names.py)."""
+
+
+def redact(uri: str) -> str:
+    """`uri` with its user-info and any secret-looking query value replaced by `***`, for messages and records.
+
+    A secret key may hold an unescaped '/', which ends the URI's authority early
+    (`s3://KEY:SE/CRET@bucket`), so an '@' after a 'KEY:' authority still marks the end of user-info.
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    rest, qsep, query = rest.partition("?")
+    authority = re.split(r"[/#]", rest, maxsplit=1)[0]
+    host_port = authority.partition(":")[2]
+    if "@" in authority:
+        rest = "***" + rest[authority.rindex("@") :]
+    elif host_port and not host_port.isdigit() and "@" in rest:  # `KEY:SE/CRET@`, not `host:8020`
+        rest = "***" + rest[rest.rindex("@") :]
+    if qsep:
+        params = [p.partition("=") for p in query.split("&")]
+        query = "&".join(k + eq + ("***" if eq and _SECRET_PARAM.search(k) else v) for k, eq, v in params)
+    return f"{scheme}{sep}{rest}{qsep}{query}"
+
+
+def redact_all(obj: Any) -> Any:
+    """A JSON-like record with every string passed through `redact`: what may be written beside a run."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {k: redact_all(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact_all(v) for v in obj]
+    return obj
+
+
+def check_storage(uri: str, flag: str = "--storage") -> str:
+    """`uri`, or ConfigError naming `flag` and the (redacted) value, for a storage root that cannot work.
+
+    Runs before any Ray resource is used: cloud URIs are only parsed (no network); a local root must
+    be a folder, or creatable inside the nearest folder that exists, and writable.
+    """
+    shown = f"{flag} {redact(uri)!r}"
+    if not uri.strip():
+        raise ConfigError(f"{shown}: empty; give a folder or an s3://, gs://, file:// URI")
+    scheme, sep, _ = uri.partition("://")
+    if not sep:
+        head = uri.split(":", 1)[0]
+        if ":" in uri and head.lower() in SCHEMES:
+            raise ConfigError(f"{shown}: a URI needs '://' after its scheme ({head}://...)")
+        _check_local(shown, uri)
+        return uri
+    if scheme not in SCHEMES:
+        known = ", ".join(f"{s}://" for s in SCHEMES)
+        raise ConfigError(f"{shown}: unknown scheme {scheme!r} (known: {known}; a plain path is a folder)")
+    split = urllib.parse.urlsplit(uri)
+    if scheme == "file":
+        if split.netloc:
+            raise ConfigError(
+                f"{shown}: a file:// URI needs an absolute path (file:///abs/path); or give a plain folder path"
+            )
+        _check_local(shown, urllib.parse.unquote(split.path))
+        return uri
+    if not split.hostname:
+        raise ConfigError(f"{shown}: needs a bucket or host ({scheme}://BUCKET/PATH)")
+    if redact(uri) != uri:
+        # A URI is printed, logged and recorded in summaries, registries and Ray's own state: a
+        # secret in it would end up in all of them. Credentials come from where the cloud SDKs look.
+        raise ConfigError(
+            f"{shown}: holds credentials; give them through the environment (AWS_ACCESS_KEY_ID, "
+            f"AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS) or a credentials file, not in the URI"
+        )
+    return uri
+
+
+def _check_local(shown: str, path: str) -> None:
+    """A local root: a folder, or one that can be created inside its nearest existing ancestor."""
+    target = os.path.abspath(path)
+    if os.path.lexists(target) and not os.path.isdir(target):
+        raise ConfigError(f"{shown}: {target} exists and is not a folder")
+    probe = target
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ConfigError(f"{shown}: {probe} is not a folder, so {target} cannot be created")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{shown}: {probe} is not writable")
+
+
+def _relative(parts: tuple[str, ...]) -> str:
+    """The parts as one relative path below the root ('' for the root itself), or PathEscape.
+
+    '..' is refused outright rather than normalised away: through a symlink, `a/../b` is not `b`.
+    """
+    for p in parts:
+        if not isinstance(p, str) or not p or p.startswith("/") or "\0" in p or ".." in p.split("/"):
+            raise PathEscape(f"storage path part {p!r}: must be a non-empty relative path without '..'")
+    rel = posixpath.normpath(posixpath.join(*parts)) if parts else ""
+    if rel == ".":
+        raise PathEscape(f"storage path {'/'.join(parts)!r}: must name something below the root")
+    return rel
 
 
 class Storage:
@@ -22,36 +139,45 @@ class Storage:
 
     fs: pafs.FileSystem
     root: str  # filesystem path, no scheme
-    uri: str  # the scheme kept for cloud roots, an absolute path locally
+    uri: str  # the scheme (and any credentials, query) kept for cloud roots, an absolute path locally
     local: bool  # local roots write through temp file + rename
 
     def __init__(self, uri: str) -> None:
         if "://" in uri:
             self.fs, self.root = pafs.FileSystem.from_uri(uri)
-            self.uri = uri.rstrip("/")
+            base, sep, query = uri.partition("?")
+            self.uri = base.rstrip("/") + sep + query
         else:
             self.fs, self.root = pafs.LocalFileSystem(), str(Path(uri).resolve())
             self.uri = self.root
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
 
+    @property
+    def shown(self) -> str:
+        """The URI with credentials redacted: what messages and records may hold."""
+        return redact(self.uri)
+
     def __repr__(self) -> str:
-        return f"Storage({self.uri})"
+        return f"Storage({self.shown})"
 
     def sub(self, *parts: str) -> Storage:
         """A Storage rooted at a sub-folder (e.g. one run)."""
         child = Storage.__new__(Storage)
         child.fs, child.local = self.fs, self.local
-        child.root = posixpath.join(self.root, *parts)
-        child.uri = posixpath.join(self.uri, *parts)
+        child.root, child.uri = self.path(*parts), self.uri_of(*parts)
         return child
 
     def path(self, *parts: str) -> str:
         """Filesystem path (no scheme) of a file under the root."""
-        return posixpath.join(self.root, *parts)
+        rel = _relative(parts)
+        return posixpath.join(self.root, rel) if rel else self.root
 
     def uri_of(self, *parts: str) -> str:
-        """URI of a file under the root (scheme kept for cloud roots): what Ray, records and messages use."""
-        return posixpath.join(self.uri, *parts)
+        """URI of a file under the root (scheme kept for cloud roots): what Ray and pyarrow use.
+        It may hold credentials: print or record `redact(uri_of(...))`."""
+        rel = _relative(parts)
+        base, sep, query = self.uri.partition("?")  # the query (region, endpoint, keys) stays last
+        return (posixpath.join(base, rel) if rel else base) + sep + query
 
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound

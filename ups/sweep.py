@@ -27,9 +27,10 @@ from ups.config import Config, ConfigError
 from ups.data import views
 from ups.exports import read_export
 from ups.gating import Registry, family_of
+from ups.names import check_name
 from ups.preflight import preflight
 from ups.stages import registry
-from ups.storage import Storage
+from ups.storage import Storage, redact, redact_all
 
 FORBIDDEN_PREFIXES = ("data.", "eval.", "sweep.", "gate.", "scaling.", "ray.", "logging.")
 
@@ -123,6 +124,7 @@ def _trial(params: dict, *, base: dict, trials_uri: str, sweep: str, stage: str)
             storage=trials_uri,
             quiet=True,
             eval_test=False,
+            lock=False,  # Tune runs one actor per trial; a lingering dead trial must not block its retry
             stage_callbacks={stage: [_EpochReports.make(metric)]},
         ),
     )
@@ -139,6 +141,7 @@ def _trial(params: dict, *, base: dict, trials_uri: str, sweep: str, stage: str)
 
 
 def run(loaded: C.LoadedConfig, name: str, storage: str, quiet: bool = False) -> dict[str, Any]:
+    check_name("--name", name)  # the sweep's folder, before Ray or any write
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -147,7 +150,7 @@ def run(loaded: C.LoadedConfig, name: str, storage: str, quiet: bool = False) ->
 
     say = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
     cfg = loaded.cfg
-    preflight(loaded)
+    preflight(loaded, trials=cfg.sweep.max_concurrent_trials)
     check_space(loaded)
     root = Storage(storage)
     sweep_dir = root.sub(name)
@@ -178,7 +181,7 @@ def run(loaded: C.LoadedConfig, name: str, storage: str, quiet: bool = False) ->
     tune_dir = sweep_dir.uri_of("tune")
     t0 = time.perf_counter()
     if tune.Tuner.can_restore(tune_dir):
-        say(f"sweep {name}: resuming from {tune_dir}")
+        say(f"sweep {name}: resuming from {redact(tune_dir)}")
         tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         from ray.tune.search import BasicVariantGenerator
@@ -209,7 +212,7 @@ def run(loaded: C.LoadedConfig, name: str, storage: str, quiet: bool = False) ->
     meta = views.DataMeta.from_tasks(tasks, cfg.data.initial_step)
     decision = decide(cfg, meta, tasks, root, name, trials, say)
     summary = {"sweep": name, "metric": metric, "trials": trials, **decision}
-    sweep_dir.write_json(summary, "sweep_summary.json")
+    sweep_dir.write_json(redact_all(summary), "sweep_summary.json")  # trial and champion URIs, no credentials
     _wandb_table(cfg, name, trials)
     return summary
 
