@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import posixpath
 
-from ray_jobs._cli import user_errors
+from ray_jobs._cli import run_folder, user_errors
 from ups.config import ConfigError
 
 
@@ -18,34 +17,39 @@ from ups.config import ConfigError
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m ray_jobs.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, metavar="PATH_OR_URI", help="the run folder, {storage}/{name}")
-    p.add_argument("--split", choices=["val", "test"], default="val")
+    p.add_argument("--split", choices=["val", "test"], default="val", help="val (default) or test, the report split")
     args = p.parse_args()
 
     from ups import pipeline
     from ups.backend.ray_backend import RayBackend
-    from ups.contracts import stage_records
     from ups.data import views
+    from ups.preflight import check_consistent
     from ups.run import RunDir
-    from ups.storage import Storage
+    from ups.storage import Storage, redact
 
-    uri = args.run.rstrip("/")
-    parent, name = posixpath.split(uri)
-    rundir = RunDir(Storage(parent or "."), name)
+    parent, name = run_folder(args.run)
+    uri = redact(args.run.rstrip("/"))
+    # Everything is read and verified before Ray starts: the run's files, its exports, its data.
+    rundir = RunDir(Storage(parent), name)
     if not rundir.dir.exists("summary.json"):
-        raise ConfigError(f"{uri}: not a run folder (no summary.json)")
+        raise ConfigError(f"--run {uri}: not a run folder (no summary.json)")
     cfg, summary = rundir.config(), rundir.summary()
-    records = stage_records(summary)
+    records = rundir.records(summary)
     for stage in ("autoencoder", "operator"):
         if stage not in records or not records[stage].completed:
-            raise ConfigError(f"{uri}: stage {stage} has not completed; nothing to evaluate")
-    chosen = summary.get("eval", {}).get("corrector")
+            raise ConfigError(f"--run {uri}: stage {stage} has not completed; nothing to evaluate")
+    chosen = summary.get("eval", {}).get("corrector") if isinstance(summary.get("eval"), dict) else None
+    if chosen not in (None, "none", "diffusion", "consistency"):
+        raise ConfigError(f"--run {uri}: summary.json: eval.corrector {chosen!r} is not a corrector")
     if cfg.eval.corrector == "auto" and chosen:  # the corrector the run chose on val
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"corrector": chosen})})
+    exports = pipeline.load_exports(rundir, summary)
+    infos = {p: views.check_file(p, cfg.data, rundir.dir.uri_of("config.yaml")) for p in cfg.data.paths}
+    check_consistent(cfg, dict(infos), rundir.dir.uri_of("config.yaml"))
     backend = RayBackend()
     backend.start(cfg, rundir)
     tasks = views.load_tasks(cfg.data)
     meta = views.DataMeta.from_tasks(tasks, cfg.data.initial_step)
-    exports = pipeline.load_exports(rundir, summary)
     result = pipeline.evaluate_run(backend, rundir, cfg, meta, tasks, exports, args.split, print)
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}, indent=2))
     return 0

@@ -35,7 +35,7 @@ def main() -> int:
         from ups.config import digest, to_yaml
         from ups.preflight import preflight
 
-        preflight(loaded)
+        preflight(loaded, ray=not args.no_ray)
         print(to_yaml(loaded.cfg) + f"# digest: {digest(loaded.cfg)}")
         return 0
     backend = None

@@ -84,6 +84,7 @@ class ConfigBase(Section):
                 raise KeyedError(
                     "training.batch_size",
                     f"{tr.batch_size} is not divisible by world size {world} x accum_steps {tr.accum_steps}",
+                    also=("scaling.num_workers", "training.accum_steps"),
                 )
         for role in factory.ROLES:
             arch = getattr(self.model, role).arch
@@ -92,6 +93,12 @@ class ConfigBase(Section):
                     f"model.{role}.arch",
                     f"unknown architecture {arch!r} (registered: {', '.join(factory.archs(role))})",
                 )
+        from ups.eval.metrics import KEYS
+
+        gated = (*KEYS, "wall_clock")  # wall_clock: gating's interleaved timing
+        for metric in self.gate.ratios:
+            if metric not in gated:
+                raise KeyedError("gate.ratios", f"no metric named {metric!r} (metrics: {', '.join(gated)})")
         if self.sweep.scheduler.stage not in registry.names():
             raise KeyedError(
                 "sweep.scheduler.stage",
@@ -145,11 +152,31 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader that also reads `1e-3` as a float (YAML 1.1 insists on `1.0e-3`)."""
 
 
+YamlLoader = _Loader  # for other readers of project YAML (a run's stored config)
+
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
     list("-+0123456789."),
 )
+
+
+class DuplicateKey(yaml.MarkedYAMLError):
+    """Two equal keys in one mapping: YAML keeps the last silently, which hides a typo'd override."""
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise DuplicateKey(problem=f"duplicate key {key!r}", problem_mark=key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
 def parse_yaml_value(text: str) -> Any:
@@ -158,17 +185,22 @@ def parse_yaml_value(text: str) -> Any:
 
 def _read_yaml(path: Path, shown: str) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{shown}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{shown}: is a directory, not a config file") from None
     except OSError as e:
         raise ConfigError(f"{shown}: cannot read config file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{shown}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{shown}{line}: YAML syntax error: {e.problem or e.context}") from None
+        what = "" if isinstance(e, DuplicateKey) else "YAML syntax error: "
+        raise ConfigError(f"{shown}{line}: {what}{e.problem or e.context}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{shown}: YAML error: {e}") from None
     if data is None:
@@ -298,13 +330,24 @@ def _explain(e: ValidationError, tree: dict[str, Any], sources: dict[str, str], 
     err = e.errors()[0]
     ctx_err = (err.get("ctx") or {}).get("error")
     if isinstance(ctx_err, KeyedError):
-        return f"{source_of(ctx_err.key, sources, default)}: {ctx_err.key}: {ctx_err.msg}"
+        # Blame the key set last (an override on top of a file's setting is the likelier culprit).
+        order = list(sources)
+        keys = [ctx_err.key, *ctx_err.also]
+        last = max(
+            keys, key=lambda k: max((i for i, s in enumerate(order) if s == k or s.startswith(k + ".")), default=-1)
+        )
+        return f"{source_of(last, sources, default)}: {ctx_err.key}: {ctx_err.msg}"
     loc = [str(p) for p in err["loc"] if isinstance(p, str)]
     # Pydantic appends union-member tags such as 'int' or 'tuple[int,int]'; keep field names only.
     loc = [p for p in loc if not re.search(r"[\[\],]|^(int|str|float|list|tuple|none)$", p)]
     key = ".".join(loc)
     where = source_of(key, sources, default)
     if err["type"] == "extra_forbidden":
+        raw = str(err["loc"][-1])
+        if "." in raw:  # `training.lr: 1` at some level of a YAML file
+            nested = raw.split(".")
+            shown = ": {".join(nested) + ": ..." + "}" * (len(nested) - 1)
+            return f"{where}: key '{key}': dotted keys work with --set only; in YAML nest them ({shown})"
         parent, _, leaf = key.rpartition(".")
         known = _known_keys(parent)
         hint = difflib.get_close_matches(leaf, known, n=1, cutoff=0.6)

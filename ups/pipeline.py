@@ -23,17 +23,18 @@ from typing import Any
 from ups import config as C
 from ups.backend import Backend, Preempted
 from ups.config import Config
-from ups.contracts import StageRecord, StageResult, TrainJob, stage_records
+from ups.contracts import StageRecord, StageResult, TrainJob
 from ups.data import views
 from ups.data.pdebench import FileInfo
 from ups.eval.selection import choose_corrector
-from ups.exports import EXPORT_FILE, Exports, read_export
+from ups.exports import EXPORT_FILE, ExportMismatch, Exports, read_export
 from ups.latent_cache import build_or_reuse
 from ups.preflight import preflight
 from ups.report import summary_table
 from ups.run import RunDir
+from ups.runlock import RunLock
 from ups.stages import registry
-from ups.storage import Storage
+from ups.storage import Storage, redact
 from ups.tracking import final_wandb, wandb_settings
 
 __all__ = ["PipelineOptions", "Preempted", "evaluate_exports", "load_exports", "preflight", "run"]
@@ -49,15 +50,33 @@ class PipelineOptions:
     quiet: bool = False
     stage_callbacks: dict[str, list[Any]] = field(default_factory=dict)  # stage -> Ray Train callbacks (Tune)
     backend: Backend | None = None  # default: Ray (an embedded local Ray unless RAY_ADDRESS is set)
+    lock: bool = True  # hold the run's lock (ups/runlock.py): one driver per run name
 
 
 def run(loaded: C.LoadedConfig, opts: PipelineOptions) -> dict[str, Any]:
+    """Train every active stage (resuming what a previous driver left), evaluate, summarise."""
+    infos = preflight(loaded, ray=opts.backend is None or opts.backend.name == "ray")
+    storage = Storage(opts.storage)
+    rundir = RunDir(storage, opts.name)
+    lock = RunLock(storage, opts.name) if opts.lock else None
+    if lock:
+        lock.acquire(say=(lambda _: None) if opts.quiet else print)
+    try:
+        return _run(loaded, opts, infos, rundir)
+    finally:
+        if lock:
+            lock.release()
+
+
+def _run(
+    loaded: C.LoadedConfig, opts: PipelineOptions, infos: dict[str, FileInfo | None], rundir: RunDir
+) -> dict[str, Any]:
     cfg = loaded.cfg
-    infos = preflight(loaded)
-    rundir = RunDir(Storage(opts.storage), opts.name)
     info = rundir.open(cfg, restart=opts.restart, accept_change=opts.accept_config_change)
+    summary = rundir.summary()  # read (and refused if damaged) before any Ray resource is used
+    records = rundir.records(summary)
     say: Callable[[str], None] = (lambda _: None) if opts.quiet else (lambda msg: print(msg, flush=True))
-    say(f"run {opts.name} -> {rundir.dir.uri}")
+    say(f"run {opts.name} -> {rundir.dir.shown}")
     backend = opts.backend or _ray_backend(say)
     backend.start(cfg, rundir)
 
@@ -65,9 +84,7 @@ def run(loaded: C.LoadedConfig, opts: PipelineOptions) -> dict[str, Any]:
     tasks = views.load_tasks(cfg.data)
     meta = views.DataMeta.from_tasks(tasks, cfg.data.initial_step)
     data_sha = views.data_digest(tasks)
-    summary = rundir.summary()
     summary.update(name=opts.name, config_digest=info["config_digest"], data_sha256=data_sha)
-    records = stage_records(summary)
     wandb = wandb_settings(cfg, info, rundir)
 
     latents: Any = None
@@ -85,7 +102,7 @@ def run(loaded: C.LoadedConfig, opts: PipelineOptions) -> dict[str, Any]:
                                                use_ray=backend.name == "ray", say=say)  # fmt: skip
                 summary["latent_cache"] = {"uri": cache.uri, "reused": reused, "rows": cache.manifest["rows"],
                                            "encoder_sha256": ae.weights_sha256}  # fmt: skip
-                say(f"== latent cache: {'reused' if reused else 'built'} at {cache.uri} "
+                say(f"== latent cache: {'reused' if reused else 'built'} at {redact(cache.uri)} "
                     f"({time.perf_counter() - t0:.1f}s)")  # fmt: skip
                 latents = backend.latent_data(cache)
             data = latents
@@ -203,12 +220,26 @@ def _record(
 
 
 def load_exports(rundir: RunDir, summary: dict[str, Any]) -> Exports:
-    """Every completed stage's export tensors, verified against the digests in summary.json."""
-    return {
-        n: read_export(rec.export, rec.weights_sha256)
-        for n, rec in stage_records(summary).items()
-        if rec.completed and rec.export
-    }
+    """Every completed stage's export tensors, verified against the digests in summary.json.
+
+    A missing, unreadable or altered export is a ConfigError naming it: nothing unverified is used."""
+    exports: Exports = {}
+    for n, rec in rundir.records(summary).items():
+        if not (rec.completed and rec.export):
+            continue
+        if not rec.weights_sha256:
+            raise C.ConfigError(
+                f"{rec.export}: stage {n} has no recorded weights digest; refusing to use it unverified"
+            )
+        try:
+            exports[n] = read_export(rec.export, rec.weights_sha256)
+        except FileNotFoundError:
+            raise C.ConfigError(f"{rec.export}: stage {n}'s export is missing") from None
+        except ExportMismatch as e:
+            raise C.ConfigError(f"{e} (stage {n}'s export was altered)") from None
+        except Exception as e:  # torch.load(weights_only=True) refuses anything but tensors and plain data
+            raise C.ConfigError(f"{rec.export}: stage {n}'s export cannot be read ({type(e).__name__})") from None
+    return exports
 
 
 def evaluate_exports(

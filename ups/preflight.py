@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 from ups import config as C
 from ups.config import Config, ConfigError
@@ -17,9 +18,10 @@ from ups.data.pdebench import FileInfo
 from ups.stages import registry
 
 
-def preflight(loaded: C.LoadedConfig) -> dict[str, FileInfo | None]:
-    """Check stage dependencies, data files and batch sizes; returns each data file's info
-    (None: the file is missing and `data.generate` will create it)."""
+def preflight(loaded: C.LoadedConfig, *, ray: bool = True, trials: int = 0) -> dict[str, FileInfo | None]:
+    """Check stage dependencies, data files, batch sizes and (for an embedded Ray, `ray`) whether
+    the workers can ever be scheduled; returns each data file's info (None: the file is missing
+    and `data.generate` will create it). `trials`: concurrent sweep trials."""
     cfg, src = loaded.cfg, loaded.sources
     where = lambda key: C.source_of(key, src, str(loaded.path))
     active = [s for s in registry.names() if C.stage_config(cfg, s).epochs > 0]
@@ -33,12 +35,20 @@ def preflight(loaded: C.LoadedConfig) -> dict[str, FileInfo | None]:
                 f"{where(f'stages.{s}.epochs')}: stages.{s}.epochs must be > 0 "
                 f"(every surrogate needs an encoder and an operator)"
             )
+    kind = cfg.eval.corrector
+    if kind not in ("auto", "none"):
+        providers = [s for s in registry.names() if registry.get(s).corrector == kind]
+        if not any(s in active for s in providers):
+            raise ConfigError(
+                f"{where('eval.corrector')}: eval.corrector: {kind} needs stages.{providers[0]}, which has 0 epochs"
+            )
     infos: dict[str, FileInfo | None] = {}
     for path in cfg.data.paths:
         if not os.path.exists(path) and cfg.data.generate is not None:
             infos[path] = None  # generated on first use
             continue
         infos[path] = views.check_file(path, cfg.data, where("data.path"))
+    check_consistent(cfg, infos, where("data.path"))
     grid = grid_shape(cfg, infos)
     p = cfg.model.encoder.patch_size
     if any(n % p for n in grid):
@@ -47,7 +57,86 @@ def preflight(loaded: C.LoadedConfig) -> dict[str, FileInfo | None]:
             f"the grid {grid} (after data.x_stride={cfg.data.x_stride})"
         )
     check_batches(cfg, infos, where)
+    check_environment(cfg)
+    if ray:
+        check_resources(cfg, where, trials)
     return infos
+
+
+def check_environment(cfg: Config) -> None:
+    """The environment variables the project reads, named with their value when they are wrong
+    (never the key itself: only the path of a key file is shown)."""
+    from ups.tracking import KEY_FILE_ENV
+
+    if not cfg.logging.wandb.enabled:
+        return
+    mode = os.environ.get("WANDB_MODE")
+    if mode is not None and mode.strip().lower() not in ("online", "offline", "disabled", "dryrun"):
+        raise ConfigError(f"environment: WANDB_MODE={mode!r}: use online, offline or disabled")
+    path = os.environ.get(KEY_FILE_ENV)
+    if path and not os.environ.get("WANDB_API_KEY"):
+        try:
+            empty = not Path(path).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"environment: {KEY_FILE_ENV}={path}: cannot read the key file ({e.strerror})") from None
+        if empty:
+            raise ConfigError(f"environment: {KEY_FILE_ENV}={path}: the key file is empty")
+
+
+def check_consistent(cfg: Config, infos: dict[str, FileInfo | None], source: str) -> None:
+    """A list of files is one multi-task dataset: one grid, one frame count, one set of channels
+    (after strides), and distinct file names (task names come from them)."""
+    seen: dict[str, str] = {}
+    ref: tuple[str, tuple[int, ...]] | None = None
+    for path, info in infos.items():
+        stem = Path(path).stem
+        if stem in seen:
+            raise ConfigError(f"{source}: data.path: {path} and {seen[stem]} share the name {stem!r} (task names)")
+        seen[stem] = path
+        if info is None:
+            continue
+        shape = (
+            len(range(0, info.n_times, cfg.data.t_stride)),
+            *(len(range(0, n, cfg.data.x_stride)) for n in info.spatial_shape),
+            len(info.channels),
+        )
+        if ref is None:
+            ref = (path, shape)
+        elif shape != ref[1]:
+            raise ConfigError(
+                f"{source}: data.path: {path} has frames x grid x channels {shape} after strides, "
+                f"but {ref[0]} has {ref[1]}; a multi-task run needs one shape"
+            )
+
+
+def check_resources(cfg: Config, where: Callable[[str], str], trials: int = 0) -> None:
+    """An embedded Ray (RAY_ADDRESS unset) has only this machine: refuse what it can never schedule,
+    instead of a run that waits forever for resources. A cluster's autoscaler may add nodes, so
+    nothing is refused there."""
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    sc = cfg.scaling
+    world = max(sc.world_sizes)
+    if sc.use_gpu:
+        import torch
+
+        have = torch.cuda.device_count()
+        if world * sc.gpus_per_worker > have:
+            raise ConfigError(
+                f"{where('scaling.use_gpu')}: scaling.use_gpu: {world} worker(s) x {sc.gpus_per_worker} GPU "
+                f"need {world * sc.gpus_per_worker:g} GPUs, this machine has {have}"
+            )
+    if cfg.ray.num_cpus is not None:
+        need = world * sc.cpus_per_worker + cfg.ray.data_cpus
+        if trials:
+            need = max(trials, 1) * (need + cfg.sweep.trial_cpus + cfg.ray.data_cpus)
+        if cfg.ray.num_cpus < need:
+            raise ConfigError(
+                f"{where('ray.num_cpus')}: ray.num_cpus: {cfg.ray.num_cpus} CPUs cannot hold {world} worker(s) x "
+                f"{sc.cpus_per_worker:g} CPU + ray.data_cpus {cfg.ray.data_cpus:g}"
+                + (f" for {trials} concurrent trial(s)" if trials else "")
+                + f" (needs {need:g})"
+            )
 
 
 def grid_shape(cfg: Config, infos: dict[str, FileInfo | None]) -> tuple[int, ...]:

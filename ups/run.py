@@ -8,6 +8,7 @@ digest differs from the new one is refused with one line, unless the user asks t
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import uuid
 from typing import Any
@@ -15,7 +16,9 @@ from typing import Any
 import yaml
 
 from ups import config as C
-from ups.storage import Storage
+from ups.contracts import StageRecord, stage_records
+from ups.names import check_name
+from ups.storage import Storage, redact
 
 CONFIG_FILE, RUN_FILE, SUMMARY_FILE = "config.yaml", "run.json", "summary.json"
 
@@ -30,8 +33,7 @@ def default_name(config_name: str) -> str:
 
 class RunDir:
     def __init__(self, storage: Storage, name: str) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-            raise C.ConfigError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only")
+        check_name("--name", name)  # one path segment: the run stays inside its storage
         self.name, self.root = name, storage
         self.dir = storage.sub(name)
 
@@ -39,12 +41,19 @@ class RunDir:
         """Create or re-open the run; returns run.json. Raises ConfigError on a config conflict."""
         digest = C.digest(cfg)
         if self.dir.exists(RUN_FILE):
-            info = self.dir.read_json(RUN_FILE)
+            try:
+                info = self._read_json(RUN_FILE, ("config_digest", "wandb_id"))
+                if info["config_digest"] != digest:
+                    self.config()  # a stored config that cannot be read is an error of its own
+            except C.ConfigError:
+                if not restart:
+                    raise
+                info = {"config_digest": None}  # unreadable: --restart moves it aside like a changed one
             if info["config_digest"] != digest:
                 if restart:
                     aside = f"{self.name}.replaced-{utc_stamp()}"
                     self.root.move((self.name,), (aside,))
-                    print(f"run {self.name}: config changed; previous run moved to {self.root.uri_of(aside)}")
+                    print(f"run {self.name}: config changed; previous run moved to {redact(self.root.uri_of(aside))}")
                 elif accept_change:
                     print(f"run {self.name}: continuing under a changed config ({self._changes(cfg)})")
                     info["config_digest"] = digest
@@ -53,7 +62,7 @@ class RunDir:
                     return info
                 else:
                     raise C.ConfigError(
-                        f"{self.dir.uri}: config differs from the stored run ({self._changes(cfg)}); "
+                        f"{self.dir.shown}: config differs from the stored run ({self._changes(cfg)}); "
                         f"pass --restart to start over or --accept-config-change to continue with it"
                     )
             else:
@@ -68,7 +77,7 @@ class RunDir:
         return info
 
     def _changes(self, cfg: C.Config) -> str:
-        old = C.validate(yaml.safe_load(self.dir.read_text(CONFIG_FILE)))
+        old = self.config()
         keys = C.diff(old, cfg)
         shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
         return f"changed: {shown}" if keys else "changed"
@@ -77,13 +86,46 @@ class RunDir:
         self.dir.write_text(C.to_yaml(cfg), CONFIG_FILE)
         self.dir.write_json(info, RUN_FILE)
 
+    def _read_json(self, file: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
+        """A run file, or one line saying why it cannot be used (it was edited, truncated or replaced)."""
+        try:
+            data = json.loads(self.dir.read_bytes(file).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise C.ConfigError(
+                f"{redact(self.dir.uri_of(file))}: corrupt, not JSON ({str(e).splitlines()[0]})"
+            ) from None
+        missing = [k for k in required if not isinstance(data, dict) or k not in data]
+        if missing:
+            raise C.ConfigError(f"{redact(self.dir.uri_of(file))}: corrupt, no '{missing[0]}' entry")
+        return data
+
     def summary(self) -> dict[str, Any]:
         if self.dir.exists(SUMMARY_FILE):
-            return self.dir.read_json(SUMMARY_FILE)
+            summary = self._read_json(SUMMARY_FILE, ("stages",))
+            if not isinstance(summary["stages"], dict):
+                raise C.ConfigError(f"{redact(self.dir.uri_of(SUMMARY_FILE))}: corrupt, 'stages' is not a mapping")
+            return summary
         return {"name": self.name, "stages": {}}
+
+    def records(self, summary: dict[str, Any]) -> dict[str, StageRecord]:
+        """summary.json's stage records, typed; a damaged entry is one line naming the stage."""
+        try:
+            return stage_records(summary)
+        except (TypeError, KeyError, ValueError, AttributeError) as e:
+            raise C.ConfigError(f"{redact(self.dir.uri_of(SUMMARY_FILE))}: corrupt stage record ({e})") from None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         self.dir.write_json(summary, SUMMARY_FILE)
 
     def config(self) -> C.Config:
-        return C.validate(yaml.safe_load(self.dir.read_text(CONFIG_FILE)), default_source=self.dir.uri_of(CONFIG_FILE))
+        """The run's stored, resolved config (validated again: the file may have been edited)."""
+        where = redact(self.dir.uri_of(CONFIG_FILE))
+        if not self.dir.exists(CONFIG_FILE):
+            raise C.ConfigError(f"{where}: missing (not a complete run folder)")
+        try:
+            tree = yaml.load(self.dir.read_bytes(CONFIG_FILE).decode("utf-8"), Loader=C.YamlLoader)
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise C.ConfigError(f"{where}: corrupt, not YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(tree, dict):
+            raise C.ConfigError(f"{where}: corrupt, not a mapping of keys")
+        return C.validate(tree, default_source=where)

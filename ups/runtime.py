@@ -56,6 +56,11 @@ def connect(cfg: Config, trials: int = 0) -> bool:
                 include_dashboard=True,
                 dashboard_host="127.0.0.1",
                 object_store_memory=cfg.ray.object_store_mb * 2**20 if cfg.ray.object_store_mb else None,
+                # The custom resources workers ask for (a node-type label on a cluster): this machine
+                # is every node type at once.
+                resources={
+                    k: v * max(cfg.scaling.world_sizes) * max(trials, 1) for k, v in cfg.scaling.resources.items()
+                },
                 configure_logging=False,
                 log_to_driver=True,
             )

@@ -8,6 +8,7 @@ data and stages import it; it imports nothing of the project.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
 
@@ -23,7 +24,8 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # No NaN or infinity anywhere: `lr: .inf` is a typo, not a setting.
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 def _rule(ok: Callable[[Any], bool], rule: str) -> AfterValidator:
@@ -58,10 +60,10 @@ class GenerateConfig(Section):
     nu: PosFloat = 0.001  # PDEBench's Nu: u_t + (u²/2)_x = (Nu/π) u_xx
     beta: float = 1.0  # advection speed
     samples: PosInt = 1000
-    resolution: PosInt = 1024
+    resolution: Annotated[int, at_least(8)] = 1024  # the solvers need a few cells per wave
     frames: Annotated[int, at_least(2)] = 201  # saved frames, t = 0 .. t_end
     t_end: PosFloat = 2.0
-    seed: int = 0
+    seed: NonNegInt = 0
     chunk_size: PosInt = 128  # trajectories per Ray task
 
 
@@ -156,7 +158,7 @@ class OptimizerConfig(Section):
     name: Literal["adam", "adamw", "sgd", "muon"] = "adamw"  # muon: Muon for >=2-D weights + AdamW
     lr: PosFloat = 1e-3
     weight_decay: NonNegFloat = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
     eps: PosFloat = 1e-8
     momentum: NonNegFloat = 0.9  # sgd
     muon_momentum: NonNegFloat = 0.95
@@ -173,7 +175,7 @@ class SchedulerConfig(Section):
     t_max: PosInt | None = None  # cosine: epochs to eta_min (default: the stage's epochs)
     eta_min: NonNegFloat = 0.0  # cosine: absolute floor
     factor: Decay = 0.5  # plateau: decay on a validation plateau
-    patience: int = 2  # plateau: epochs without improvement
+    patience: NonNegInt = 2  # plateau: epochs without improvement
 
 
 class StageConfig(Section):
@@ -193,7 +195,7 @@ class TrainingConfig(Section):
     # "reduce-overhead" = CUDA graphs: 7x faster steps for small launch-bound models on a GPU
     # (bench/RESULTS.md); "default" keeps plain inductor.
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
-    seed: int = 0
+    seed: NonNegInt = 0
     deterministic: bool = True
 
 
@@ -278,7 +280,7 @@ class SweepConfig(Section):
     num_samples: PosInt = 1
     max_concurrent_trials: PosInt = 1
     scheduler: SchedulerSpec = SchedulerSpec()
-    seed: int = 0
+    seed: NonNegInt = 0
     trial_cpus: PosFloat = 0.01  # the trial's own driver process; its TorchTrainers reserve their own
 
     @field_validator("space")
@@ -288,11 +290,17 @@ class SweepConfig(Section):
             if len(spec) != 1 or next(iter(spec)) not in _SPACE_KINDS:
                 raise ValueError(f"{key}: give exactly one of {sorted(_SPACE_KINDS)} (got {sorted(spec)})")
             kind, args = next(iter(spec.items()))
-            if kind in ("uniform", "loguniform", "randint") and len(args) != 2:
-                raise ValueError(f"{key}: {kind} takes [low, high] (got {args})")
             if kind in ("choice", "grid") and not args:
                 raise ValueError(f"{key}: {kind} needs at least one value")
-            if kind == "loguniform" and not 0 < args[0] < args[1]:
+            if kind not in ("uniform", "loguniform", "randint"):
+                continue
+            number = int if kind == "randint" else (int, float)
+            if len(args) != 2 or not all(isinstance(a, number) and not isinstance(a, bool) for a in args):
+                what = "integers" if kind == "randint" else "numbers"
+                raise ValueError(f"{key}: {kind} takes [low, high], two {what} (got {args})")
+            if not all(math.isfinite(a) for a in args) or not args[0] < args[1]:
+                raise ValueError(f"{key}: {kind} needs low < high, both finite (got {args})")
+            if kind == "loguniform" and not args[0] > 0:
                 raise ValueError(f"{key}: loguniform needs 0 < low < high (got {args})")
         return space
 
@@ -310,6 +318,16 @@ class GateConfig(Section):
     min_delta: float | None = None  # optional absolute nRMSE margin, applied as well
     ratios: dict[str, float] = {"cRMSE": 1.25, "bRMSE": 1.25, "wall_clock": 2.0}  # candidate <= ratio x champion
     small: SmallEvalConfig = SmallEvalConfig()
+
+    @field_validator("family")
+    @classmethod
+    def _family(cls, v: str | None) -> str | None:
+        """The family is a folder, `{storage}/registry/{family}/`; empty or unset means derived."""
+        from ups.names import name_problem  # here, not at the top: ups.names imports this module
+
+        if v and (problem := name_problem(v)):
+            raise KeyedError("gate.family", f"{problem} (got {v!r})")
+        return v
 
     @field_validator("ratios")
     @classmethod
@@ -336,6 +354,7 @@ class LoggingConfig(Section):
 class KeyedError(ValueError):
     """A cross-field error that knows which dotted key to blame."""
 
-    def __init__(self, key: str, msg: str) -> None:
+    def __init__(self, key: str, msg: str, also: tuple[str, ...] = ()) -> None:
         super().__init__(msg)
         self.key, self.msg = key, msg
+        self.also = also  # other keys that take part: the one set last is named as the source

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ups.storage import Storage
@@ -45,11 +46,45 @@ class MetricsLog:
 WandbMode = Literal["online", "offline", "disabled"]
 
 
+KEY_FILE_ENV = "WANDB_API_KEY_FILE"  # a path to a file holding the key: a mounted secret on every node
+
+
+def load_api_key() -> bool:
+    """Make the W&B key available to this process only; True when there is one.
+
+    The key comes from WANDB_API_KEY, from the file named by WANDB_API_KEY_FILE (read here and put
+    into this process's environment, never onto a command line or into a config), or from the
+    ~/.netrc that `wandb login` writes. A job passes the file's *path* to its workers, not the key.
+    """
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    path = os.environ.get(KEY_FILE_ENV)
+    if path:
+        try:
+            key = Path(path).read_text().strip()
+        except OSError:
+            key = ""
+        if key:
+            os.environ["WANDB_API_KEY"] = key
+            return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
 def wandb_mode(mode: Literal["auto"] | WandbMode) -> WandbMode:
-    """`logging.wandb.mode` as W&B takes it: auto is online iff WANDB_API_KEY is set."""
-    if mode == "auto":
-        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    return mode
+    """`logging.wandb.mode` as W&B takes it. auto: the user's WANDB_MODE if set (offline and disabled
+    are respected), else online iff a key is available (load_api_key), else offline."""
+    if mode != "auto":
+        return mode
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env in ("online", "offline", "disabled"):
+        return env  # type: ignore[return-value]
+    if env == "dryrun":
+        return "offline"
+    return "online" if load_api_key() else "offline"
 
 
 class WandbRun:

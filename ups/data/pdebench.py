@@ -69,7 +69,24 @@ def _dataset(f: h5py.File | h5py.Group, key: str, path: str, where: str = "") ->
     obj = f.get(key)
     if not isinstance(obj, h5py.Dataset):
         raise _err(path, f"missing dataset '{where}{key}'")
+    if obj.dtype.kind not in "fiu":  # strings, bools, complex, compound: not a field
+        raise _err(path, f"dataset '{where}{key}' has dtype {obj.dtype}, expected real numbers")
     return obj
+
+
+def _coordinate(ds: h5py.Dataset, path: str, name: str) -> None:
+    """Coordinates are small: read them now, so a NaN grid or a constant time axis (dt = 0)
+    is refused here rather than as a division by zero deep inside training."""
+    c = np.asarray(ds[()], dtype=np.float64)
+    if not np.isfinite(c).all():
+        raise _err(path, f"coordinate '{name}' contains NaN/Inf")
+    steps = np.diff(c)
+    if len(steps) and not (steps > 0).all():
+        i = int(np.argmax(~(steps > 0)))
+        raise _err(
+            path,
+            f"coordinate '{name}' is not strictly increasing ({c[i]:.6g} then {c[i + 1]:.6g} at index {i + 1})",
+        )
 
 
 def _check_coords(f: h5py.Group, path: str, coords: dict[str, str], shape: tuple[int, ...], prefix: str = "") -> None:
@@ -79,6 +96,7 @@ def _check_coords(f: h5py.Group, path: str, coords: dict[str, str], shape: tuple
         ds = _dataset(f, key, path, prefix)
         if ds.ndim != 1:
             raise _err(path, f"coordinate '{prefix}{key}' has rank {ds.ndim}, expected 1")
+        _coordinate(ds, path, f"{prefix}{key}")
         if axis == "t":
             if ds.shape[0] not in (n_times, n_times + 1):
                 raise _err(
@@ -111,9 +129,7 @@ def _single_file(f: h5py.File, path: str, names: tuple[str, ...], kind: str) -> 
 
 
 def _seed_data(f: h5py.File, path: str, name: str, ref_shape: tuple[int, ...] | None) -> h5py.Dataset:
-    ds = f[name].get("data")
-    if not isinstance(ds, h5py.Dataset):
-        raise _err(path, f"missing dataset '{name}/data'")
+    ds = _dataset(f[name], "data", path, f"{name}/")
     if ref_shape is not None and ds.shape != ref_shape:
         raise _err(path, f"dataset '{name}/data' has shape {ds.shape}, the first seed's has {ref_shape}")
     return ds
@@ -152,13 +168,60 @@ def _detect(f: h5py.File, path: str, check_all: bool = True) -> _Layout:
     )
 
 
+def _open(path: str) -> h5py.File:
+    """Open for reading, or say in one line why a path is not a readable HDF5 file."""
+    if os.path.isdir(path):
+        raise _err(path, "is a directory, not an HDF5 file")
+    if not os.access(path, os.R_OK):
+        raise _err(path, "cannot be read (permission denied)")
+    if os.path.getsize(path) == 0:
+        raise _err(path, "is empty, not an HDF5 file")
+    if not h5py.is_hdf5(path):
+        raise _err(path, "is not an HDF5 file (no HDF5 signature)")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:  # a truncated or damaged file has the signature but no readable structure
+        raise _err(path, f"cannot be opened as HDF5, truncated or damaged? ({str(e).splitlines()[0]})") from None
+
+
 def inspect(path: str | os.PathLike[str]) -> FileInfo:
-    """Layout, shapes and attributes of a PDEBench file, validated, without reading the data."""
+    """Layout, shapes and attributes of a PDEBench file, validated, without reading the data.
+
+    Only coordinates are read (they are small); the field values are scanned by `scan_values`."""
     path = os.fspath(path)
-    with h5py.File(path, "r") as f:
-        lay = _detect(f, path)
-        attrs = {k: _py(v) for k, v in f.attrs.items()}
+    with _open(path) as f:
+        try:
+            lay = _detect(f, path)
+            attrs = {k: _py(v) for k, v in f.attrs.items()}
+        except (OSError, KeyError, RuntimeError) as e:  # damaged metadata inside a readable superblock
+            raise _err(path, f"cannot be read as HDF5, truncated or damaged? ({str(e).splitlines()[0]})") from None
     return FileInfo(path, lay.kind, lay.shape[0], lay.shape[1], lay.shape[2:], lay.channels, attrs)
+
+
+def scan_values(path: str | os.PathLike[str], n_samples: int, chunk_bytes: int = 64 << 20) -> None:
+    """Every value of the first `n_samples` trajectories must be finite: a chunked read, so a file
+    larger than memory is scanned in bounded memory. Raises PDEBenchFormatError naming the dataset
+    and the first bad sample."""
+    path = os.fspath(path)
+    with _open(path) as f:
+        lay = _detect(f, path, check_all=False)
+        try:
+            if lay.kind == "per_seed":
+                for i, g in enumerate(lay.datasets[:n_samples]):
+                    if not np.isfinite(f[g]["data"][()]).all():
+                        raise _err(path, f"dataset '{g}/data' (sample {i}) contains NaN/Inf")
+                return
+            for name in lay.datasets:
+                ds = f[name]
+                per_sample = max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize)
+                step = max(1, chunk_bytes // per_sample)
+                for lo in range(0, n_samples, step):
+                    block = ds[lo : min(lo + step, n_samples)]
+                    bad = ~np.isfinite(block).reshape(len(block), -1).all(axis=1)
+                    if bad.any():
+                        raise _err(path, f"dataset '{name}' contains NaN/Inf (sample {lo + int(np.argmax(bad))})")
+        except OSError as e:  # a chunk past a truncation
+            raise _err(path, f"cannot be read, truncated or damaged? ({str(e).splitlines()[0]})") from None
 
 
 def _positive(s: slice | None, name: str) -> slice:
@@ -199,7 +262,7 @@ def read(
     """
     path = os.fspath(path)
     samples, t = _positive(samples, "samples"), _positive(t, "t")
-    with h5py.File(path, "r") as f:
+    with _open(path) as f:
         lay = _detect(f, path, check_all=False)
         n_space = len(lay.shape) - 2
         sp = _space_slices(space, n_space)

@@ -99,8 +99,9 @@ def check_file(path: str, cfg: DataConfig, source: str = "config") -> pdebench.F
         raise ConfigError(f"{source}: data.path: file not found: {path}")
     try:
         info = pdebench.inspect(path)
+        pdebench.scan_values(path, min(info.n_samples, cfg.max_samples or info.n_samples))
     except pdebench.PDEBenchFormatError as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigError(f"data.path: {e}") from None
     n_t = len(range(0, info.n_times, cfg.t_stride))
     if n_t <= cfg.initial_step:
         raise ConfigError(

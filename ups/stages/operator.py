@@ -16,7 +16,7 @@ from torch import nn
 
 from ups.eval.rollout import Surrogate, frame_nrmse
 from ups.models import factory
-from ups.schema import NonNegInt, PosInt, StageConfig
+from ups.schema import NonNegFloat, NonNegInt, PosInt, StageConfig
 from ups.stages.base import Stage, Sums, pair_index, task_sums
 from ups.stages.registry import register
 from ups.train.shard import Trajectories
@@ -25,7 +25,7 @@ from ups.train.shard import Trajectories
 class OperatorStageConfig(StageConfig):
     epochs: NonNegInt = 20
     rollout_horizon: PosInt = 1  # unrolled steps in the training loss (1 = one-step only)
-    lambda_rollout: float = 0.5  # weight of the unrolled part when rollout_horizon > 1
+    lambda_rollout: NonNegFloat = 0.5  # weight of the unrolled part when rollout_horizon > 1
 
 
 class OperatorObjective(nn.Module):

@@ -60,8 +60,16 @@ def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict) or STATE_FILE not in files:
         raise CorruptCheckpoint(f"{directory.name}: {MANIFEST_FILE} does not list {STATE_FILE}")
+    # Every file of the checkpoint is in the manifest: nothing unverified sits beside verified
+    # state (dotfiles are Ray's own bookkeeping, which the loader never reads).
+    extra = sorted(p.name for p in directory.iterdir() if p.name not in files and p.name != MANIFEST_FILE
+                   and not p.name.startswith("."))  # fmt: skip
+    if extra:
+        raise CorruptCheckpoint(f"{directory.name}: {extra[0]} is not in {MANIFEST_FILE}")
     for name, rec in files.items():
         path = directory / name
+        if "/" in name or name.startswith(".") or not isinstance(rec, dict) or not {"bytes", "sha256"} <= set(rec):
+            raise CorruptCheckpoint(f"{directory.name}: {MANIFEST_FILE} has a malformed entry {name!r}")
         if not path.exists():
             raise CorruptCheckpoint(f"{directory.name}: {name} is missing")
         if path.stat().st_size != rec["bytes"]:
