@@ -151,6 +151,9 @@ def test_derived_family_names_the_protocol_in_one_safe_path_segment(tmp_path):
     assert os.path.dirname(reg.dir.root) == str(tmp_path / "registry")
     other = family_of(cfg, meta_of(["burgers"], nx=32))
     assert other != family_of(cfg, meta_of(["burgers"], nx=16))  # another grid is another family
+    many = [f"pdebench_task_with_a_long_name_{i}" for i in range(8)]
+    long_a, long_b = family_of(cfg, meta_of(many)), family_of(cfg, meta_of(many[:-1] + ["other"]))
+    assert len(long_a) <= 100 and len(long_b) <= 100 and long_a != long_b  # bounded, still distinct
 
 
 # --- interleaved timing ----------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import math
 import posixpath
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
+from ups import names
 from ups.config import Config, GateConfig
 from ups.data.views import DataMeta
 from ups.schema import ConfigError
@@ -60,7 +62,10 @@ def family_of(cfg: Config, meta: DataMeta) -> str:
         f"{'+'.join(meta.tasks)}-g{grid}-t{meta.frames}-in{d.initial_step}"
         f"-test{d.test_fraction:g}-val{d.val_fraction:g}"
     )
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("+", "_and_")).lstrip("._-") or "family"
+    if len(name) > names.MAX_LEN:  # many or long task names: keep it one bounded segment, still unique
+        name = f"{name[: names.MAX_LEN - 13]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    return names.check_name("gate.family", name)
 
 
 def _number(v: Any) -> float | None:

@@ -58,6 +58,7 @@ def run(loaded: C.LoadedConfig, opts: PipelineOptions) -> dict[str, Any]:
     infos = preflight(loaded, ray=opts.backend is None or opts.backend.name == "ray")
     storage = Storage(opts.storage)
     rundir = RunDir(storage, opts.name)
+    rundir.check(loaded.cfg, restart=opts.restart, accept_change=opts.accept_config_change)
     lock = RunLock(storage, opts.name) if opts.lock else None
     if lock:
         lock.acquire(say=(lambda _: None) if opts.quiet else print)

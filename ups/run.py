@@ -37,36 +37,52 @@ class RunDir:
         self.name, self.root = name, storage
         self.dir = storage.sub(name)
 
+    def check(self, cfg: C.Config, *, restart: bool = False, accept_change: bool = False) -> None:
+        """Everything `open` would refuse, found without writing anything: run before the run's lock
+        is taken, so a refused command leaves no trace."""
+        if self._stored(cfg, restart, accept_change) != "restart":
+            self.records(self.summary())
+
+    def _stored(self, cfg: C.Config, restart: bool, accept_change: bool) -> str:
+        """What to do with the folder: "new", "same" (resume), "accept" (continue under the changed
+        config) or "restart" (move it aside); ConfigError when none applies."""
+        if not self.dir.exists(RUN_FILE):
+            return "new"
+        try:
+            info = self._read_json(RUN_FILE, ("config_digest", "wandb_id"))
+            if info["config_digest"] == C.digest(cfg):
+                return "same"
+            changes = self._changes(cfg)  # also refuses a stored config that cannot be read
+        except C.ConfigError:
+            if restart:
+                return "restart"  # unreadable: --restart moves it aside like a changed one
+            raise
+        if restart:
+            return "restart"
+        if accept_change:
+            return "accept"
+        raise C.ConfigError(
+            f"{self.dir.shown}: config differs from the stored run ({changes}); "
+            f"pass --restart to start over or --accept-config-change to continue with it"
+        )
+
     def open(self, cfg: C.Config, *, restart: bool = False, accept_change: bool = False) -> dict[str, Any]:
         """Create or re-open the run; returns run.json. Raises ConfigError on a config conflict."""
         digest = C.digest(cfg)
-        if self.dir.exists(RUN_FILE):
-            try:
-                info = self._read_json(RUN_FILE, ("config_digest", "wandb_id"))
-                if info["config_digest"] != digest:
-                    self.config()  # a stored config that cannot be read is an error of its own
-            except C.ConfigError:
-                if not restart:
-                    raise
-                info = {"config_digest": None}  # unreadable: --restart moves it aside like a changed one
-            if info["config_digest"] != digest:
-                if restart:
-                    aside = f"{self.name}.replaced-{utc_stamp()}"
-                    self.root.move((self.name,), (aside,))
-                    print(f"run {self.name}: config changed; previous run moved to {redact(self.root.uri_of(aside))}")
-                elif accept_change:
-                    print(f"run {self.name}: continuing under a changed config ({self._changes(cfg)})")
-                    info["config_digest"] = digest
-                    info.setdefault("config_changes", []).append({"at": utc_stamp(), "digest": digest})
-                    self._write(cfg, info)
-                    return info
-                else:
-                    raise C.ConfigError(
-                        f"{self.dir.shown}: config differs from the stored run ({self._changes(cfg)}); "
-                        f"pass --restart to start over or --accept-config-change to continue with it"
-                    )
-            else:
-                return info
+        action = self._stored(cfg, restart, accept_change)
+        if action == "same":
+            return self._read_json(RUN_FILE)
+        if action == "accept":
+            info = self._read_json(RUN_FILE)
+            print(f"run {self.name}: continuing under a changed config ({self._changes(cfg)})")
+            info["config_digest"] = digest
+            info.setdefault("config_changes", []).append({"at": utc_stamp(), "digest": digest})
+            self._write(cfg, info)
+            return info
+        if action == "restart":
+            aside = f"{self.name}.replaced-{utc_stamp()}"
+            self.root.move((self.name,), (aside,))
+            print(f"run {self.name}: config changed; previous run moved to {redact(self.root.uri_of(aside))}")
         info = {
             "name": self.name,
             "config_digest": digest,

@@ -141,7 +141,10 @@ def _trial(params: dict, *, base: dict, trials_uri: str, sweep: str, stage: str)
 
 
 def run(loaded: C.LoadedConfig, name: str, storage: str, quiet: bool = False) -> dict[str, Any]:
+    cfg = loaded.cfg
     check_name("--name", name)  # the sweep's folder, before Ray or any write
+    preflight(loaded, trials=cfg.sweep.max_concurrent_trials)
+    check_space(loaded)
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -149,9 +152,6 @@ def run(loaded: C.LoadedConfig, name: str, storage: str, quiet: bool = False) ->
     from ups.backend.ray_backend import RayBackend
 
     say = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
-    cfg = loaded.cfg
-    preflight(loaded, trials=cfg.sweep.max_concurrent_trials)
-    check_space(loaded)
     root = Storage(storage)
     sweep_dir = root.sub(name)
     runtime.connect(cfg, trials=cfg.sweep.max_concurrent_trials)

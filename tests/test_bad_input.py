@@ -1,0 +1,592 @@
+"""Every kind of bad input, through the real entry points: exit 2, one line on stderr that names
+what is wrong, before Ray starts and before anything is written.
+
+A case is a job, its flags, a setup that makes the bad input inside a fresh workspace, and a word
+the line must contain. The jobs run in this process (fast) with `ray.init` replaced by a tripwire,
+so "Ray did not start" is checked, not assumed; the workspace's files (names, sizes, contents)
+are compared before and after, so "nothing written" is too. A few cases at the end run as real
+subprocesses to pin the process-level contract (no traceback, exit code 2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from ups import config as C
+from ups.data import pdebench
+from ups.exports import write_export
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+N, T, X = 24, 12, 32
+
+BASE = f"""include: {TINY}
+data: {{path: good.h5, generate: null, max_samples: null, initial_step: 4}}
+scaling: {{num_workers: 1}}
+training: {{batch_size: 8}}
+"""
+SWEEP = """include: base.yaml
+sweep:
+  space: {stages.operator.optimizer.lr: {choice: [0.001, 0.002]}}
+  scheduler: {stage: operator}
+"""
+GENERATE = """include: base.yaml
+data:
+  path: gen.h5
+  generate: {pde: burgers, samples: 8, resolution: 32, frames: 6}
+"""
+
+
+def fields(n: int = N, t: int = T, x: int = X) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    u = rng.standard_normal((n, t, x)).astype(np.float32)
+    return u, {"x": (np.arange(x) + 0.5) / x, "t": np.linspace(0.0, 1.0, t + 1)}
+
+
+def h5(path: Path, **over: np.ndarray) -> None:
+    """A PDEBench `tensor` file, with datasets replaced or added by keyword (raw, no checks)."""
+    u, c = fields()
+    data = {"tensor": u, "x-coordinate": c["x"], "t-coordinate": c["t"], **over}
+    with h5py.File(path, "w") as f:
+        for k, v in data.items():
+            if v is not None:
+                f[k] = v
+
+
+def good_file(path: Path, n: int = N, t: int = T, x: int = X) -> None:
+    u, c = fields(n, t, x)
+    pdebench.write(path, u, c)
+
+
+@dataclass
+class Case:
+    id: str
+    job: str  # train | tune | generate | evaluate
+    args: list[str]
+    expect: str  # a word the one line must contain
+    setup: Callable[[Path], None] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    config: str | None = "base.yaml"  # None: the job takes no --config (evaluate)
+
+
+def write(rel: str, data: str | bytes) -> Callable[[Path], None]:
+    def setup(ws: Path) -> None:
+        p = ws / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data.encode() if isinstance(data, str) else data)
+
+    return setup
+
+
+def both(*setups: Callable[[Path], None]) -> Callable[[Path], None]:
+    def setup(ws: Path) -> None:
+        for s in setups:
+            s(ws)
+
+    return setup
+
+
+def data(build: Callable[[Path], None]) -> Callable[[Path], None]:
+    """Make `bad.h5` with `build`; the case points data.path at it."""
+    return lambda ws: build(ws / "bad.h5")
+
+
+def truncated(p: Path) -> None:
+    good_file(p)
+    raw = p.read_bytes()
+    p.write_bytes(raw[: len(raw) // 3])
+
+
+def unreadable(p: Path) -> None:
+    good_file(p)
+    p.chmod(0)
+
+
+def nan_at(sample: int, value: float) -> Callable[[Path], None]:
+    def build(p: Path) -> None:
+        u, _ = fields()
+        u[sample, 3, 5] = value
+        h5(p, tensor=u)
+
+    return build
+
+
+BAD = ["--set", "data.path=bad.h5"]
+
+
+# --- run folders: a finished-looking run under runs/r, damaged one way per case ----------------
+
+
+def finished_run(ws: Path, *, damage: Callable[[Path], None] | None = None) -> None:
+    cfg = C.load_config(ws / "base.yaml").cfg
+    run = ws / "runs" / "r"
+    (run / "stages").mkdir(parents=True)
+    (run / "config.yaml").write_text(C.to_yaml(cfg))
+    (run / "run.json").write_text(json.dumps({"name": "r", "config_digest": C.digest(cfg), "wandb_id": "r-1"}))
+    stages = {}
+    for s in ("autoencoder", "operator"):
+        from ups.contracts import BestMetric
+
+        uri = str(run / "stages" / s / "export.pt")
+        sha = write_export(uri, s, {"w": torch.zeros(3)}, BestMetric("val_loss", 1.0, 1), "d")
+        stages[s] = {"status": "completed", "epochs": 1, "export": uri, "weights_sha256": sha}
+    (run / "summary.json").write_text(json.dumps({"name": "r", "stages": stages}))
+    if damage:
+        damage(run)
+
+
+def damaged(how: Callable[[Path], None]) -> Callable[[Path], None]:
+    return lambda ws: finished_run(ws, damage=how)
+
+
+def put(rel: str, text: str) -> Callable[[Path], None]:
+    return lambda run: (run / rel).write_text(text)
+
+
+def summary_edit(edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    def how(run: Path) -> None:
+        s = json.loads((run / "summary.json").read_text())
+        edit(s)
+        (run / "summary.json").write_text(json.dumps(s))
+
+    return how
+
+
+def tamper_export(run: Path) -> None:
+    """Other weights under the same name: a valid export whose digest is not the recorded one."""
+    from ups.contracts import BestMetric
+
+    write_export(str(run / "stages" / "operator" / "export.pt"), "operator", {"w": torch.ones(3)},
+                 BestMetric("val_loss", 1.0, 1), "d")  # fmt: skip
+
+
+def corrupt_export(run: Path) -> None:
+    p = run / "stages" / "operator" / "export.pt"
+    p.write_bytes(p.read_bytes()[:-100])  # cut off: the zip's directory is gone
+
+
+def hold_lock(ws: Path) -> None:
+    """Another driver holds run r (a real flock, taken by this process for the case's duration)."""
+    from ups.runlock import RunLock
+    from ups.storage import Storage
+
+    lock = RunLock(Storage(str(ws / "runs")), "r")
+    lock.acquire(say=lambda _: None)
+    HELD.append(lock)
+
+
+HELD: list = []
+RUN = ["--name", "r", "--storage", "runs"]
+EVAL = ["--run", "runs/r"]
+
+CASES = [
+    # data files
+    Case("data-text-file", "train", BAD, "not an HDF5 file", write("bad.h5", "just text\n")),
+    Case("data-empty-file", "train", BAD, "empty", write("bad.h5", b"")),
+    Case("data-directory", "train", BAD, "directory", lambda ws: (ws / "bad.h5").mkdir()),
+    Case("data-truncated", "train", BAD, "truncated", data(truncated)),
+    Case("data-nan", "train", BAD, "NaN/Inf", data(nan_at(7, np.nan))),
+    Case("data-inf", "train", BAD, "sample 9", data(nan_at(9, np.inf))),
+    Case("data-string-dtype", "train", BAD, "dtype", data(lambda p: h5(p, tensor=np.full((N, T, X), b"ab")))),
+    Case("data-complex-dtype", "train", BAD, "dtype", data(lambda p: h5(p, tensor=fields()[0].astype(np.complex64)))),
+    Case("data-bool-dtype", "train", BAD, "dtype", data(lambda p: h5(p, tensor=fields()[0] > 0))),
+    Case("data-nan-x", "train", BAD, "x-coordinate", data(lambda p: h5(p, **{"x-coordinate": np.full(X, np.nan)}))),
+    Case(
+        "data-dt-zero", "train", BAD, "strictly increasing", data(lambda p: h5(p, **{"t-coordinate": np.zeros(T + 1)}))
+    ),  # fmt: skip
+    Case(
+        "data-t-decreasing",
+        "train",
+        BAD,
+        "t-coordinate",
+        data(lambda p: h5(p, **{"t-coordinate": np.linspace(1, 0, T + 1)})),
+    ),  # fmt: skip
+    Case("data-no-t", "train", BAD, "t-coordinate", data(lambda p: h5(p, **{"t-coordinate": None}))),
+    Case("data-x-length", "train", BAD, "x-coordinate", data(lambda p: h5(p, **{"x-coordinate": np.arange(5.0)}))),
+    Case("data-rank-2", "train", BAD, "rank", data(lambda p: h5(p, tensor=np.zeros((N, T), np.float32)))),
+    Case(
+        "data-unknown-layout", "train", BAD, "unknown layout", data(lambda p: h5(p, tensor=None, other=np.zeros(3)))
+    ),  # fmt: skip
+    Case("data-missing", "train", ["--set", "data.path=nowhere.h5"], "file not found"),
+    Case("data-initial-step", "train", ["--set", "data.initial_step=12"], "data.initial_step"),
+    Case("data-patch-size", "train", ["--set", "model.encoder.patch_size=5"], "patch_size"),
+    Case(
+        "data-list-grids",
+        "train",
+        ["--set", "data.path=[good.h5, other.h5]"],
+        "one shape",
+        lambda ws: good_file(ws / "other.h5", x=16),
+    ),  # fmt: skip
+    Case(
+        "data-list-frames",
+        "train",
+        ["--set", "data.path=[good.h5, other.h5]"],
+        "one shape",
+        lambda ws: good_file(ws / "other.h5", t=8),
+    ),  # fmt: skip
+    Case(
+        "data-list-same-stem",
+        "train",
+        ["--set", "data.path=[good.h5, sub/good.h5]"],
+        "share the name",
+        lambda ws: (ws / "sub").mkdir() or good_file(ws / "sub" / "good.h5"),
+    ),  # fmt: skip
+    Case("data-list-empty", "train", ["--set", "data.path=[]"], "data.path"),
+    Case("data-unreadable", "train", BAD, "permission", data(unreadable)),
+    # YAML and flags
+    Case(
+        "yaml-not-utf8",
+        "train",
+        [],
+        "UTF-8",
+        write("bad.yaml", b"include: base.yaml\nx: \xff\xfe\n"),
+        config="bad.yaml",
+    ),
+    Case(
+        "yaml-include-not-utf8",
+        "train",
+        [],
+        "UTF-8",
+        both(write("inc.yaml", b"a: \xe9\n"), write("bad.yaml", "include: [base.yaml, inc.yaml]\n")),
+        config="bad.yaml",
+    ),  # fmt: skip
+    Case(
+        "yaml-duplicate-key",
+        "train",
+        [],
+        "duplicate key",
+        write("bad.yaml", "include: base.yaml\ntraining:\n  batch_size: 8\n  batch_size: 16\n"),
+        config="bad.yaml",
+    ),  # fmt: skip
+    Case(
+        "yaml-dotted-key",
+        "train",
+        [],
+        "dotted keys",
+        write("bad.yaml", "include: base.yaml\ntraining.batch_size: 8\n"),
+        config="bad.yaml",
+    ),  # fmt: skip
+    Case("yaml-syntax", "train", [], "YAML syntax", write("bad.yaml", "training: {batch_size: 8\n"), config="bad.yaml"),
+    Case("yaml-top-level-list", "train", [], "mapping", write("bad.yaml", "- a\n- b\n"), config="bad.yaml"),
+    Case("yaml-include-missing", "train", [], "include", write("bad.yaml", "include: nope.yaml\n"), config="bad.yaml"),
+    Case(
+        "yaml-include-cycle",
+        "train",
+        [],
+        "cycle",
+        both(write("a.yaml", "include: b.yaml\n"), write("b.yaml", "include: a.yaml\n")),
+        config="a.yaml",
+    ),  # fmt: skip
+    Case(
+        "yaml-unknown-key",
+        "train",
+        [],
+        "did you mean",
+        write("bad.yaml", "include: base.yaml\ntraining: {batch_sise: 8}\n"),
+        config="bad.yaml",
+    ),  # fmt: skip
+    Case("yaml-missing-file", "train", [], "not found", config="nope.yaml"),
+    Case("yaml-directory", "train", [], "directory", lambda ws: (ws / "d.yaml").mkdir(), config="d.yaml"),
+    Case("set-no-equals", "train", ["--set", "training.batch_size"], "--set"),
+    Case("set-bad-yaml", "train", ["--set", "training.batch_size=[1"], "--set"),
+    Case("set-unknown-key", "train", ["--set", "training.lr=1"], "--set: unknown key"),
+    Case("set-blamed-not-file", "train", ["--set", "scaling.num_workers=3"], "--set: training.batch_size"),
+    # impossible values
+    Case("betas", "train", ["--set", "stages.operator.optimizer.betas=[0.9, 1.5]"], "betas"),
+    Case("lr-inf", "train", ["--set", "stages.operator.optimizer.lr=.inf"], "finite"),
+    Case("lr-nan", "train", ["--set", "stages.autoencoder.optimizer.lr=.nan"], "finite"),
+    Case("lambda-rollout", "train", ["--set", "stages.operator.lambda_rollout=-1"], "lambda_rollout"),
+    Case("plateau-patience", "train", ["--set", "stages.operator.scheduler.patience=-2"], "patience"),
+    Case("grad-clip", "train", ["--set", "training.grad_clip=-1"], "grad_clip"),
+    Case("corrector-off", "train", ["--set", "eval.corrector=diffusion"], "eval.corrector"),
+    Case("ray-cpus", "train", ["--set", "ray.num_cpus=1", "--set", "scaling.num_workers=2"], "ray.num_cpus"),
+    Case("gate-ratio-metric", "train", ["--set", "gate.ratios={nRMSEE: 1.1}"], "gate.ratios"),
+    Case("batch-too-big", "train", ["--set", "training.batch_size=4096"], "training.batch_size"),
+    Case("stage-needs", "train", ["--set", "stages.autoencoder.epochs=0"], "stages.autoencoder"),
+    Case("unknown-arch", "train", ["--set", "model.operator.arch=unet9"], "model.operator.arch"),
+    Case("workers-range", "train", ["--set", "scaling.num_workers=[3, 1]"], "num_workers"),
+    Case("seed-negative", "train", ["--set", "training.seed=-1"], "training.seed"),
+    Case(
+        "wandb-mode-env",
+        "train",
+        [],
+        "WANDB_MODE",
+        env={"WANDB_MODE": "sometimes"},
+        setup=write("w.yaml", "include: base.yaml\nlogging: {wandb: {enabled: true}}\n"),
+        config="w.yaml",
+    ),  # fmt: skip
+    Case(
+        "wandb-key-file",
+        "train",
+        [],
+        "WANDB_API_KEY_FILE",
+        env={"WANDB_API_KEY_FILE": "/nonexistent/key"},
+        setup=write("w.yaml", "include: base.yaml\nlogging: {wandb: {enabled: true}}\n"),
+        config="w.yaml",
+    ),  # fmt: skip
+    # names and storage
+    Case("name-traversal", "train", ["--name", "../../x"], "--name"),
+    Case("name-slash", "train", ["--name", "a/b"], "--name"),
+    Case("name-too-long", "train", ["--name", "n" * 300], "--name"),
+    Case("name-empty", "train", ["--name", ""], "--name"),
+    Case("storage-empty", "train", ["--storage", ""], "--storage"),
+    Case("storage-is-file", "train", ["--storage", "afile"], "--storage", write("afile", "x")),
+    Case("storage-under-file", "train", ["--storage", "afile/runs"], "--storage", write("afile", "x")),
+    Case("storage-scheme", "train", ["--storage", "foo://bucket/runs"], "unknown scheme"),
+    Case("storage-relative-file-uri", "train", ["--storage", "file://runs"], "--storage"),
+    Case("storage-credentials", "train", ["--storage", "s3://AK:Sh0uldNotLeak@bucket/runs"], "credentials"),
+    Case("tune-name-traversal", "tune", ["--name", "../../x"], "--name", config="sweep.yaml"),
+    Case("gate-family-path", "tune", ["--set", "gate.family=/etc"], "gate.family", config="sweep.yaml"),
+    Case("gate-family-dotdot", "train", ["--set", "gate.family=.."], "gate.family"),
+    # run folders: resuming a damaged run, evaluating one
+    Case("resume-corrupt-run-json", "train", RUN, "run.json", damaged(put("run.json", "{not json"))),
+    Case("resume-run-json-no-digest", "train", RUN, "config_digest", damaged(put("run.json", "{}"))),
+    Case("resume-corrupt-summary", "train", RUN, "summary.json", damaged(put("summary.json", "[1, 2"))),
+    Case("resume-summary-stages-list", "train", RUN, "summary.json", damaged(put("summary.json", '{"stages": []}'))),
+    Case(
+        "resume-bad-stage-record",
+        "train",
+        RUN,
+        "stage record",
+        damaged(summary_edit(lambda s: s["stages"].update(operator={"epochs": 3}))),
+    ),  # fmt: skip
+    Case(
+        "resume-changed-corrupt-config",
+        "train",
+        [*RUN, "--set", "training.seed=5", "--accept-config-change"],
+        "config.yaml",
+        damaged(put("config.yaml", "a: [1,\n")),
+    ),  # fmt: skip
+    Case(
+        "resume-changed-config", "train", [*RUN, "--set", "training.seed=5"], "config differs", damaged(lambda r: None)
+    ),
+    Case("run-locked", "train", RUN, "in use by", both(damaged(lambda r: None), hold_lock)),
+    Case(
+        "eval-not-a-run",
+        "evaluate",
+        EVAL,
+        "not a run folder",
+        lambda ws: (ws / "runs" / "r").mkdir(parents=True),
+        config=None,
+    ),  # fmt: skip
+    Case("eval-corrupt-summary", "evaluate", EVAL, "summary.json", damaged(put("summary.json", "{")), config=None),
+    Case(
+        "eval-incomplete",
+        "evaluate",
+        EVAL,
+        "has not completed",
+        damaged(summary_edit(lambda s: s["stages"].pop("operator"))),
+        config=None,
+    ),  # fmt: skip
+    Case(
+        "eval-export-missing",
+        "evaluate",
+        EVAL,
+        "missing",
+        damaged(lambda r: (r / "stages" / "operator" / "export.pt").unlink()),
+        config=None,
+    ),  # fmt: skip
+    Case("eval-export-corrupt", "evaluate", EVAL, "cannot be read", damaged(corrupt_export), config=None),
+    Case("eval-export-tampered", "evaluate", EVAL, "altered", damaged(tamper_export), config=None),
+    Case(
+        "eval-no-digest",
+        "evaluate",
+        EVAL,
+        "digest",
+        damaged(summary_edit(lambda s: s["stages"]["operator"].pop("weights_sha256"))),
+        config=None,
+    ),  # fmt: skip
+    Case("eval-corrupt-config", "evaluate", EVAL, "config.yaml", damaged(put("config.yaml", "{{{")), config=None),
+    Case(
+        "eval-config-unknown-key",
+        "evaluate",
+        EVAL,
+        "unknown key",
+        damaged(put("config.yaml", "bogus: 1\n")),
+        config=None,
+    ),  # fmt: skip
+    Case(
+        "eval-bad-corrector",
+        "evaluate",
+        EVAL,
+        "corrector",
+        damaged(summary_edit(lambda s: s.update(eval={"corrector": "magic"}))),
+        config=None,
+    ),  # fmt: skip
+    Case("eval-run-traversal", "evaluate", ["--run", "runs/.."], "--run", config=None),
+    Case(
+        "eval-data-gone",
+        "evaluate",
+        EVAL,
+        "file not found",
+        both(damaged(lambda r: None), lambda ws: (ws / "good.h5").unlink()),
+        config=None,
+    ),  # fmt: skip
+    # sweeps and generation
+    Case(
+        "sweep-randint-order",
+        "tune",
+        ["--set", "sweep.space={training.seed: {randint: [5, 1]}}"],
+        "randint",
+        config="sweep.yaml",
+    ),  # fmt: skip
+    Case(
+        "sweep-uniform-strings",
+        "tune",
+        ["--set", "sweep.space={stages.operator.optimizer.lr: {uniform: [adam, sgd]}}"],
+        "uniform",
+        config="sweep.yaml",
+    ),  # fmt: skip
+    Case(
+        "sweep-loguniform-zero",
+        "tune",
+        ["--set", "sweep.space={stages.operator.optimizer.lr: {loguniform: [0, 1]}}"],
+        "loguniform",
+        config="sweep.yaml",
+    ),  # fmt: skip
+    Case(
+        "sweep-choice-empty",
+        "tune",
+        ["--set", "sweep.space={training.seed: {choice: []}}"],
+        "choice",
+        config="sweep.yaml",
+    ),  # fmt: skip
+    Case(
+        "sweep-forbidden-key",
+        "tune",
+        ["--set", "sweep.space={data.x_stride: {choice: [1, 2]}}"],
+        "data.x_stride",
+        config="sweep.yaml",
+    ),  # fmt: skip
+    Case(
+        "sweep-value-invalid",
+        "tune",
+        ["--set", "sweep.space={training.batch_size: {choice: [8, -1]}}"],
+        "training.batch_size",
+        config="sweep.yaml",
+    ),  # fmt: skip
+    Case("sweep-empty", "tune", ["--set", "sweep.space={}"], "empty", config="sweep.yaml"),
+    Case(
+        "sweep-ray-cpus",
+        "tune",
+        ["--set", "ray.num_cpus=2", "--set", "sweep.max_concurrent_trials=2"],
+        "ray.num_cpus",
+        config="sweep.yaml",
+    ),  # fmt: skip
+    Case("gen-seed-negative", "generate", ["--set", "data.generate.seed=-1"], "seed", config="gen.yaml"),
+    Case("gen-resolution", "generate", ["--set", "data.generate.resolution=1"], "resolution", config="gen.yaml"),
+    Case("gen-nu-inf", "generate", ["--set", "data.generate.nu=.inf"], "nu", config="gen.yaml"),
+    Case("gen-frames", "generate", ["--set", "data.generate.frames=1"], "frames", config="gen.yaml"),
+    Case("gen-missing-section", "generate", [], "data.generate"),
+    Case("gen-exists", "generate", ["--set", "data.path=good.h5"], "exists", config="gen.yaml"),
+]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under root with a digest of its contents (folders as 'dir')."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_dir():
+            out[rel] = "dir"
+        else:
+            try:
+                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+            except PermissionError:
+                out[rel] = f"unreadable:{p.stat().st_size}"
+    return out
+
+
+class RayStarted(BaseException):
+    """Raised by the tripwire: a BaseException, so no `except Exception` in the code can hide it."""
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    good_file(ws / "good.h5")
+    (ws / "base.yaml").write_text(BASE)
+    (ws / "sweep.yaml").write_text(SWEEP)
+    (ws / "gen.yaml").write_text(GENERATE)
+    monkeypatch.chdir(ws)
+    for k in ("RAY_ADDRESS", "WANDB_MODE", "WANDB_API_KEY", "WANDB_API_KEY_FILE"):
+        monkeypatch.delenv(k, raising=False)
+    yield ws
+    while HELD:
+        HELD.pop().release()
+    for p in ws.rglob("*"):  # undo chmod 0, so pytest can clean up
+        if not p.is_symlink():
+            p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """`ray.init` (however it is reached) raises instead of starting anything."""
+    import ray
+    import ray._private.worker
+
+    def tripwire(*_, **__):
+        raise RayStarted("ray.init was called")
+
+    monkeypatch.setattr(ray, "init", tripwire)
+    monkeypatch.setattr(ray._private.worker, "init", tripwire)
+
+
+def test_enough_cases():
+    assert len(CASES) >= 60 and len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_line_before_ray_and_writes_nothing(case, workspace, no_ray, monkeypatch, capsys):
+    if case.id == "data-unreadable" and os.geteuid() == 0:
+        pytest.skip("root reads files whatever their mode")
+    if case.setup:
+        case.setup(workspace)
+    for k, v in case.env.items():
+        monkeypatch.setenv(k, v)
+    before = snapshot(workspace.parent)
+    argv = (["--config", case.config] if case.config else []) + case.args
+    monkeypatch.setattr(sys, "argv", [f"ray_jobs.{case.job}", *argv])
+    job = importlib.import_module(f"ray_jobs.{case.job}")
+    with pytest.raises(SystemExit) as exit_:
+        job.main()
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert exit_.value.code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert case.expect in lines[0], lines[0]
+    assert "Sh0uldNotLeak" not in err
+    assert snapshot(workspace.parent) == before, "the job wrote something"
+
+
+@pytest.mark.parametrize(
+    "job, args",
+    [
+        ("train", ["--config", "base.yaml", "--set", "data.path=bad.h5"]),
+        ("tune", ["--config", "sweep.yaml", "--set", "sweep.space={training.seed: {randint: [5, 1]}}"]),
+        ("generate", ["--config", "gen.yaml", "--set", "data.generate.nu=.inf"]),
+        ("evaluate", ["--run", "runs/missing"]),
+    ],
+)
+def test_process_contract_exit_2_one_line_no_traceback(job, args, workspace):
+    (workspace / "bad.h5").write_text("not hdf5")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "127.0.0.1:9"}  # nothing listens there
+    r = subprocess.run([sys.executable, "-m", f"ray_jobs.{job}", *args], cwd=workspace, env=env,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
