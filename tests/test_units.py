@@ -3,6 +3,7 @@ rewrites and the learning-rate schedule. No Ray, no training."""
 
 from __future__ import annotations
 
+import os
 import json
 import math
 
@@ -194,3 +195,27 @@ def test_schedule_state_round_trips(name):
     if name == "plateau":
         assert a.plateau_scale == 0.25  # two bad epochs with patience 0
     assert lrs(b, 5) == pytest.approx(lrs(a, 5))  # and they stay in step
+
+
+# --- W&B mode and key --------------------------------------------------------------------------
+
+
+def test_wandb_auto_mode_respects_wandb_mode_and_reads_the_key_from_a_file(tmp_path, monkeypatch):
+    from ups import tracking
+
+    for k in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_API_KEY_FILE"):
+        monkeypatch.setenv(k, "")  # recorded, so the key this test loads is removed afterwards
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    assert tracking.wandb_mode("auto") == "offline"  # no key anywhere
+    key = tmp_path / "key"
+    key.write_text("k" * 40 + "\n")
+    monkeypatch.setenv("WANDB_API_KEY_FILE", str(key))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert tracking.wandb_mode("auto") == "offline"  # the user's choice wins over an available key
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert tracking.wandb_mode("auto") == "disabled"
+    monkeypatch.delenv("WANDB_MODE")
+    assert tracking.wandb_mode("auto") == "online"  # the key came from the file...
+    assert os.environ["WANDB_API_KEY"] == "k" * 40  # ...into this process only
+    assert tracking.wandb_mode("offline") == "offline"  # an explicit mode is kept
