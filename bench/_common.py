@@ -91,7 +91,7 @@ def ensure_data(loaded: LoadedConfig) -> None:
     from ups import pipeline
     from ups.backend.local_backend import LocalBackend
 
-    pipeline.ensure_data(loaded.cfg, pipeline.preflight(loaded), LocalBackend(device="cpu", say=quiet), quiet)
+    pipeline.ensure_data(loaded.cfg, pipeline.preflight(loaded), LocalBackend(device="cpu"), quiet)
 
 
 def run_pipeline(loaded: LoadedConfig, name: str, backend: Any = None) -> dict:
@@ -222,7 +222,7 @@ def ready_trainer(job: TrainJob, data: dict[str, Trajectories], device: str = "c
     from ups.train.context import LocalContext
     from ups.train.trainer import StageTrainer
 
-    trainer = StageTrainer(job, LocalContext(data, device=device), say=quiet)
+    trainer = StageTrainer(job, LocalContext(data, device=device))
     trainer.build()
     trainer.ingest()
     trainer.restore()

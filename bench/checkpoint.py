@@ -27,7 +27,7 @@ import tempfile
 import time
 
 import torch
-from _common import ROOT, emit, quiet, ready_trainer, stage_job, synthetic_handoff, synthetic_latents, synthetic_meta
+from _common import ROOT, emit, ready_trainer, stage_job, synthetic_handoff, synthetic_latents, synthetic_meta
 
 from ups.config import load_config
 from ups.train.context import LocalContext
@@ -62,7 +62,7 @@ def measure(name: str, path: str, n_train: int, repeats: int) -> dict:
             t0 = time.perf_counter()
             trainer.checkpoint(row)
             saves.append(time.perf_counter() - t0)
-            fresh = StageTrainer(job, LocalContext(data, keep=cfg.checkpoint.keep), say=quiet)
+            fresh = StageTrainer(job, LocalContext(data, keep=cfg.checkpoint.keep))
             fresh.build()
             fresh.ingest()
             t0 = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import posixpath
 import sys
 from collections.abc import Callable
@@ -14,9 +15,11 @@ from ups.run import default_name
 from ups.storage import check_storage
 
 
-def parser(job: str, description: str, *, config_required: bool = True) -> argparse.ArgumentParser:
+def parser(job: str, description: str, *, run_flags: bool = True) -> argparse.ArgumentParser:
+    """The flags every config-driven job takes; `run_flags`: also --name and --storage (jobs that
+    write a run or a sweep)."""
     p = argparse.ArgumentParser(prog=f"python -m ray_jobs.{job}", description=description)
-    p.add_argument("--config", required=config_required, metavar="PATH", help="YAML config (may `include:` others)")
+    p.add_argument("--config", required=True, metavar="PATH", help="YAML config (may `include:` others)")
     p.add_argument(
         "--set",
         action="append",
@@ -25,31 +28,52 @@ def parser(job: str, description: str, *, config_required: bool = True) -> argpa
         dest="overrides",
         help="override a dotted key with a YAML value; repeatable",
     )
-    p.add_argument("--name", help="run name (default: config name + UTC time); the same name resumes the run")
+    if run_flags:
+        p.add_argument("--name", help="run name (default: config name + UTC time); the same name resumes the run")
+        p.add_argument(
+            "--storage",
+            default="runs",
+            metavar="PATH_OR_URI",
+            help="where runs live: a folder (relative to the working directory), or s3://, gs://, file:///abs "
+            "(default: runs/)",
+        )
+    p.add_argument("--validate-only", action="store_true", help="check config, flags and data; print what would run")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
     p.add_argument(
-        "--storage",
-        default="runs",
-        metavar="PATH_OR_URI",
-        help="where runs live: a folder, or s3://, gs://, file:// (default: runs/)",
+        "--verbose", action="store_true", help="show Ray's own console output (its logs are on disk either way)"
     )
     return p
 
 
 def load(args: argparse.Namespace) -> tuple[LoadedConfig, str]:
-    """The config and the run name, after the flags that become paths are checked (before Ray, before writes).
-
-    Every job checks --storage and --name, also generate, which ignores them: a bad value is a
-    mistake wherever it is typed.
-    """
-    check_storage(args.storage)
-    if args.name is not None:  # `--name ''` is a bad name, not "no name"
-        check_name("--name", args.name)
+    """The config and the run name, after the flags that become paths are checked (before Ray, before writes)."""
+    if getattr(args, "verbose", False):
+        os.environ["UPS_VERBOSE"] = "1"  # read by ups.runtime when it starts or joins Ray
+    name = getattr(args, "name", None)
+    if hasattr(args, "storage"):
+        check_storage(args.storage)
+    if name is not None:  # `--name ''` is a bad name, not "no name"
+        check_name("--name", name)
     loaded = load_config(args.config, args.overrides)
-    if args.name is not None:
-        return loaded, args.name
+    if name is not None:
+        return loaded, name
     # The config file's stem may hold anything a file name can; the default must still be one segment.
     stem = slug(loaded.name, MAX_LEN - len(default_name("")))
     return loaded, check_name("--name", default_name(stem))
+
+
+def print_config(loaded: LoadedConfig) -> int:
+    from ups.config import digest, to_yaml
+
+    print(to_yaml(loaded.cfg) + f"# digest: {digest(loaded.cfg)}")
+    return 0
+
+
+def validated(lines: list[str]) -> int:
+    """`--validate-only`'s report: what would run, then OK (an error ends earlier, with its one line)."""
+    print("\n".join(lines))
+    print("OK")
+    return 0
 
 
 def run_folder(run: str) -> tuple[str, str]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
-from ray_jobs._cli import run_folder, user_errors
+from ray_jobs._cli import run_folder, user_errors, validated
 from ups.config import ConfigError
 
 
@@ -18,10 +19,19 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="python -m ray_jobs.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, metavar="PATH_OR_URI", help="the run folder, {storage}/{name}")
     p.add_argument("--split", choices=["val", "test"], default="val", help="val (default) or test, the report split")
+    p.add_argument(
+        "--validate-only", action="store_true", help="check the run folder, exports and data; print what would run"
+    )
+    p.add_argument(
+        "--verbose", action="store_true", help="show Ray's own console output (its logs are on disk either way)"
+    )
     args = p.parse_args()
+    if args.verbose:
+        os.environ["UPS_VERBOSE"] = "1"
 
     from ups import pipeline
     from ups.backend.ray_backend import RayBackend
+    from ups.console import Console
     from ups.data import views
     from ups.preflight import check_consistent
     from ups.run import RunDir
@@ -46,11 +56,19 @@ def main() -> int:
     exports = pipeline.load_exports(rundir, summary)
     infos = {p: views.check_file(p, cfg.data, rundir.dir.uri_of("config.yaml")) for p in cfg.data.paths}
     check_consistent(cfg, dict(infos), rundir.dir.uri_of("config.yaml"))
+    if args.validate_only:
+        return validated([
+            f"run      {uri}",
+            f"stages   {', '.join(f'{n} ({r.epochs} epochs)' for n, r in records.items() if r.completed)}; "
+            f"{len(exports)} export(s) verified against their recorded digests",
+            f"data     {', '.join(cfg.data.paths)}",
+            f"split    {args.split}, corrector {cfg.eval.corrector}, writes {uri}/eval/{args.split}/",
+        ])  # fmt: skip
     backend = RayBackend()
     backend.start(cfg, rundir)
     tasks = views.load_tasks(cfg.data)
     meta = views.DataMeta.from_tasks(tasks, cfg.data.initial_step)
-    result = pipeline.evaluate_run(backend, rundir, cfg, meta, tasks, exports, args.split, print)
+    result = pipeline.evaluate_run(backend, rundir, cfg, meta, tasks, exports, args.split, Console())
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}, indent=2))
     return 0
 

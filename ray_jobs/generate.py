@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 
-from ray_jobs._cli import load, parser, user_errors
+from ray_jobs._cli import load, parser, print_config, user_errors, validated
 from ups.config import ConfigError
 
 
 @user_errors
 def main() -> int:
-    p = parser("generate", __doc__.splitlines()[0])
+    p = parser("generate", __doc__.splitlines()[0], run_flags=False)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--no-ray", action="store_true", help="solve in this process instead of Ray tasks")
     args = p.parse_args()
@@ -23,8 +23,22 @@ def main() -> int:
     if cfg.data.generate is None:
         raise ConfigError(f"{loaded.path}: data.generate: missing (it says what to generate)")
     out = cfg.data.paths[0]
+    if args.print_config:
+        return print_config(loaded)
     if os.path.exists(out) and not args.overwrite:
         raise ConfigError(f"{loaded.path}: data.path: {out} exists (pass --overwrite to replace it)")
+    if os.path.isdir(out) or (os.path.exists(out) and not os.access(out, os.W_OK)):
+        raise ConfigError(f"{loaded.path}: data.path: {out} cannot be replaced (a folder, or not writable)")
+    g = cfg.data.generate
+    if args.validate_only:
+        return validated([
+            f"config   {loaded.path}",
+            f"writes   {out}: {g.samples} {g.pde} trajectories x {g.frames} frames x {g.resolution} cells, t in [0, "
+            f"{g.t_end:g}], {'nu' if g.pde == 'burgers' else 'beta'} = {g.nu if g.pde == 'burgers' else g.beta:g}, "
+            f"seed {g.seed}, {-(-g.samples // g.chunk_size)} chunk(s) of {g.chunk_size}"
+            + (" (replacing the file)" if os.path.exists(out) else ""),
+            f"runs on  {'this process' if args.no_ray else 'Ray tasks'}",
+        ])  # fmt: skip
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
 
     from ups.data.generate import generate

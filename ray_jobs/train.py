@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from ray_jobs._cli import load, parser, user_errors
+from ray_jobs._cli import load, parser, print_config, user_errors, validated
 
 
 @user_errors
@@ -20,7 +20,6 @@ def main() -> int:
         action="store_true",
         help="config changed: keep finished stages and continue under the new config",
     )
-    p.add_argument("--validate-only", action="store_true", help="check config and data, print the resolved config")
     p.add_argument(
         "--no-ray",
         action="store_true",
@@ -31,13 +30,18 @@ def main() -> int:
 
     from ups import pipeline
 
+    if args.print_config:
+        return print_config(loaded)
     if args.validate_only:
-        from ups.config import digest, to_yaml
-        from ups.preflight import preflight
+        from ups.preflight import describe, preflight
+        from ups.run import RunDir
+        from ups.storage import Storage
 
-        preflight(loaded, ray=not args.no_ray)
-        print(to_yaml(loaded.cfg) + f"# digest: {digest(loaded.cfg)}")
-        return 0
+        infos = preflight(loaded, ray=not args.no_ray)
+        RunDir(Storage(args.storage), name).check(
+            loaded.cfg, restart=args.restart, accept_change=args.accept_config_change
+        )  # a resume that would be refused is refused here too
+        return validated(describe(loaded, infos, storage=args.storage, name=name))
     backend = None
     if args.no_ray:
         from ups.backend.local_backend import LocalBackend

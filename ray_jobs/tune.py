@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from ray_jobs._cli import load, parser, user_errors
+from ray_jobs._cli import load, parser, print_config, user_errors, validated
 
 
 @user_errors
@@ -20,6 +20,11 @@ def main() -> int:
     loaded, name = load(args)
 
     from ups import sweep
+
+    if args.print_config:
+        return print_config(loaded)
+    if args.validate_only:
+        return validated(sweep.validate(loaded, name, args.storage))
 
     summary = sweep.run(loaded, name, args.storage)
     print(

@@ -44,7 +44,7 @@ def ray_session():
             include_dashboard=True,
             dashboard_host="127.0.0.1",
             configure_logging=False,
-            log_to_driver=True,
+            log_to_driver=False,  # as the jobs run it: what users see reaches the driver as events
         )
     runtime.configure_data(Config(), local=True)
     yield ray

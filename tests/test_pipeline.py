@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,9 @@ from ups.config import load_config
 from ups.stages import registry
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+import wandb_offline  # noqa: E402
+
 METRIC_KEYS = {"stage", "epoch", "world_size", "train_loss", "lr", "epoch_time_s", "samples_per_s"}
 
 
@@ -69,15 +72,19 @@ def test_one_wandb_run_per_pipeline_run_and_rerun_skips_finished_stages(smoke_ru
     loaded, storage, first = smoke_run
     run = storage / "smoke"
     wandb_id = json.loads((run / "run.json").read_text())["wandb_id"]
-
-    def run_ids() -> set[str]:
-        return {re.sub(r"^offline-run-\d{8}_\d{6}-", "", p.name) for p in (run / "wandb").glob("offline-run-*")}
-
-    assert run_ids() == {wandb_id}
+    (only,) = wandb_offline.runs(run)  # one wandb.init for the whole pipeline, in the driver
+    assert only.run_id == wandb_id
+    for name in registry.names()[:4]:  # every stage's rows, sent by the workers to the driver
+        assert {f"train/{name}/train_loss", f"train/{name}/{registry.get(name).val_metric}"} <= only.history_keys
+    assert only.summary["eval/nRMSE"] == pytest.approx(first["eval"]["nRMSE"])
+    assert only.summary["test/nRMSE"] == pytest.approx(first["eval_test"]["nRMSE"])
     again = pipeline.run(loaded, pipeline.PipelineOptions(name="smoke", storage=str(storage)))
     out = capsys.readouterr().out
     for name in registry.names()[:4]:
         assert f"== {name}: completed earlier" in out
         assert again["stages"][name]["weights_sha256"] == first["stages"][name]["weights_sha256"]
-    assert run_ids() == {wandb_id}  # the eval summary reopened the same W&B run
+    segments = wandb_offline.runs(run)  # the re-run's evaluation: the same run id, steps after the first's
+    assert len(segments) == 2 and {s.run_id for s in segments} == {wandb_id}
+    assert max(segments[0].steps) < min(segments[1].steps)
     assert again["eval"]["nRMSE"] == first["eval"]["nRMSE"]  # deterministic evaluation
+    assert "Traceback" not in out and "pid=" not in out and "\x1b[" not in out

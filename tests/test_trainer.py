@@ -30,6 +30,13 @@ from ups.train.trainer import StageTrainer, read_result, stage_seed
 TOKENS, DIM, FRAMES = 2, 4, 6
 
 
+def said_into(lines: list[str]):
+    """An event sink that keeps the Say lines as the console prints them."""
+    from ups.events import Say
+
+    return lambda e: lines.append(f"[{e.stage}] {e.text}") if isinstance(e, Say) else None
+
+
 class ToyConfig(StageConfig):
     epochs: NonNegInt = 3
     scale: PosFloat = 2.0
@@ -136,7 +143,7 @@ def test_the_registry_gives_a_toy_stage_its_config_section(toy):
 
 def test_a_toy_stage_trains_through_the_real_trainer_without_ray(toy, tmp_path):
     j = job(tmp_path)
-    result = StageTrainer(j, LocalContext(train_data()), say=lambda _: None).fit()
+    result = StageTrainer(j, LocalContext(train_data())).fit()
     assert result.status == "completed" and result.epochs == 3 and result.weights_sha256
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
@@ -149,15 +156,15 @@ def test_a_toy_stage_trains_through_the_real_trainer_without_ray(toy, tmp_path):
 
 
 def test_a_stop_mid_epoch_resumes_bit_identical(toy, tmp_path):
-    reference = StageTrainer(job(tmp_path / "a"), LocalContext(train_data()), say=lambda _: None).fit()
+    reference = StageTrainer(job(tmp_path / "a"), LocalContext(train_data())).fit()
 
     j = job(tmp_path / "b")
     said: list[str] = []
-    first = StageTrainer(j, StopAfter(0, train_data()), say=said.append).fit()  # stop at the first poll: step 8
+    first = StageTrainer(j, StopAfter(0, train_data()), emit=said_into(said)).fit()  # stop at the first poll: step 8
     assert first.status == "interrupted" and not (tmp_path / "b" / "stages").exists()
     # 24 trajectories x 6 frames / batch 8 = 18 steps an epoch: the first poll (step 8) is inside epoch 1
     assert said[-1] == "[toy] stop requested: checkpointed at epoch 1, micro-batch 8"
-    resumed = StageTrainer(j, LocalContext(train_data()), say=said.append).fit()
+    resumed = StageTrainer(j, LocalContext(train_data()), emit=said_into(said)).fit()
     assert any(s.startswith("[toy] resumed at epoch 1, micro-batch 8") for s in said)
     assert resumed.status == "completed" and resumed.restarts == 1
     assert resumed.weights_sha256 == reference.weights_sha256
@@ -165,11 +172,11 @@ def test_a_stop_mid_epoch_resumes_bit_identical(toy, tmp_path):
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(toy, tmp_path):
     j = job(tmp_path, epochs=2)
-    StageTrainer(j, StopAfter(0, train_data()), say=lambda _: None).fit()
+    StageTrainer(j, StopAfter(0, train_data())).fit()
     newest = sorted((tmp_path / "ray" / "toy").glob("checkpoint_*"))[-1]
     (newest / "state.pt").write_bytes(b"truncated")
     said: list[str] = []
-    StageTrainer(j, LocalContext(train_data()), say=said.append).fit()
+    StageTrainer(j, LocalContext(train_data()), emit=said_into(said)).fit()
     assert any(f"corrupt checkpoint skipped: {newest.name}" in s for s in said)
 
 

@@ -3,9 +3,9 @@ rewrites and the learning-rate schedule. No Ray, no training."""
 
 from __future__ import annotations
 
-import os
 import json
 import math
+import os
 
 import numpy as np
 import pytest

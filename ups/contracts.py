@@ -52,7 +52,6 @@ class TrainJob:
     checkpoint_uri: str  # the folder holding this stage's checkpoints
     handoff: dict[str, str] = field(default_factory=dict)  # stage it needs -> its export uri
     handoff_sha256: dict[str, str] = field(default_factory=dict)  # stage -> recorded weights digest
-    wandb: dict[str, Any] | None = None
     accept_config_change: bool = False
     stop_flag: str | None = None  # name of the driver's stop-flag actor (Ray only)
     # One id per worker group the driver launches: a stage that finished in an earlier attempt of

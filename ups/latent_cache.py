@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -197,19 +198,25 @@ def build_or_reuse(
         import ray.data
 
         # One Ray Data job for all splits (one encoder actor start); the actor writes the files.
-        written = (
-            ray.data.from_arrow(table)
-            .map_batches(
-                Encode,
-                fn_constructor_kwargs=kwargs,
-                batch_size=ENCODE_BATCH,
-                compute=ray.data.ActorPoolStrategy(size=1),
-                batch_format="numpy",
-                num_gpus=1 if cfg.scaling.use_gpu else 0,
-                num_cpus=0 if cfg.scaling.use_gpu else 1,
+        # `max_restarts` has no named parameter in 2.60; the project pins ray < 2.61.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            written = (
+                ray.data.from_arrow(table)
+                .map_batches(
+                    Encode,
+                    fn_constructor_kwargs=kwargs,
+                    batch_size=ENCODE_BATCH,
+                    compute=ray.data.ActorPoolStrategy(size=1),
+                    batch_format="numpy",
+                    num_gpus=1 if cfg.scaling.use_gpu else 0,
+                    num_cpus=0 if cfg.scaling.use_gpu else 1,
+                    # No actor restarts: its constructor arguments live in the object store, which Ray
+                    # warns cannot be relied on for a restart; a failed build is rebuilt by the next run.
+                    max_restarts=0,
+                )
+                .take_all()
             )
-            .take_all()
-        )
     else:
         encode = Encode(**kwargs)
         written = []

@@ -23,6 +23,7 @@ from typing import Any
 from ups import config as C
 from ups.backend import Backend, Preempted
 from ups.config import Config
+from ups.console import Console
 from ups.contracts import StageRecord, StageResult, TrainJob
 from ups.data import views
 from ups.data.pdebench import FileInfo
@@ -35,7 +36,7 @@ from ups.run import RunDir
 from ups.runlock import RunLock
 from ups.stages import registry
 from ups.storage import Storage, redact
-from ups.tracking import final_wandb, wandb_settings
+from ups.tracking import RunLogger, wandb_settings
 
 __all__ = ["PipelineOptions", "Preempted", "evaluate_exports", "load_exports", "preflight", "run"]
 
@@ -76,17 +77,31 @@ def _run(
     info = rundir.open(cfg, restart=opts.restart, accept_change=opts.accept_config_change)
     summary = rundir.summary()  # read (and refused if damaged) before any Ray resource is used
     records = rundir.records(summary)
-    say: Callable[[str], None] = (lambda _: None) if opts.quiet else (lambda msg: print(msg, flush=True))
+    wandb = RunLogger(wandb_settings(cfg, info, rundir), rundir.dir, config=C.to_dict(cfg))
+    console = Console(quiet=opts.quiet, wandb=wandb)
+    try:
+        return _stages_and_eval(cfg, opts, infos, rundir, info, summary, records, console)
+    finally:
+        console.close()
+        wandb.finish()
+
+
+def _stages_and_eval(
+    cfg: Config, opts: PipelineOptions, infos: dict[str, FileInfo | None], rundir: RunDir, info: dict[str, Any],
+    summary: dict[str, Any], records: dict[str, StageRecord], console: Console,
+) -> dict[str, Any]:  # fmt: skip
+    say = console.say
     say(f"run {opts.name} -> {rundir.dir.shown}")
     backend = opts.backend or _ray_backend(say)
+    backend.emit = console.handle
     backend.start(cfg, rundir)
 
     ensure_data(cfg, infos, backend, say)
-    tasks = views.load_tasks(cfg.data)
-    meta = views.DataMeta.from_tasks(tasks, cfg.data.initial_step)
-    data_sha = views.data_digest(tasks)
+    with console.phase("loading data"):
+        tasks = views.load_tasks(cfg.data)
+        meta = views.DataMeta.from_tasks(tasks, cfg.data.initial_step)
+        data_sha = views.data_digest(tasks)
     summary.update(name=opts.name, config_digest=info["config_digest"], data_sha256=data_sha)
-    wandb = wandb_settings(cfg, info, rundir)
 
     latents: Any = None
     for folder, *group in _groups(cfg, rundir, records, say):
@@ -98,17 +113,16 @@ def _run(
             if latents is None:
                 ae = records["autoencoder"]
                 assert ae.export and ae.weights_sha256
-                t0 = time.perf_counter()
-                cache, reused = build_or_reuse(rundir.dir, tasks, meta, cfg, ae.export, ae.weights_sha256, data_sha,
-                                               use_ray=backend.name == "ray", say=say)  # fmt: skip
+                with console.phase("latent cache"):
+                    cache, reused = build_or_reuse(rundir.dir, tasks, meta, cfg, ae.export, ae.weights_sha256,
+                                                   data_sha, use_ray=backend.name == "ray", say=say)  # fmt: skip
                 summary["latent_cache"] = {"uri": cache.uri, "reused": reused, "rows": cache.manifest["rows"],
                                            "encoder_sha256": ae.weights_sha256}  # fmt: skip
-                say(f"== latent cache: {'reused' if reused else 'built'} at {redact(cache.uri)} "
-                    f"({time.perf_counter() - t0:.1f}s)")  # fmt: skip
+                say(f"   latent cache {'reused' if reused else 'built'} at {redact(cache.uri)}")
                 latents = backend.latent_data(cache)
             data = latents
         attempt = uuid.uuid4().hex
-        jobs = [_job(name, folder, attempt, cfg, info, meta, rundir, records, wandb, opts, backend) for name in group]
+        jobs = [_job(name, folder, attempt, cfg, info, meta, rundir, records, opts, backend) for name in group]
         where = f"{cfg.scaling.num_workers} worker(s)" if backend.name == "ray" else "this process (no Ray)"
         for name in group:
             say(f"== {name}: {C.stage_config(cfg, name).epochs} epochs on {where}")
@@ -126,7 +140,7 @@ def _run(
 
     backend.check_stop("evaluation")
     exports = load_exports(rundir, summary)
-    summary["eval"] = evaluate_run(backend, rundir, cfg, meta, tasks, exports, "val", say)
+    summary["eval"] = evaluate_run(backend, rundir, cfg, meta, tasks, exports, "val", console)
     if cfg.eval.corrector == "auto" and summary["eval"]["corrector"] != "none":
         choice = choose_corrector(summary["eval"])
         if choice.changed:
@@ -134,15 +148,26 @@ def _run(
             say(f"== eval: corrector {kind} does not beat the operator alone on val "
                 f"({choice.scores[kind]:.4g} vs {choice.scores['none']:.4g}); evaluating without it")  # fmt: skip
             cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"corrector": "none"})})
-            summary["eval"] = evaluate_run(backend, rundir, cfg, meta, tasks, exports, "val", say)
+            summary["eval"] = evaluate_run(backend, rundir, cfg, meta, tasks, exports, "val", console)
         summary["eval"]["corrector_selection"] = choice.scores
     if cfg.eval.test if opts.eval_test is None else opts.eval_test:
-        summary["eval_test"] = evaluate_run(backend, rundir, cfg, meta, tasks, exports, "test", say)
+        summary["eval_test"] = evaluate_run(backend, rundir, cfg, meta, tasks, exports, "test", console)
     rundir.write_summary(summary)
-    final_wandb(wandb, summary)
+    assert console.wandb is not None
+    console.wandb.log_eval(summary, _plots(rundir, cfg))
     if not opts.quiet:
         print(summary_table(summary))
     return summary
+
+
+def _plots(rundir: RunDir, cfg: Config) -> dict[str, bytes]:
+    """The evaluation's plots for W&B (val; test too when it was evaluated)."""
+    out = {}
+    for split in ("val", "test"):
+        for name in ("fields", "horizon"):
+            if cfg.eval.plots and rundir.dir.exists("eval", split, f"{name}.png"):
+                out[f"eval/{split}/{name}"] = rundir.dir.read_bytes("eval", split, f"{name}.png")
+    return out
 
 
 def _ray_backend(say: Callable[[str], None]) -> Backend:
@@ -194,7 +219,7 @@ def _groups(
 
 def _job(
     name: str, group: str, attempt: str, cfg: Config, info: dict[str, Any], meta: views.DataMeta, rundir: RunDir,
-    records: dict[str, StageRecord], wandb: dict[str, Any] | None, opts: PipelineOptions, backend: Backend,
+    records: dict[str, StageRecord], opts: PipelineOptions, backend: Backend,
 ) -> TrainJob:  # fmt: skip
     needs = registry.get(name).needs
     return TrainJob(
@@ -203,7 +228,7 @@ def _job(
         checkpoint_uri=rundir.dir.uri_of("ray", group),
         handoff={n: rundir.dir.uri_of("stages", n, EXPORT_FILE) for n in needs},
         handoff_sha256={n: r.weights_sha256 for n in needs if (r := records.get(n)) and r.weights_sha256},
-        wandb=wandb, accept_config_change=opts.accept_config_change, stop_flag=backend.stop_name(), attempt=attempt,
+        accept_config_change=opts.accept_config_change, stop_flag=backend.stop_name(), attempt=attempt,
     )  # fmt: skip
 
 
@@ -254,12 +279,13 @@ def evaluate_exports(
 
 def evaluate_run(
     backend: Backend, rundir: RunDir, cfg: Config, meta: views.DataMeta, tasks: list[views.Task],
-    exports: Exports, split: str, say: Callable[[str], None],
+    exports: Exports, split: str, console: Console,
 ) -> dict[str, Any]:  # fmt: skip
     """The run's evaluation on a split: metrics, plots and eval/{split}/ files."""
     from ups.eval import plots
 
-    result = backend.evaluate(cfg, meta, tasks, exports, split)
+    with console.phase(f"evaluating {split}"):
+        result = backend.evaluate(cfg, meta, tasks, exports, split)
     arrays = result.pop("_arrays")
     rundir.dir.write_json(result, "eval", split, "metrics.json")
     if cfg.eval.plots:
@@ -267,7 +293,7 @@ def evaluate_run(
                                "eval", split, "fields.png")  # fmt: skip
         rundir.dir.write_bytes(plots.horizon_png(result["horizon_nRMSE"], meta.initial_step),
                                "eval", split, "horizon.png")  # fmt: skip
-    say(
+    console.say(
         f"== eval ({split}): nRMSE={result['nRMSE']:.4g}  persistence={result['persistence_nRMSE']:.4g}"
         f"  ({result['samples']} trajectories, {result['horizon']} steps, corrector={result['corrector']})"
     )

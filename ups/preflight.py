@@ -181,3 +181,54 @@ def check_batches(cfg: Config, infos: dict[str, FileInfo | None], where: Callabl
                     f"{where('training.batch_size')}: training.batch_size={b} needs {b // world} "
                     f"samples per worker, but stage {s} has {have} at world size {world}"
                 )
+
+
+def describe(loaded: C.LoadedConfig, infos: dict[str, FileInfo | None], *, storage: str, name: str) -> list[str]:
+    """What a run of this config would do, in a few lines (`--validate-only`): data, splits,
+    stages with their steps per epoch, workers and batches, storage, W&B, the config digest."""
+    from ups.storage import redact
+    from ups.tracking import wandb_mode
+
+    cfg, d = loaded.cfg, loaded.cfg.data
+    lines = [f"config   {loaded.path} (digest {C.digest(cfg)[:12]})"]
+    n_train, frames = 0, 0
+    for path, info in infos.items():
+        grid: tuple[int, ...]
+        chans: tuple[str, ...]
+        if info is None:
+            assert d.generate is not None
+            g = d.generate
+            n, t, grid, chans = g.samples, g.frames, (g.resolution,), ("u",)
+            note = f" (missing: data.generate writes it: {g.pde}, {g.samples} samples)"
+        else:
+            n, t, grid, chans, note = info.n_samples, info.n_times, info.spatial_shape, info.channels, ""
+        n = min(n, d.max_samples or n)
+        splits = views.split_indices(n, d.test_fraction, d.val_fraction)
+        n_train += len(splits["train"])
+        frames = len(range(0, t, d.t_stride))
+        strided = tuple(len(range(0, x, d.x_stride)) for x in grid)
+        lines.append(
+            f"data     {path}: {n} trajectories x {frames} frames x {'x'.join(map(str, strided))} x {len(chans)} "
+            f"channel(s) after strides; train {len(splits['train'])} / val {len(splits['val'])} / "
+            f"test {len(splits['test'])}{note}"
+        )
+    sc, b = cfg.scaling, cfg.training.batch_size
+    world = max(sc.world_sizes)
+    for s, stage in registry.stages().items():
+        scfg = C.stage_config(cfg, s)
+        if scfg.epochs == 0:
+            lines.append(f"stage    {s}: off (0 epochs)")
+            continue
+        per_traj = stage.samples_per_trajectory(frames, scfg, d.initial_step)
+        steps = (n_train // world) * per_traj // (b // world)
+        lines.append(f"stage    {s}: {scfg.epochs} epochs x {steps} steps ({per_traj} samples per trajectory)")
+    workers = f"{sc.num_workers}" if isinstance(sc.num_workers, int) else f"{sc.num_workers[0]}..{sc.num_workers[1]}"
+    per = ", ".join(f"{b // (w * cfg.training.accum_steps)} at {w}" for w in sc.world_sizes)
+    lines.append(
+        f"workers  {workers} ({'GPU' if sc.use_gpu else 'CPU'}); global batch {b}, per worker and micro-step {per}"
+        f" (x {cfg.training.accum_steps} micro-steps)"
+    )
+    lines.append(f"storage  {redact(storage)} -> run {name}")
+    w = cfg.logging.wandb
+    lines.append(f"W&B      {wandb_mode(w.mode) if w.enabled else 'off'} (project {w.project})")
+    return lines

@@ -7,9 +7,13 @@ a CPU budget, so trainers and data pipelines do not starve each other.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from ups.config import Config
@@ -45,29 +49,79 @@ def connect(cfg: Config, trials: int = 0) -> bool:
     import ray
 
     local = not os.environ.get("RAY_ADDRESS")
+    verbose = verbose_ray()
     if not ray.is_initialized():
         if local:
             for k, v in _LOCAL_ENV.items():
                 os.environ.setdefault(k, v)  # inherited by the raylet and every worker it starts
             # address="local": never attach to some other `ray start`-ed cluster found on this machine.
-            ray.init(
-                address="local",
-                num_cpus=cfg.ray.num_cpus or local_cpus(cfg, trials),
-                include_dashboard=True,
-                dashboard_host="127.0.0.1",
-                object_store_memory=cfg.ray.object_store_mb * 2**20 if cfg.ray.object_store_mb else None,
-                # The custom resources workers ask for (a node-type label on a cluster): this machine
-                # is every node type at once.
-                resources={
-                    k: v * max(cfg.scaling.world_sizes) * max(trials, 1) for k, v in cfg.scaling.resources.items()
-                },
-                configure_logging=False,
-                log_to_driver=True,
-            )
+            with _startup_banner_filtered(verbose):
+                ray.init(
+                    address="local",
+                    num_cpus=cfg.ray.num_cpus or local_cpus(cfg, trials),
+                    include_dashboard=True,
+                    dashboard_host="127.0.0.1",
+                    object_store_memory=cfg.ray.object_store_mb * 2**20 if cfg.ray.object_store_mb else None,
+                    # The custom resources workers ask for (a node-type label on a cluster): this machine
+                    # is every node type at once.
+                    resources={
+                        k: v * max(cfg.scaling.world_sizes) * max(trials, 1) for k, v in cfg.scaling.resources.items()
+                    },
+                    configure_logging=False,
+                    # Workers' own output (Ray's, and tracebacks) stays in the session's log files;
+                    # what the user should see reaches the driver as events (ups/events.py).
+                    log_to_driver=verbose,
+                )
         else:
-            ray.init(log_to_driver=True)
+            ray.init(log_to_driver=verbose)
     configure_data(cfg, local)
     return local
+
+
+def verbose_ray() -> bool:
+    """`--verbose` (UPS_VERBOSE=1): Ray's own console output comes back."""
+    return os.environ.get("UPS_VERBOSE", "") not in ("", "0")
+
+
+def logs_dir() -> str | None:
+    """Where this driver's Ray writes its logs (None when that is on a remote head)."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    return node.get_logs_dir_path() if node is not None else None
+
+
+@contextlib.contextmanager
+def _startup_banner_filtered(verbose: bool) -> Iterator[None]:
+    """Drop Ray's start-up notice about token authentication, which its C++ core writes straight to
+    stderr on every local start; everything else written there meanwhile is passed on."""
+    if verbose:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines(keepends=True):
+                if not line.startswith("Token authentication is enabled for this Ray cluster"):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+class DropNotices(logging.Filter):
+    """Ray Data's console notices that the project's own settings cause (used by ray_data_logging.yaml)."""
+
+    NOTICES = ("Progress bars disabled", "Progress bars for operators disabled")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOTICES)
 
 
 def quiet_train_logs() -> None:

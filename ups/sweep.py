@@ -28,7 +28,7 @@ from ups.data import views
 from ups.exports import read_export
 from ups.gating import Registry, family_of
 from ups.names import check_name
-from ups.preflight import preflight
+from ups.preflight import describe, preflight
 from ups.stages import registry
 from ups.storage import Storage, redact, redact_all
 
@@ -107,6 +107,41 @@ class _EpochReports:
         return EpochReports()
 
 
+def _trial_progress(say: Callable[[str], None], interval_s: float = 10.0) -> Any:
+    """A Tune callback that keeps the console informed: a line when a trial starts or ends, and the
+    sweep's counts (done / running / stopped by the scheduler / errored) every `interval_s`."""
+    from ray import tune
+
+    class TrialProgress(tune.Callback):
+        def __init__(self) -> None:
+            self.last = float("-inf")
+
+        def _counts(self, trials: list[Any]) -> str:
+            done = sum(t.status == "TERMINATED" and bool((t.last_result or {}).get("final")) for t in trials)
+            stopped = sum(t.status == "TERMINATED" and not (t.last_result or {}).get("final") for t in trials)
+            running = sum(t.status == "RUNNING" for t in trials)
+            errored = sum(t.status == "ERROR" for t in trials)
+            return f"{done} done, {running} running, {stopped} stopped early by the scheduler, {errored} errored"
+
+        def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            say(f"sweep: trial {trial.trial_id} started ({self._counts(trials)})")
+
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            how = "finished" if (trial.last_result or {}).get("final") else "stopped early by the scheduler"
+            say(f"sweep: trial {trial.trial_id} {how} ({self._counts(trials)})")
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            say(f"sweep: trial {trial.trial_id} errored; its log is in its trial folder ({self._counts(trials)})")
+
+        def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+            now = time.monotonic()
+            if now - self.last >= interval_s:
+                self.last = now
+                say(f"sweep: {len(trials)} trial(s): {self._counts(trials)}")
+
+    return TrialProgress()
+
+
 def _trial(params: dict, *, base: dict, trials_uri: str, sweep: str, stage: str) -> None:
     """One Tune trial: the whole pipeline under its trial id, reporting the watched stage."""
     import ray.tune
@@ -140,11 +175,27 @@ def _trial(params: dict, *, base: dict, trials_uri: str, sweep: str, stage: str)
     )
 
 
-def run(loaded: C.LoadedConfig, name: str, storage: str, quiet: bool = False) -> dict[str, Any]:
+def validate(loaded: C.LoadedConfig, name: str, storage: str) -> list[str]:
+    """Everything a sweep checks before Ray (name, config, data, search space); what it would run."""
     cfg = loaded.cfg
     check_name("--name", name)  # the sweep's folder, before Ray or any write
-    preflight(loaded, trials=cfg.sweep.max_concurrent_trials)
+    infos = preflight(loaded, trials=cfg.sweep.max_concurrent_trials)
     check_space(loaded)
+    sw = cfg.sweep
+    lines = [line for line in describe(loaded, infos, storage=storage, name=name) if not line.startswith("storage")]
+    space = "; ".join(f"{k}: {kind} {args}" for k, spec in sw.space.items() for kind, args in spec.items())
+    lines += [
+        f"sweep    {name}: {sw.num_samples} sample(s) of {space}",
+        f"trials   at most {sw.max_concurrent_trials} at once; scheduler {sw.scheduler.name} on "
+        f"stages.{sw.scheduler.stage} (grace {sw.scheduler.grace_period} epoch(s))",
+        f"storage  {redact(storage)}/{name}; registry {redact(storage)}/registry",
+    ]
+    return lines
+
+
+def run(loaded: C.LoadedConfig, name: str, storage: str, quiet: bool = False) -> dict[str, Any]:
+    cfg = loaded.cfg
+    validate(loaded, name, storage)
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -201,8 +252,12 @@ def run(loaded: C.LoadedConfig, name: str, storage: str, quiet: bool = False) ->
                 ),
             ),
             run_config=tune.RunConfig(
-                name="tune", storage_path=sweep_dir.uri, failure_config=tune.FailureConfig(max_failures=0)
-            ),
+                name="tune",
+                storage_path=sweep_dir.uri,
+                failure_config=tune.FailureConfig(max_failures=0),
+                callbacks=[_trial_progress(say)],
+                verbose=0,  # the project's lines instead of Tune's tables
+            ),  # fmt: skip
         )
     grid = tuner.fit()
     trials = _trials(grid, sweep_dir)

@@ -1,9 +1,12 @@
-"""Where metrics go: the run's `metrics.jsonl` and one W&B run per pipeline run, both from rank 0.
+"""Where metrics go: the run's `metrics.jsonl` (written by rank 0 of each stage) and the run's
+one W&B run (`RunLogger`, owned by the driver).
 
-W&B is offline unless WANDB_API_KEY is in the environment (or `logging.wandb.mode` says
-otherwise). Every stage and every restart re-opens the same W&B run by id with
-`resume="allow"`, so a pipeline run is one W&B run, resumed rather than duplicated. Offline, each
-re-open is its own `offline-run-*-<id>` folder that `wandb sync` merges into that one run.
+W&B is offline unless a key is available (or `logging.wandb.mode` / `WANDB_MODE` says otherwise).
+One `wandb.init` per driver process: a fresh run is one `offline-run-*-<id>` folder; a resumed
+run (the driver restarted) adds a second folder with the same id whose steps continue after the
+first's. W&B cannot merge offline folders by id (`wandb sync` of two folders with one id keeps
+one of them, wandb/wandb#3841), but it appends folders whose steps do not overlap:
+`wandb sync --append <folder>` for the later ones (README).
 """
 
 from __future__ import annotations
@@ -111,15 +114,6 @@ class WandbRun:
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
         )
 
-    def define_stage(self, stage: str) -> None:
-        if self.run:
-            self.run.define_metric(f"train/{stage}/epoch")
-            self.run.define_metric(f"train/{stage}/*", step_metric=f"train/{stage}/epoch")
-
-    def log(self, prefix: str, row: dict[str, Any]) -> None:
-        if self.run:
-            self.run.log({f"{prefix}/{k}": v for k, v in row.items() if isinstance(v, (int, float))})
-
     def summary(self, values: dict[str, Any]) -> None:
         if self.run:
             for k, v in values.items():
@@ -131,8 +125,66 @@ class WandbRun:
             self.run = None
 
 
+STEP_FILE = "wandb_step.json"
+
+
+class RunLogger:
+    """The pipeline run's one W&B run, opened once by the driver and kept for the run's life.
+
+    Every stage's epoch rows (they reach the driver as events, ups/events.py), the evaluation's
+    scalars and plots go into it. Steps are the driver's own counter, saved in the run folder, so
+    a resumed run (a new driver, a new offline folder with the same run id) continues after the
+    last step of the previous one: offline folders never overlap and `wandb sync --append` can
+    put them together as one run.
+    """
+
+    def __init__(self, settings: dict[str, Any] | None, run: Storage, config: dict[str, Any] | None = None) -> None:
+        self.folder = run
+        self.step = int(run.read_json(STEP_FILE)["next"]) if run.exists(STEP_FILE) else 0
+        self.wandb = WandbRun(settings, config=config)
+        self._stages: set[str] = set()
+
+    @property
+    def on(self) -> bool:
+        return self.wandb.run is not None
+
+    def log_row(self, stage: str, row: dict[str, Any]) -> None:
+        run = self.wandb.run
+        if run is None:
+            return
+        if stage not in self._stages:  # each stage's curves against its own epochs
+            run.define_metric(f"train/{stage}/epoch")
+            run.define_metric(f"train/{stage}/*", step_metric=f"train/{stage}/epoch")
+            self._stages.add(stage)
+        values = {f"train/{stage}/{k}": v for k, v in row.items() if isinstance(v, (int, float))}
+        run.log(values, step=self.step)
+        self.step += 1
+        self.folder.write_json({"next": self.step}, STEP_FILE)
+
+    def log_eval(self, summary: dict[str, Any], images: dict[str, bytes]) -> None:
+        """The evaluation's scalars (val under eval/, test under test/) and its plots."""
+        run = self.wandb.run
+        if run is None:
+            return
+        flat = {f"eval/{k}": v for k, v in summary.get("eval", {}).items() if isinstance(v, (int, float))}
+        flat.update({f"test/{k}": v for k, v in summary.get("eval_test", {}).items() if isinstance(v, (int, float))})
+        self.wandb.summary(flat)
+        if images:
+            import io
+
+            from PIL import Image
+
+            wandb = self.wandb._wandb
+            run.log({k: wandb.Image(Image.open(io.BytesIO(v))) for k, v in images.items()}, step=self.step)
+            self.step += 1
+            self.folder.write_json({"next": self.step}, STEP_FILE)
+
+    def finish(self) -> None:
+        self.wandb.finish()
+
+
 def wandb_settings(cfg: Config, info: dict[str, Any], rundir: RunDir) -> dict[str, Any] | None:
-    """What a process needs to open the run's W&B run (None: W&B is off)."""
+    """What the driver needs to open the run's W&B run (None: W&B is off)."""
     w = cfg.logging.wandb
     if not w.enabled or w.mode == "disabled":
         return None
@@ -141,12 +193,3 @@ def wandb_settings(cfg: Config, info: dict[str, Any], rundir: RunDir) -> dict[st
         "tags": w.tags, "id": info["wandb_id"], "name": info["name"],
         "dir": rundir.dir.path() if rundir.dir.local else None,
     }  # fmt: skip
-
-
-def final_wandb(settings: dict[str, Any] | None, summary: dict[str, Any]) -> None:
-    """The evaluation's scalars into the W&B run's summary."""
-    run = WandbRun(settings)
-    flat = {f"eval/{k}": v for k, v in summary.get("eval", {}).items() if isinstance(v, (int, float))}
-    flat.update({f"test/{k}": v for k, v in summary.get("eval_test", {}).items() if isinstance(v, (int, float))})
-    run.summary(flat)
-    run.finish()

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from ups.config import Config, GenerateConfig
 from ups.contracts import StageResult, TrainJob
 from ups.data.views import DataMeta, Task
+from ups.events import Emit
 from ups.exports import Exports
 from ups.latent_cache import LatentCache
 from ups.run import RunDir
@@ -23,6 +24,7 @@ class Preempted(RuntimeError):
 
 class Backend(Protocol):
     name: str
+    emit: Emit  # where the training processes' events go; the pipeline points it at its console
 
     def start(self, cfg: Config, rundir: RunDir) -> None:
         """Connect (Ray) and install the SIGTERM handler."""

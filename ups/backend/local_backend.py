@@ -19,6 +19,7 @@ from ups.backend import Preempted, eval_config
 from ups.config import Config, GenerateConfig
 from ups.contracts import StageResult, TrainJob
 from ups.data.views import DataMeta, Task
+from ups.events import Emit, ignore
 from ups.exports import Exports
 from ups.latent_cache import LatentCache, fields_trajectories
 from ups.run import RunDir
@@ -43,6 +44,7 @@ class LocalBackend:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.reason: str | None = None
         self.say: Callable[[str], None] = say or (lambda msg: print(msg, flush=True))
+        self.emit: Emit = ignore  # where the trainer's events go (the pipeline's console)
 
     def start(self, cfg: Config, rundir: RunDir) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -67,7 +69,7 @@ class LocalBackend:
         self, group: str, jobs: list[TrainJob], data: Any, cfg: Config, callbacks: list[Any]
     ) -> tuple[list[StageResult], str | None]:
         ctx = _StoppableContext(self, data, device=self.device, keep=cfg.checkpoint.keep)
-        results = run_stages(jobs, ctx, self.say)
+        results = run_stages(jobs, ctx, self.emit)
         newest = next(iter(sorted(_checkpoint_dirs(jobs[0].checkpoint_uri), reverse=True)), None)
         return results, newest
 

@@ -15,6 +15,7 @@ from ups.backend import Preempted, eval_config
 from ups.config import Config, GenerateConfig
 from ups.contracts import StageResult, TrainJob
 from ups.data.views import DataMeta, Task
+from ups.events import Emit, ignore
 from ups.exports import Exports
 from ups.latent_cache import LatentCache, fields_dataset
 from ups.run import RunDir
@@ -32,12 +33,15 @@ class RayBackend:
         self.flag: Any = None
         self._flag_name: str | None = None
         self.say: Callable[[str], None] = say or (lambda msg: print(msg, flush=True))
+        self.emit: Emit = ignore  # where the workers' events go (the pipeline's console)
 
     def start(self, cfg: Config, rundir: RunDir) -> None:
         from ups import runtime
         from ups.train.stop import StopFlag, flag_name
 
         runtime.connect(cfg, trials=self.trials)
+        logs = runtime.logs_dir()
+        self.say(f"Ray's logs: {logs}" if logs else "Ray's logs: on the cluster's head (`ray logs`, the dashboard)")
         self._flag_name = flag_name(f"{rundir.dir.uri}#{uuid.uuid4().hex}")
         # Ray types `@ray.remote(num_cpus=0)` on a class as returning the bare class (no .options).
         self.flag = StopFlag.options(name=self._flag_name).remote()  # type: ignore[attr-defined]
@@ -102,7 +106,10 @@ class RayBackend:
                 datasets_to_split=["train"], execution_options=ExecutionOptions(preserve_order=True)
             ),
         )  # fmt: skip
-        result = trainer.fit()
+        from ups.events import MailboxPump
+
+        with MailboxPump(self.flag, self.emit):
+            result = trainer.fit()
         assert isinstance(result, Result)  # fit() is annotated with the V1 class; V2 returns its own
         results = [StageResult.from_dict(r) for r in (result.return_value or [])]
         return results, result.checkpoint.path if result.checkpoint else None

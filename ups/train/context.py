@@ -105,9 +105,9 @@ def restore_newest(ctx: TrainContext, job: TrainJob, say: Callable[[str], None])
             continue
         except CorruptCheckpoint as e:
             skipped = True
-            say(f"[{job.stage}] corrupt checkpoint skipped: {e}; trying the previous one")
+            say(f"corrupt checkpoint skipped: {e}; trying the previous one")
     if skipped:
-        say(f"[{job.stage}] no valid checkpoint left; starting the stage over")
+        say("no valid checkpoint left; starting the stage over")
     return None
 
 

@@ -3,19 +3,23 @@
 This is the only training module that imports Ray. It supplies the trainer's context: rank,
 world and device from Ray Train, this rank's Ray Data shard (pulled into memory once per worker
 group, shared by every stage the group trains), DDP via `prepare_model`, `ray.train.report`
-for metrics and checkpoints, Ray's checkpoint storage, and the driver's stop flag.
+for metrics and checkpoints, Ray's checkpoint storage, and the driver's actor: the stop flag,
+and the mailbox through which rank 0's events (lines, rows, progress) reach the driver's console.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import ray
 import ray.train
 import ray.train.torch
 from torch import nn
 
 from ups.contracts import TrainJob
+from ups.events import Emit, ignore, remote_emit
 from ups.runtime import quiet_train_logs
 from ups.storage import Storage
 from ups.train.context import Dist
@@ -71,7 +75,11 @@ def train_loop_per_worker(payload: dict[str, Any]) -> list[dict[str, Any]]:
     quiet_train_logs()
     jobs = [TrainJob.from_dict(j) for j in payload["jobs"]]
     ctx = RayContext(jobs[0].stop_flag)
+    emit: Emit = ignore
+    if ctx.rank == 0 and jobs[0].stop_flag:
+        with contextlib.suppress(ValueError):  # no driver-side actor: a test driving the loop directly
+            emit = remote_emit(ray.get_actor(jobs[0].stop_flag))  # the driver's actor carries the events
     try:
-        return [r.to_dict() for r in run_stages(jobs, ctx)]
+        return [r.to_dict() for r in run_stages(jobs, ctx, emit)]
     finally:
         ctx.close()

@@ -10,20 +10,32 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from typing import Any
 
 import ray
 
 
 @ray.remote(num_cpus=0)
 class StopFlag:
+    """The driver's one actor for its workers: the stop flag they poll, and a mailbox for the
+    events rank 0 sends the driver (ups/events.py), held until the driver takes them."""
+
     def __init__(self) -> None:
         self.reason: str | None = None
+        self.events: list[dict[str, Any]] = []
 
     def set(self, reason: str) -> None:
         self.reason = reason
 
     def get(self) -> str | None:
         return self.reason
+
+    def put(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def take(self) -> list[dict[str, Any]]:
+        out, self.events = self.events, []
+        return out
 
 
 def flag_name(run_uri: str) -> str:

@@ -26,7 +26,6 @@ import posixpath
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,11 +35,12 @@ from torch import nn
 from ups import config as C
 from ups.contracts import BestMetric, StageResult, TrainJob
 from ups.data.views import DataMeta
+from ups.events import Emit, EpochRow, Say, StepProgress, ignore
 from ups.exports import read_export, write_export
 from ups.stages import registry
 from ups.stages.base import Stage
 from ups.storage import Storage
-from ups.tracking import MetricsLog, WandbRun
+from ups.tracking import MetricsLog
 from ups.train.context import TrainContext, restore_newest
 from ups.train.optim import LRSchedule, build_optimizer, ema_model
 from ups.train.shard import Trajectories
@@ -49,6 +49,7 @@ from ups.train.state import rng_state, save_checkpoint, set_rng_state
 # Ranks agree on a stop request every this many optimizer steps: one tiny all-reduce, and on a
 # GPU one host sync, per check. Every step would put that sync on the hot path.
 STOP_CHECK_STEPS = 8
+PROGRESS_S = 2.0  # rank 0 tells the driver where it is inside an epoch this often (display only)
 RESULT_FILE = "result.json"
 
 
@@ -100,14 +101,14 @@ class Phases:
 
 
 class StageTrainer:
-    def __init__(self, job: TrainJob, ctx: TrainContext, say: Callable[[str], None] | None = None) -> None:
+    def __init__(self, job: TrainJob, ctx: TrainContext, emit: Emit = ignore) -> None:
         self.job, self.ctx = job, ctx
         self.name = job.stage
         self.cfg = C.from_dict(job.cfg)
         self.tcfg, self.scfg = self.cfg.training, C.stage_config(self.cfg, self.name)
         self.seed = stage_seed(self.tcfg.seed, self.name)
         self.rank, self.world, self.device = ctx.rank, ctx.world, ctx.device
-        self.say = say or (lambda msg: print(msg, flush=True))
+        self.emit = emit if ctx.rank == 0 else ignore  # what the user sees comes from rank 0, via the driver
         self.phases = Phases()
         self.progress = Progress()
         self.history: list[dict[str, Any]] = []
@@ -171,7 +172,7 @@ class StageTrainer:
 
     def restore(self) -> None:
         """Continue from the newest valid checkpoint of this stage, if there is one."""
-        state = restore_newest(self.ctx, self.job, self._rank0_say)
+        state = restore_newest(self.ctx, self.job, self._say)
         if state is not None:
             if state["config_digest"] != self.job.config_digest and not self.job.accept_config_change:
                 raise RuntimeError(f"stage {self.name}: checkpoint was written under another config digest")
@@ -189,23 +190,20 @@ class StageTrainer:
                 set_rng_state(state["rng"][self.rank])
             elif self.progress.micro:
                 self.progress.micro = 0  # new shards after a resize: redo the interrupted epoch on them
-            self._rank0_say(
-                f"[{self.name}] resumed at epoch {self.progress.epoch + 1}, micro-batch {self.progress.micro} "
+            self._say(
+                f"resumed at epoch {self.progress.epoch + 1}, micro-batch {self.progress.micro} "
                 f"(world size {state['world_size']} -> {self.world})"
             )
         self.progress.world_sizes = self.progress.world_sizes + [self.world]  # one entry per (re)start
         self.phases.done("restore")
 
     def prepare(self) -> None:
-        """Data-parallel wrapping, compilation, and the rank-0 sinks (metrics.jsonl, W&B)."""
+        """Data-parallel wrapping, compilation, and rank 0's metrics.jsonl."""
         self.ddp = self.ctx.prepare(self.module)
         self.model = torch.compile(self.ddp, mode=self.tcfg.compile_mode) if self.tcfg.compile else self.ddp
         self.eval_module = self.ema.module if self.ema is not None else self.module
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.tcfg.amp)
         self.log = MetricsLog(Storage(self.job.run_uri), self.name) if self.rank == 0 else None
-        self.wandb = WandbRun(self.job.wandb, config=self.job.cfg) if self.rank == 0 else None
-        if self.wandb:
-            self.wandb.define_stage(self.name)
         self.phases.done("prepare")
 
     def train_epoch(self) -> bool:
@@ -219,8 +217,9 @@ class StageTrainer:
         self._loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)
         self._aux_acc: dict[str, torch.Tensor] = {}
         self._count_acc = 0
-        self._t_start = time.perf_counter()
+        self._t_start = self._t_progress = time.perf_counter()
         self.module.train()
+        self._micro_start = p.micro
         for m in range(p.micro, self.micro_per_epoch):
             ids = order[m * self.micro_batch : (m + 1) * self.micro_batch]
             gen = torch.Generator().manual_seed(derive_seed(self.seed, "step", epoch, m, self.rank))
@@ -230,6 +229,8 @@ class StageTrainer:
                 continue
             self.optimizer_step()
             p.micro = m + 1
+            if self.rank == 0 and time.perf_counter() - self._t_progress >= PROGRESS_S:
+                self._tell_progress(m + 1 - self._micro_start)
             self.first_step = self.first_step or time.time()
             every = self.cfg.checkpoint.every_steps
             if p.global_step % STOP_CHECK_STEPS == 0:
@@ -249,6 +250,18 @@ class StageTrainer:
                 return False
         self._train_time = time.perf_counter() - self._t_start
         return True
+
+    def _tell_progress(self, micro_done: int) -> None:
+        """Rank 0's position in the epoch, for the driver's progress bar (no effect on training)."""
+        now = time.perf_counter()
+        self._t_progress = now
+        elapsed = max(now - self._t_start, 1e-9)
+        p = self.progress
+        loss = (self._loss_acc.item() + p.loss_sum) / max(self._count_acc + p.loss_count, 1)
+        rate = micro_done * self.micro_batch * self.world / elapsed  # global samples/s since this (re)start
+        left = (self.micro_per_epoch - p.micro) * elapsed / max(micro_done, 1)
+        self.emit(StepProgress(self.name, p.epoch + 1, self.scfg.epochs, p.micro // self.tcfg.accum_steps,
+                               self.steps_per_epoch, loss, rate, left))  # fmt: skip
 
     def micro_step(self, batch: dict[str, torch.Tensor], n: int, sync: bool) -> None:
         """Forward and backward of one micro-batch (gradients all-reduced only when `sync`)."""
@@ -324,12 +337,7 @@ class StageTrainer:
         if self.rank == 0:
             assert self.log is not None
             self.log.write(self.history)
-            if self.wandb:
-                self.wandb.log(f"train/{self.name}", row)
-            self.say(
-                f"[{self.name}] epoch {epoch + 1}/{self.scfg.epochs}  train_loss={train_loss:.4g}  "
-                f"{self.stage.val_metric}={metric:.4g}  lr={row['lr']:.2e}  {row['epoch_time_s']:.1f}s"
-            )
+            self.emit(EpochRow(self.name, row, self.stage.val_metric, self.scfg.epochs))
         self.checkpoint(row)
 
     @torch.no_grad()
@@ -375,7 +383,7 @@ class StageTrainer:
         )  # fmt: skip
         if self.preempted:
             if self.rank == 0:
-                self.say(f"[{self.name}] stop requested: checkpointed at epoch {p.epoch + 1}, micro-batch {p.micro}")
+                self._say(f"stop requested: checkpointed at epoch {p.epoch + 1}, micro-batch {p.micro}")
         elif self.rank == 0:
             if self.best_weights is not None:
                 self.eval_module.load_state_dict(self.best_weights)
@@ -384,8 +392,6 @@ class StageTrainer:
             if missing:
                 raise RuntimeError(f"stage {self.name}: export lacks {missing}")
             result.weights_sha256 = write_export(self.job.export_uri, self.name, tensors, best, self.job.config_digest)
-        if self.wandb:
-            self.wandb.finish()
         self.phases.done("export")
         result.phases_s = self.phases.times
         if not self.preempted:
@@ -395,9 +401,8 @@ class StageTrainer:
             self.ctx.comm.barrier()
         return result
 
-    def _rank0_say(self, msg: str) -> None:
-        if self.rank == 0:
-            self.say(msg)
+    def _say(self, msg: str) -> None:
+        self.emit(Say(self.name, msg))
 
 
 def stage_folder(export_uri: str) -> Storage:
@@ -412,7 +417,7 @@ def read_result(export_uri: str) -> StageResult | None:
     return StageResult.from_dict(folder.read_json(RESULT_FILE))
 
 
-def run_stages(jobs: list[TrainJob], ctx: TrainContext, say: Callable[[str], None] | None = None) -> list[StageResult]:
+def run_stages(jobs: list[TrainJob], ctx: TrainContext, emit: Emit = ignore) -> list[StageResult]:
     """Train stages in turn on one context (one worker group): a stage that finished in an earlier
     attempt of the group (its result.json is there) is not trained again, a later stage reads the
     exports of earlier ones, and a stop request ends the group after the interrupted stage."""
@@ -427,7 +432,7 @@ def run_stages(jobs: list[TrainJob], ctx: TrainContext, say: Callable[[str], Non
         if prior is not None and prior.status == "completed" and prior.attempt == job.attempt:
             result = prior
         else:
-            result = StageTrainer(job, ctx, say).fit()
+            result = StageTrainer(job, ctx, emit).fit()
         results.append(result)
         done[job.stage] = result
         if result.status != "completed":
