@@ -102,3 +102,35 @@ def test_one_wandb_run_whose_resumed_segment_continues_the_steps(tmp_path, smoke
         assert {f"train/{stage}/train_loss", f"train/{stage}/epoch"} <= keys
     assert "eval/val/fields/_type" in b.history_keys and "eval/nRMSE" in b.summary  # plots and the eval summary
     assert "Traceback" not in out and not ANSI.search(out)
+
+
+def test_wandb_sync_takes_every_segment_of_the_run(tmp_path, smoke_data, monkeypatch):
+    """The README's sync command, as far as it runs without a server: it lists both segments
+    (W&B syncs files of one run id in start-time order into that run; the upload is not run here)."""
+    import subprocess
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    overrides = [f"data.path={smoke_data}", "logging.wandb.enabled=true", "stages.operator.epochs=1"]
+    loaded = load_config(ROOT / "tests" / "configs" / "tiny.yaml", overrides)
+    for _ in range(2):  # a finished run, then the same command again: a second segment
+        pipeline.run(loaded, pipeline.PipelineOptions(name="s", storage=str(tmp_path), quiet=True,
+                                                      backend=LocalBackend(device="cpu")))  # fmt: skip
+    folders = sorted(str(p) for p in (tmp_path / "s" / "wandb").glob("offline-run-*"))
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    r = subprocess.run([str(wandb_cli), "sync", "--dry-run", *folders], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and all(Path(f).name in r.stdout + r.stderr for f in folders), r.stdout + r.stderr
+
+
+def test_a_silent_worker_group_gets_a_line_every_interval():
+    import time
+
+    out = io.StringIO()
+    c = Console(stream=out, interval_s=0.2)
+    with c.watch("operator working"):
+        deadline = time.monotonic() + 30
+        while "operator working" not in out.getvalue():
+            assert time.monotonic() < deadline, "silence was never broken"
+            time.sleep(0.05)
+    n = len(out.getvalue().splitlines())
+    time.sleep(1.5)
+    assert len(out.getvalue().splitlines()) == n  # the watch ended with its work

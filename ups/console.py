@@ -39,7 +39,8 @@ class Console:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._bar: Any = None
         self._bar_key: tuple[str, int] | None = None
-        self._last_line = float("-inf")
+        self._last_line = float("-inf")  # the last plain progress line
+        self._last_print = time.monotonic()  # anything at all
         self._lock = threading.Lock()
 
     # -- lines ----------------------------------------------------------------------------------
@@ -50,6 +51,7 @@ class Console:
         with self._lock:
             self._close_bar()
             print(text, file=self.stream, flush=True)
+            self._last_print = time.monotonic()
 
     def handle(self, event: Event) -> None:
         """One event from a training process."""
@@ -72,7 +74,7 @@ class Console:
             now = time.monotonic()
             if now - self._last_line < self.interval_s:
                 return
-            self._last_line = now
+            self._last_line = self._last_print = now
             print(plain_progress(e), file=self.stream, flush=True)
 
     def _bar_update(self, e: StepProgress) -> None:
@@ -88,6 +90,7 @@ class Console:
         self._bar.set_postfix(loss=f"{e.loss:.4g}", samples_s=f"{e.samples_per_s:.0f}", eta=_eta(e.eta_s),
                               refresh=False)  # fmt: skip
         self._bar.refresh()
+        self._last_print = time.monotonic()
 
     def _close_bar(self) -> None:
         if self._bar is not None:
@@ -116,6 +119,29 @@ class Console:
             done.set()
             ticker.join()
         self.say(f"== {label}: {time.monotonic() - t0:.1f}s")
+
+    @contextlib.contextmanager
+    def watch(self, label: str) -> Iterator[None]:
+        """Work that reports for itself (a worker group): a line only when the console has been
+        silent for `interval_s` (workers starting, a long validation, a checkpoint upload)."""
+        if self.quiet:
+            yield
+            return
+        t0 = time.monotonic()
+        done = threading.Event()
+
+        def tick() -> None:
+            while not done.wait(1.0):
+                if time.monotonic() - self._last_print >= self.interval_s:
+                    self.say(f"   {label}: {time.monotonic() - t0:.0f}s")
+
+        ticker = threading.Thread(target=tick, name="ups-watch", daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            ticker.join()
 
     def close(self) -> None:
         with self._lock:

@@ -128,7 +128,8 @@ def _stages_and_eval(
             say(f"== {name}: {C.stage_config(cfg, name).epochs} epochs on {where}")
         callbacks = [cb for name in group for cb in opts.stage_callbacks.get(name, [])]
         t0 = time.perf_counter()
-        results, checkpoint = backend.train(folder, jobs, data, cfg, callbacks)
+        with console.watch(f"{'+'.join(group)} working"):
+            results, checkpoint = backend.train(folder, jobs, data, cfg, callbacks)
         _record(results, time.perf_counter() - t0, rundir, checkpoint, records)
         summary["stages"] = {n: r.to_dict() for n, r in records.items()}
         rundir.write_summary(summary)
