@@ -33,7 +33,7 @@ def main() -> int:
     from ups.backend.ray_backend import RayBackend
     from ups.console import Console
     from ups.data import views
-    from ups.preflight import check_consistent
+    from ups.preflight import check_consistent, check_resources
     from ups.run import RunDir
     from ups.storage import Storage, redact
 
@@ -56,6 +56,7 @@ def main() -> int:
     exports = pipeline.load_exports(rundir, summary)
     infos = {p: views.check_file(p, cfg.data, rundir.dir.uri_of("config.yaml")) for p in cfg.data.paths}
     check_consistent(cfg, dict(infos), rundir.dir.uri_of("config.yaml"))
+    check_resources(cfg, lambda key: f"{uri}/config.yaml")  # e.g. a GPU run evaluated where there is none
     if args.validate_only:
         return validated([
             f"run      {uri}",

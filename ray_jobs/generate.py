@@ -10,6 +10,7 @@ import os
 
 from ray_jobs._cli import load, parser, print_config, user_errors, validated
 from ups.config import ConfigError
+from ups.storage import check_creatable_parent
 
 
 @user_errors
@@ -29,6 +30,7 @@ def main() -> int:
         raise ConfigError(f"{loaded.path}: data.path: {out} exists (pass --overwrite to replace it)")
     if os.path.isdir(out) or (os.path.exists(out) and not os.access(out, os.W_OK)):
         raise ConfigError(f"{loaded.path}: data.path: {out} cannot be replaced (a folder, or not writable)")
+    check_creatable_parent(f"{loaded.path}: data.path {out}", out)
     g = cfg.data.generate
     if args.validate_only:
         return validated([

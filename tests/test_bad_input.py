@@ -304,6 +304,14 @@ CASES = [
     Case("set-bad-yaml", "train", ["--set", "training.batch_size=[1"], "--set"),
     Case("set-unknown-key", "train", ["--set", "training.lr=1"], "--set: unknown key"),
     Case("set-blamed-not-file", "train", ["--set", "scaling.num_workers=3"], "--set: training.batch_size"),
+    Case(
+        "yaml-unhashable-key",
+        "train",
+        [],
+        "plain value",
+        write("bad.yaml", "include: base.yaml\n[1, 2]: 3\n"),
+        config="bad.yaml",
+    ),  # fmt: skip
     # impossible values
     Case("betas", "train", ["--set", "stages.operator.optimizer.betas=[0.9, 1.5]"], "betas"),
     Case("lr-inf", "train", ["--set", "stages.operator.optimizer.lr=.inf"], "finite"),
@@ -336,6 +344,23 @@ CASES = [
         env={"WANDB_API_KEY_FILE": "/nonexistent/key"},
         setup=write("w.yaml", "include: base.yaml\nlogging: {wandb: {enabled: true}}\n"),
         config="w.yaml",
+    ),  # fmt: skip
+    Case("resources-negative", "train", ["--set", "scaling.resources={node: -1}"], "scaling.resources"),
+    Case("resources-reserved", "train", ["--set", "scaling.resources={CPU: 1}"], "cpus_per_worker"),
+    Case(
+        "gen-output-under-file",
+        "generate",
+        ["--set", "data.path=afile/gen.h5"],
+        "not a folder",
+        write("afile", "x"),
+        config="gen.yaml",
+    ),  # fmt: skip
+    Case(
+        "train-generated-under-file",
+        "train",
+        ["--set", "data.path=afile/gen.h5", "--set", "data.generate={samples: 8, resolution: 32, frames: 6}"],
+        "not a folder",
+        write("afile", "x"),
     ),  # fmt: skip
     # names and storage
     Case("name-traversal", "train", ["--name", "../../x"], "--name"),

@@ -220,6 +220,7 @@ def test_run_folder_splits_and_checks(tmp_path):
         ("s3://KEY:SECRET@bucket/runs", "s3://***@bucket/runs"),
         ("s3://KEY:SE/CRET@bucket/runs", "s3://***@bucket/runs"),  # an unescaped '/' in the secret
         ("s3://KEY:SE#CRET@bucket/runs", "s3://***@bucket/runs"),
+        ("s3://KEY:SE?CRET@bucket/runs", "s3://***@bucket/runs"),  # a "?" in the secret
         ("s3://KEY@bucket", "s3://***@bucket"),
         (
             "s3://b/r?region=eu&access_key=A&secret_key=S&session_token=T&Password=P&credential_file=C",

@@ -170,6 +170,11 @@ def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode)
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise DuplicateKey(problem=f"a key must be a plain value, not {type(key).__name__}",
+                               problem_mark=key_node.start_mark) from None  # fmt: skip
         if key in seen:
             raise DuplicateKey(problem=f"duplicate key {key!r}", problem_mark=key_node.start_mark)
         seen.add(key)

@@ -111,4 +111,7 @@ class MailboxPump:
         except Exception:  # the actor is gone with a dying cluster: nothing more to show
             return
         for e in events:
-            self.handle(from_wire(e))
+            try:
+                self.handle(from_wire(e))
+            except Exception as err:  # showing or logging one event must not lose the rest, or the run
+                print(f"warning: an event from the workers could not be shown or logged ({err!r})", flush=True)

@@ -16,6 +16,7 @@ from ups.config import Config, ConfigError
 from ups.data import views
 from ups.data.pdebench import FileInfo
 from ups.stages import registry
+from ups.storage import check_creatable_parent
 
 
 def preflight(loaded: C.LoadedConfig, *, ray: bool = True, trials: int = 0) -> dict[str, FileInfo | None]:
@@ -45,6 +46,7 @@ def preflight(loaded: C.LoadedConfig, *, ray: bool = True, trials: int = 0) -> d
     infos: dict[str, FileInfo | None] = {}
     for path in cfg.data.paths:
         if not os.path.exists(path) and cfg.data.generate is not None:
+            check_creatable_parent(f"{where('data.path')}: data.path {path}", path)
             infos[path] = None  # generated on first use
             continue
         infos[path] = views.check_file(path, cfg.data, where("data.path"))

@@ -13,8 +13,9 @@ still resumes after a crash:
   holder for the message;
 - on object stores (no locks there) the file is a lease with a heartbeat, rewritten every
   HEARTBEAT_S by the holder; a lease whose heartbeat is older than STALE_S is a dead driver's and
-  is taken over. Creation is a whole-object PUT and a read-back (the newest writer wins, the other
-  is refused); two drivers starting within one PUT latency of each other are not excluded there.
+  is taken over. Creation is a whole-object PUT, a wait of SETTLE_S, and a read-back (Fischer's
+  timed exclusion: the last writer wins, the other is refused), sound when a PUT takes less than
+  SETTLE_S. A holder that finds its lease taken (it was silent past STALE_S) says so.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ups.storage import Storage, redact
 LOCKS = ".locks"
 HEARTBEAT_S = 30.0
 STALE_S = 180.0
+SETTLE_S = 2.0  # object stores: wait this long after writing the lease before reading it back
 
 
 @dataclass
@@ -116,17 +118,26 @@ class RunLock:
                 raise self._refuse(held)
             say(f"run {self.name}: taking over the lease of a driver that stopped beating ({held.describe()})")
         self.run.write_text(json.dumps(asdict(self.me)), self.file)
+        # Fischer's timed exclusion: a rival that read the old state before our write writes within
+        # SETTLE_S (one PUT); reading back after that shows whoever wrote last, and only they go on.
+        time.sleep(SETTLE_S)
         held = self._read()
         if held is None or held.token != self.me.token:
             raise self._refuse(held)
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            held = self._read()
-            if held is None or held.token != self.me.token:
-                return  # taken over (we were presumed dead): the new holder owns the file
-            self.me.heartbeat = time.time()
-            self.run.write_text(json.dumps(asdict(self.me)), self.file)
+            try:
+                held = self._read()
+                if held is None or held.token != self.me.token:
+                    print(f"run {self.name}: another driver took over this run's lease; stop this one", flush=True)
+                    return  # presumed dead: the new holder owns the file
+                if self._stop.is_set():
+                    return  # released meanwhile: do not write the lease back
+                self.me.heartbeat = time.time()
+                self.run.write_text(json.dumps(asdict(self.me)), self.file)
+            except OSError:
+                continue  # a transient store error: the next beat tries again, well inside STALE_S
 
     def release(self) -> None:
         """Remove the lock if it is still ours (never someone else's that took over)."""
@@ -137,7 +148,7 @@ class RunLock:
             return
         self._stop.set()
         if self._thread:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=60)  # a beat in flight finishes before the lease is deleted
         held = self._read()
         if held is not None and held.token == self.me.token:
             self.run.fs.delete_file(self.run.path(self.file))

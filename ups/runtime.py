@@ -65,7 +65,8 @@ def connect(cfg: Config, trials: int = 0) -> bool:
                     # The custom resources workers ask for (a node-type label on a cluster): this machine
                     # is every node type at once.
                     resources={
-                        k: v * max(cfg.scaling.world_sizes) * max(trials, 1) for k, v in cfg.scaling.resources.items()
+                        k: math.ceil(v * max(cfg.scaling.world_sizes) * max(trials, 1))
+                        for k, v in cfg.scaling.resources.items()
                     },
                     configure_logging=False,
                     # Workers' own output (Ray's, and tracebacks) stays in the session's log files;

@@ -227,6 +227,16 @@ class ScalingConfig(Section):
             return (lo, hi)
         raise ValueError(f"must be an int or [min, max] (got {v!r})")
 
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, n in v.items():
+            if k in ("CPU", "GPU", "memory", "object_store_memory"):
+                raise ValueError(f"{k}: set by cpus_per_worker / gpus_per_worker, not as a custom resource")
+            if not n > 0:
+                raise ValueError(f"{k}: must be > 0 (got {n})")
+        return v
+
     @property
     def world_sizes(self) -> range:
         lo, hi = (self.num_workers, self.num_workers) if isinstance(self.num_workers, int) else self.num_workers

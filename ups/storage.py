@@ -37,19 +37,21 @@ class PathEscape(ValueError):
 def redact(uri: str) -> str:
     """`uri` with its user-info and any secret-looking query value replaced by `***`, for messages and records.
 
-    A secret key may hold an unescaped '/', which ends the URI's authority early
+    A secret key may hold an unescaped '/' or '?', which ends the URI's authority early
     (`s3://KEY:SE/CRET@bucket`), so an '@' after a 'KEY:' authority still marks the end of user-info.
     """
     scheme, sep, rest = uri.partition("://")
     if not sep:
         return uri
-    rest, qsep, query = rest.partition("?")
-    authority = re.split(r"[/#]", rest, maxsplit=1)[0]
+    # User-info ends at the last '@' of a `KEY:SECRET@` authority, even when the secret holds a '/'
+    # or '?' (which would end the authority early); `host:8020/path@x` has no user-info.
+    authority = re.split(r"[/#?]", rest, maxsplit=1)[0]
     host_port = authority.partition(":")[2]
     if "@" in authority:
         rest = "***" + rest[authority.rindex("@") :]
-    elif host_port and not host_port.isdigit() and "@" in rest:  # `KEY:SE/CRET@`, not `host:8020`
+    elif host_port and not host_port.isdigit() and "@" in rest:
         rest = "***" + rest[rest.rindex("@") :]
+    rest, qsep, query = rest.partition("?")
     if qsep:
         params = [p.partition("=") for p in query.split("&")]
         query = "&".join(k + eq + ("***" if eq and _SECRET_PARAM.search(k) else v) for k, eq, v in params)
@@ -106,6 +108,11 @@ def check_storage(uri: str, flag: str = "--storage") -> str:
     return uri
 
 
+def check_creatable_parent(shown: str, path: str) -> None:
+    """The folder a file will be written into exists or can be created, and is writable."""
+    _check_local(shown, os.path.dirname(os.path.abspath(path)))
+
+
 def _check_local(shown: str, path: str) -> None:
     """A local root: a folder, or one that can be created inside its nearest existing ancestor."""
     target = os.path.abspath(path)
@@ -144,7 +151,11 @@ class Storage:
 
     def __init__(self, uri: str) -> None:
         if "://" in uri:
-            self.fs, self.root = pafs.FileSystem.from_uri(uri)
+            try:
+                self.fs, self.root = pafs.FileSystem.from_uri(uri)
+            except (OSError, ValueError) as e:  # an unknown bucket, no network, a bad endpoint
+                msg = redact(str(e).splitlines()[0]) if str(e) else type(e).__name__
+                raise ConfigError(f"storage {redact(uri)}: cannot be reached ({msg})") from None
             base, sep, query = uri.partition("?")
             self.uri = base.rstrip("/") + sep + query
         else:

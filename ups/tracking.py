@@ -52,24 +52,28 @@ WandbMode = Literal["online", "offline", "disabled"]
 KEY_FILE_ENV = "WANDB_API_KEY_FILE"  # a path to a file holding the key: a mounted secret on every node
 
 
-def load_api_key() -> bool:
-    """Make the W&B key available to this process only; True when there is one.
+def api_key() -> str | None:
+    """The W&B key from WANDB_API_KEY or the file named by WANDB_API_KEY_FILE (None: neither).
 
-    The key comes from WANDB_API_KEY, from the file named by WANDB_API_KEY_FILE (read here and put
-    into this process's environment, never onto a command line or into a config), or from the
-    ~/.netrc that `wandb login` writes. A job passes the file's *path* to its workers, not the key.
+    The file's key is handed to `wandb.init` through its settings, never put into the environment
+    (which Ray's processes would inherit) or onto a command line: a job passes workers the file's
+    *path*, not the key.
     """
     if os.environ.get("WANDB_API_KEY"):
-        return True
+        return os.environ["WANDB_API_KEY"]
     path = os.environ.get(KEY_FILE_ENV)
     if path:
         try:
-            key = Path(path).read_text().strip()
+            return Path(path).read_text().strip() or None
         except OSError:
-            key = ""
-        if key:
-            os.environ["WANDB_API_KEY"] = key
-            return True
+            return None
+    return None
+
+
+def key_available() -> bool:
+    """A key W&B will find: api_key(), or the ~/.netrc that `wandb login` writes."""
+    if api_key():
+        return True
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     try:
         return "api.wandb.ai" in netrc.read_text()
@@ -79,7 +83,7 @@ def load_api_key() -> bool:
 
 def wandb_mode(mode: Literal["auto"] | WandbMode) -> WandbMode:
     """`logging.wandb.mode` as W&B takes it. auto: the user's WANDB_MODE if set (offline and disabled
-    are respected), else online iff a key is available (load_api_key), else offline."""
+    are respected), else online iff a key is available, else offline."""
     if mode != "auto":
         return mode
     env = os.environ.get("WANDB_MODE", "").strip().lower()
@@ -87,7 +91,7 @@ def wandb_mode(mode: Literal["auto"] | WandbMode) -> WandbMode:
         return env  # type: ignore[return-value]
     if env == "dryrun":
         return "offline"
-    return "online" if load_api_key() else "offline"
+    return "online" if key_available() else "offline"
 
 
 class WandbRun:
@@ -111,7 +115,7 @@ class WandbRun:
             mode=wandb_mode(settings["mode"]),
             dir=settings.get("dir"),
             config=config,
-            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True, api_key=api_key()),
         )
 
     def summary(self, values: dict[str, Any]) -> None:
@@ -140,8 +144,14 @@ class RunLogger:
 
     def __init__(self, settings: dict[str, Any] | None, run: Storage, config: dict[str, Any] | None = None) -> None:
         self.folder = run
-        self.step = int(run.read_json(STEP_FILE)["next"]) if run.exists(STEP_FILE) else 0
         self.wandb = WandbRun(settings, config=config)
+        self.step, self.logged = 0, {}
+        if self.wandb.run is not None and run.exists(STEP_FILE):
+            try:  # a damaged counter costs continuity of steps, not the run
+                state = run.read_json(STEP_FILE)
+                self.step, self.logged = int(state["next"]), {str(k): int(v) for k, v in state["epochs"].items()}
+            except (ValueError, KeyError, TypeError, AttributeError):
+                print(f"warning: {STEP_FILE} is damaged; W&B steps restart at 0 in this segment", flush=True)
         self._stages: set[str] = set()
 
     @property
@@ -156,10 +166,18 @@ class RunLogger:
             run.define_metric(f"train/{stage}/epoch")
             run.define_metric(f"train/{stage}/*", step_metric=f"train/{stage}/epoch")
             self._stages.add(stage)
+        epoch = int(row.get("epoch", 0))
+        if epoch <= self.logged.get(stage, 0):
+            return  # an epoch redone after a restart (its checkpoint was not written): logged already
         values = {f"train/{stage}/{k}": v for k, v in row.items() if isinstance(v, (int, float))}
-        run.log(values, step=self.step)
+        step = self.step
         self.step += 1
-        self.folder.write_json({"next": self.step}, STEP_FILE)
+        self.logged[stage] = epoch
+        self._save()  # before the log: a driver killed in between skips a step rather than reusing it
+        run.log(values, step=step)
+
+    def _save(self) -> None:
+        self.folder.write_json({"next": self.step, "epochs": self.logged}, STEP_FILE)
 
     def log_eval(self, summary: dict[str, Any], images: dict[str, bytes]) -> None:
         """The evaluation's scalars (val under eval/, test under test/) and its plots."""
@@ -175,9 +193,10 @@ class RunLogger:
             from PIL import Image
 
             wandb = self.wandb._wandb
-            run.log({k: wandb.Image(Image.open(io.BytesIO(v))) for k, v in images.items()}, step=self.step)
+            step = self.step
             self.step += 1
-            self.folder.write_json({"next": self.step}, STEP_FILE)
+            self._save()
+            run.log({k: wandb.Image(Image.open(io.BytesIO(v))) for k, v in images.items()}, step=step)
 
     def finish(self) -> None:
         self.wandb.finish()
