@@ -127,6 +127,11 @@ def nan_at(sample: int, value: float) -> Callable[[Path], None]:
 BAD = ["--set", "data.path=bad.h5"]
 
 
+def bad_yaml(id: str, expect: str, text: str | bytes) -> Case:
+    """`train --config bad.yaml`, the file holding `text`."""
+    return Case(id, "train", [], expect, write("bad.yaml", text), config="bad.yaml")
+
+
 # --- run folders: a finished-looking run under runs/r, damaged one way per case ----------------
 
 
@@ -247,14 +252,7 @@ CASES = [
     Case("data-list-empty", "train", ["--set", "data.path=[]"], "data.path"),
     Case("data-unreadable", "train", BAD, "permission", data(unreadable)),
     # YAML and flags
-    Case(
-        "yaml-not-utf8",
-        "train",
-        [],
-        "UTF-8",
-        write("bad.yaml", b"include: base.yaml\nx: \xff\xfe\n"),
-        config="bad.yaml",
-    ),
+    bad_yaml("yaml-not-utf8", "UTF-8", b"include: base.yaml\nx: \xff\xfe\n"),
     Case(
         "yaml-include-not-utf8",
         "train",
@@ -263,25 +261,13 @@ CASES = [
         both(write("inc.yaml", b"a: \xe9\n"), write("bad.yaml", "include: [base.yaml, inc.yaml]\n")),
         config="bad.yaml",
     ),  # fmt: skip
-    Case(
-        "yaml-duplicate-key",
-        "train",
-        [],
-        "duplicate key",
-        write("bad.yaml", "include: base.yaml\ntraining:\n  batch_size: 8\n  batch_size: 16\n"),
-        config="bad.yaml",
-    ),  # fmt: skip
-    Case(
-        "yaml-dotted-key",
-        "train",
-        [],
-        "dotted keys",
-        write("bad.yaml", "include: base.yaml\ntraining.batch_size: 8\n"),
-        config="bad.yaml",
-    ),  # fmt: skip
-    Case("yaml-syntax", "train", [], "YAML syntax", write("bad.yaml", "training: {batch_size: 8\n"), config="bad.yaml"),
-    Case("yaml-top-level-list", "train", [], "mapping", write("bad.yaml", "- a\n- b\n"), config="bad.yaml"),
-    Case("yaml-include-missing", "train", [], "include", write("bad.yaml", "include: nope.yaml\n"), config="bad.yaml"),
+    bad_yaml(
+        "yaml-duplicate-key", "duplicate key", "include: base.yaml\ntraining:\n  batch_size: 8\n  batch_size: 16\n"
+    ),
+    bad_yaml("yaml-dotted-key", "dotted keys", "include: base.yaml\ntraining.batch_size: 8\n"),
+    bad_yaml("yaml-syntax", "YAML syntax", "training: {batch_size: 8\n"),
+    bad_yaml("yaml-top-level-list", "mapping", "- a\n- b\n"),
+    bad_yaml("yaml-include-missing", "include", "include: nope.yaml\n"),
     Case(
         "yaml-include-cycle",
         "train",
@@ -290,28 +276,14 @@ CASES = [
         both(write("a.yaml", "include: b.yaml\n"), write("b.yaml", "include: a.yaml\n")),
         config="a.yaml",
     ),  # fmt: skip
-    Case(
-        "yaml-unknown-key",
-        "train",
-        [],
-        "did you mean",
-        write("bad.yaml", "include: base.yaml\ntraining: {batch_sise: 8}\n"),
-        config="bad.yaml",
-    ),  # fmt: skip
+    bad_yaml("yaml-unknown-key", "did you mean", "include: base.yaml\ntraining: {batch_sise: 8}\n"),
     Case("yaml-missing-file", "train", [], "not found", config="nope.yaml"),
     Case("yaml-directory", "train", [], "directory", lambda ws: (ws / "d.yaml").mkdir(), config="d.yaml"),
     Case("set-no-equals", "train", ["--set", "training.batch_size"], "--set"),
     Case("set-bad-yaml", "train", ["--set", "training.batch_size=[1"], "--set"),
     Case("set-unknown-key", "train", ["--set", "training.lr=1"], "--set: unknown key"),
     Case("set-blamed-not-file", "train", ["--set", "scaling.num_workers=3"], "--set: training.batch_size"),
-    Case(
-        "yaml-unhashable-key",
-        "train",
-        [],
-        "plain value",
-        write("bad.yaml", "include: base.yaml\n[1, 2]: 3\n"),
-        config="bad.yaml",
-    ),  # fmt: skip
+    bad_yaml("yaml-unhashable-key", "plain value", "include: base.yaml\n[1, 2]: 3\n"),
     # impossible values
     Case("betas", "train", ["--set", "stages.operator.optimizer.betas=[0.9, 1.5]"], "betas"),
     Case("lr-inf", "train", ["--set", "stages.operator.optimizer.lr=.inf"], "finite"),

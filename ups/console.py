@@ -101,29 +101,15 @@ class Console:
     def phase(self, label: str) -> Iterator[None]:
         """A step of the driver's own (loading data, building the cache, evaluating): a line every
         `interval_s` while it runs, and one with its time when it is done."""
-        if self.quiet:
-            yield
-            return
         t0 = time.monotonic()
-        done = threading.Event()
-
-        def tick() -> None:
-            while not done.wait(self.interval_s):
-                self.say(f"   {label}: {time.monotonic() - t0:.0f}s so far")
-
-        ticker = threading.Thread(target=tick, name="ups-phase", daemon=True)
-        ticker.start()
-        try:
+        with self.watch(label, " so far"):
             yield
-        finally:
-            done.set()
-            ticker.join()
         self.say(f"== {label}: {time.monotonic() - t0:.1f}s")
 
     @contextlib.contextmanager
-    def watch(self, label: str) -> Iterator[None]:
-        """Work that reports for itself (a worker group): a line only when the console has been
-        silent for `interval_s` (workers starting, a long validation, a checkpoint upload)."""
+    def watch(self, label: str, suffix: str = "") -> Iterator[None]:
+        """Work that may go quiet (a worker group starting, a long validation, a checkpoint upload,
+        a driver phase): a line whenever the console has been silent for `interval_s`."""
         if self.quiet:
             yield
             return
@@ -131,9 +117,9 @@ class Console:
         done = threading.Event()
 
         def tick() -> None:
-            while not done.wait(1.0):
+            while not done.wait(min(1.0, self.interval_s)):
                 if time.monotonic() - self._last_print >= self.interval_s:
-                    self.say(f"   {label}: {time.monotonic() - t0:.0f}s")
+                    self.say(f"   {label}: {time.monotonic() - t0:.0f}s{suffix}")
 
         ticker = threading.Thread(target=tick, name="ups-watch", daemon=True)
         ticker.start()
