@@ -39,6 +39,11 @@ def main(data: str, storage: str) -> None:
     nodes = [cluster.add_node(num_cpus=1, resources={"worker_slot": 1}) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=True)
+    # A registered node's resources reach the scheduler's view a moment later; an elastic run started
+    # before both worker slots are visible would start on one worker and the test would measure timing.
+    end = time.time() + 60
+    while ray.available_resources().get("worker_slot", 0) < 2 and time.time() < end:
+        time.sleep(0.2)
     loaded = load_config(
         ROOT / "tests" / "configs" / "tiny.yaml",
         [
