@@ -229,6 +229,10 @@ CASES = [
     Case("data-initial-step", "train", ["--set", "data.initial_step=12"], "data.initial_step"),
     Case("data-patch-size", "train", ["--set", "model.encoder.patch_size=5"], "patch_size"),
     Case(
+        "anchored-tokens", "train", ["--set", "model.encoder.arch=conv", "--set", "latent.tokens=5"], "latent.tokens=5"
+    ),  # fmt: skip
+    Case("needs-anchored", "train", ["--set", "model.operator.arch=spectral"], "model.operator.arch=spectral"),
+    Case(
         "data-list-grids",
         "train",
         ["--set", "data.path=[good.h5, other.h5]"],
@@ -295,6 +299,13 @@ CASES = [
     Case("ray-cpus", "train", ["--set", "ray.num_cpus=1", "--set", "scaling.num_workers=2"], "ray.num_cpus"),
     Case("gate-ratio-metric", "train", ["--set", "gate.ratios={nRMSEE: 1.1}"], "gate.ratios"),
     Case("batch-too-big", "train", ["--set", "training.batch_size=4096"], "training.batch_size"),
+    Case("stage-batch-too-big", "train", ["--set", "stages.operator.batch_size=4096"], "stages.operator.batch_size"),
+    Case(
+        "stage-batch-indivisible",
+        "train",
+        ["--set", "scaling.num_workers=2", "--set", "stages.autoencoder.batch_size=7"],
+        "stages.autoencoder.batch_size",
+    ),  # fmt: skip
     Case("stage-needs", "train", ["--set", "stages.autoencoder.epochs=0"], "stages.autoencoder"),
     Case("unknown-arch", "train", ["--set", "model.operator.arch=unet9"], "model.operator.arch"),
     Case("workers-range", "train", ["--set", "scaling.num_workers=[3, 1]"], "num_workers"),

@@ -164,3 +164,63 @@ def test_fno_shapes_in_1d_and_2d():
     net = FNO(g2, 1, 2, cfg)
     assert net(torch.randn(3, 2, 8, 8, 1)).shape == (3, 8, 8, 1)
     assert net.rollout(torch.randn(3, 2, 8, 8, 1), 4).shape == (3, 4, 8, 8, 1)
+
+
+class _Affine(torch.nn.Module):
+    def forward(self, z, dt, task):
+        return 0.5 * z + 1.0
+
+
+def test_rollout_state_residuals_follow_the_operators_own_rollout():
+    from ups.stages.diffusion_residual import Residuals, rollout_starts
+
+    torch.manual_seed(0)
+    frames, init = 6, 3
+    z = torch.randn(5, frames, 4, 2)
+    trajs = Trajectories(torch.arange(5), torch.zeros(5, dtype=torch.long), z=z)
+    dts = torch.tensor([0.1])
+    true = Residuals(_Affine(), trajs, dts, torch.device("cpu"))
+    assert true.per_traj == frames - 1 and len(true) == 5 * (frames - 1)
+    torch.testing.assert_close(true.cond[1], 0.5 * z[0, 1] + 1)  # trajectory 0, t = 1: op(true z_1)
+
+    roll = Residuals(_Affine(), trajs, dts, torch.device("cpu"), "rollout", init)
+    starts = rollout_starts(init)
+    assert starts == (0, 2) and roll.per_traj == (frames - 1) + (frames - 1 - 2)
+    x, expect = z[1, 0], []
+    for _ in range(frames - 1):  # trajectory 1, start 0: op applied to its own output
+        x = 0.5 * x + 1
+        expect.append(x)
+    got = roll.cond[roll.per_traj : roll.per_traj + frames - 1]
+    torch.testing.assert_close(got, torch.stack(expect))
+    torch.testing.assert_close(roll.res[roll.per_traj], z[1, 1] - expect[0])
+    row = roll.per_traj + frames - 1  # trajectory 1, start 2: starts again from the true z_2
+    torch.testing.assert_close(roll.cond[row], 0.5 * z[1, 2] + 1)
+
+
+def test_anchored_latent_trains_every_latent_stage_on_rollout_states(tiny):
+    cfg, meta, train, val = tiny
+    cfg = cfg.model_copy(deep=True)
+    cfg.latent.tokens = 8
+    cfg.model.encoder.arch = cfg.model.decoder.arch = "conv"
+    cfg.model.encoder.patch_size = 4
+    cfg.model.operator.arch = "spectral"
+    cfg.model.operator.modes = cfg.model.denoiser.modes = 4
+    cfg.model.denoiser.arch = "spectral"
+    cfg.stages.diffusion_residual.states = "rollout"
+    handoff = {}
+    stage, ae, losses, v0, v1 = run_stage("autoencoder", cfg, meta, handoff, train, val, 100)
+    assert falls(losses, 0.5) and v1 < v0, (losses[:3], losses[-3:], v0, v1)
+    handoff["autoencoder"] = stage.export(ae)
+    with torch.no_grad():
+        enc = lambda tr: Trajectories(tr.idx, tr.task, u=tr.u, z=torch.stack([ae.encoder(x) for x in tr.u]))  # noqa: E731
+        train, val = enc(train), enc(val)
+    assert train.latents.shape[2:] == (8, 8)
+    stage, op, losses, v0, v1 = run_stage("operator", cfg, meta, handoff, train, val, 150, lr=1e-3)
+    assert falls(losses) and v1 < v0, (losses[:3], losses[-3:], v0, v1)
+    handoff["operator"] = stage.export(op)
+    stage, dn, losses, v0, v1 = run_stage("diffusion_residual", cfg, meta, handoff, train, val, 200)
+    assert stage.num_samples(train) == len(train) * stage.train_res.per_traj > len(train) * (meta.frames - 1)
+    assert falls(losses) and v1 < v0, (losses[:3], losses[-3:], v0, v1)
+    handoff["diffusion_residual"] = stage.export(dn)
+    stage, st, losses, v0, v1 = run_stage("consistency_distill", cfg, meta, handoff, train, val, 60)
+    assert stage.num_samples(train) == len(stage.train_res) and v1 < v0, (v0, v1)

@@ -79,13 +79,20 @@ class ConfigBase(Section):
         if not isinstance(self.data.path, str) and self.data.generate is not None:
             raise KeyedError("data.generate", "can only create a single file, but data.path is a list")
         tr = self.training
-        for world in self.scaling.world_sizes:
-            if tr.batch_size % (world * tr.accum_steps):
-                raise KeyedError(
-                    "training.batch_size",
-                    f"{tr.batch_size} is not divisible by world size {world} x accum_steps {tr.accum_steps}",
-                    also=("scaling.num_workers", "training.accum_steps"),
-                )
+        batches = {"training.batch_size": tr.batch_size}
+        stages = getattr(self, "stages", None)  # the section the stage registry adds (Config)
+        for name in type(stages).model_fields if stages is not None else ():
+            b = getattr(stages, name).batch_size
+            if b is not None:
+                batches[f"stages.{name}.batch_size"] = b
+        for key, b in batches.items():
+            for world in self.scaling.world_sizes:
+                if b % (world * tr.accum_steps):
+                    raise KeyedError(
+                        key,
+                        f"{b} is not divisible by world size {world} x accum_steps {tr.accum_steps}",
+                        also=("scaling.num_workers", "training.accum_steps"),
+                    )
         for role in factory.ROLES:
             arch = getattr(self.model, role).arch
             if arch not in factory.archs(role):
@@ -142,6 +149,12 @@ def from_dict(tree: dict[str, Any]) -> Config:
 def stage_config(cfg: Config, name: str) -> StageConfig:
     """The `stages.<name>` section of a config."""
     return getattr(cfg.stages, name)
+
+
+def batch_size(cfg: Config, name: str) -> tuple[int, str]:
+    """Stage `name`'s global batch and the key that set it (its own, or training.batch_size)."""
+    own = stage_config(cfg, name).batch_size
+    return (own, f"stages.{name}.batch_size") if own is not None else (cfg.training.batch_size, "training.batch_size")
 
 
 # ----------------------------------------------------------------------------------------------

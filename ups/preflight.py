@@ -15,6 +15,7 @@ from ups import config as C
 from ups.config import Config, ConfigError
 from ups.data import views
 from ups.data.pdebench import FileInfo
+from ups.models import factory
 from ups.stages import registry
 from ups.storage import check_creatable_parent
 
@@ -58,6 +59,8 @@ def preflight(loaded: C.LoadedConfig, *, ray: bool = True, trials: int = 0) -> d
             f"{where('model.encoder.patch_size')}: model.encoder.patch_size={p} does not divide "
             f"the grid {grid} (after data.x_stride={cfg.data.x_stride})"
         )
+    for key, message in factory.shape_errors(cfg, grid):
+        raise ConfigError(f"{where(key)}: {message}")
     check_batches(cfg, infos, where)
     check_environment(cfg)
     if ray:
@@ -170,17 +173,17 @@ def check_batches(cfg: Config, infos: dict[str, FileInfo | None], where: Callabl
             )
         n_train += len(splits["train"])
         frames = len(range(0, t, cfg.data.t_stride))
-    b = cfg.training.batch_size
     for s, stage in registry.stages().items():
         scfg = C.stage_config(cfg, s)
         if scfg.epochs == 0:
             continue
+        b, key = C.batch_size(cfg, s)
         per_traj = stage.samples_per_trajectory(frames, scfg, cfg.data.initial_step)
         for world in cfg.scaling.world_sizes:
             have = (n_train // world) * per_traj
             if have < b // world:
                 raise ConfigError(
-                    f"{where('training.batch_size')}: training.batch_size={b} needs {b // world} "
+                    f"{where(key)}: {key}={b} needs {b // world} "
                     f"samples per worker, but stage {s} has {have} at world size {world}"
                 )
 
@@ -222,8 +225,10 @@ def describe(loaded: C.LoadedConfig, infos: dict[str, FileInfo | None], *, stora
             lines.append(f"stage    {s}: off (0 epochs)")
             continue
         per_traj = stage.samples_per_trajectory(frames, scfg, d.initial_step)
-        steps = (n_train // world) * per_traj // (b // world)
-        lines.append(f"stage    {s}: {scfg.epochs} epochs x {steps} steps ({per_traj} samples per trajectory)")
+        sb = C.batch_size(cfg, s)[0]
+        steps = (n_train // world) * per_traj // (sb // world)
+        own = f", batch {sb}" if sb != b else ""
+        lines.append(f"stage    {s}: {scfg.epochs} epochs x {steps} steps ({per_traj} samples per trajectory{own})")
     workers = f"{sc.num_workers}" if isinstance(sc.num_workers, int) else f"{sc.num_workers[0]}..{sc.num_workers[1]}"
     per = ", ".join(f"{b // (w * cfg.training.accum_steps)} at {w}" for w in sc.world_sizes)
     lines.append(

@@ -125,11 +125,13 @@ class DecoderConfig(_Net):
 class OperatorNetConfig(_Net):
     hidden: PosInt = 96
     depth: NonNegInt = 3
+    modes: PosInt = 16  # Fourier modes per axis (arch: spectral)
 
 
 class DenoiserNetConfig(_Net):
     hidden: PosInt = 96
     depth: NonNegInt = 2
+    modes: PosInt = 16  # Fourier modes per axis (arch: spectral)
 
 
 class SteadyNetConfig(_Net):
@@ -180,6 +182,7 @@ class SchedulerConfig(Section):
 
 class StageConfig(Section):
     epochs: NonNegInt = 10
+    batch_size: PosInt | None = None  # this stage's global batch; None = training.batch_size
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     patience: PosInt | None = None  # early stopping on the validation metric; None = never

@@ -22,11 +22,21 @@ if TYPE_CHECKING:
 
 ROLES = ("encoder", "decoder", "operator", "denoiser", "steady", "baseline")
 Builder = Callable[..., nn.Module]
+TokenRule = Callable[["Config", tuple[int, ...]], int]
 _BUILDERS: dict[tuple[str, str], Builder] = {}
+_TOKENS: dict[str, TokenRule] = {}  # encoders whose token count the grid fixes (anchored latents)
+_NEEDS_ANCHORED: set[tuple[str, str]] = set()  # networks that read tokens as a grid
 
 
-def register(role: str, arch: str) -> Callable[[Builder], Builder]:
-    """Register `builder(cfg, meta, **options) -> nn.Module` as architecture `arch` for `role`."""
+def register(
+    role: str, arch: str, *, tokens: TokenRule | None = None, needs_anchored: bool = False
+) -> Callable[[Builder], Builder]:
+    """Register `builder(cfg, meta, **options) -> nn.Module` as architecture `arch` for `role`.
+
+    `tokens` (encoders): the token count this encoder produces on a grid, which `latent.tokens`
+    must then equal. `needs_anchored` (other roles): the network reshapes tokens into the latent
+    grid, so it only works behind an encoder registered with `tokens`.
+    """
     if role not in ROLES:
         raise ValueError(f"unknown model role {role!r} (roles: {', '.join(ROLES)})")
 
@@ -34,9 +44,41 @@ def register(role: str, arch: str) -> Callable[[Builder], Builder]:
         if (role, arch) in _BUILDERS:
             raise ValueError(f"architecture {arch!r} is already registered for {role}")
         _BUILDERS[(role, arch)] = builder
+        if tokens is not None:
+            _TOKENS[arch] = tokens
+        if needs_anchored:
+            _NEEDS_ANCHORED.add((role, arch))
         return builder
 
     return add
+
+
+def shape_errors(cfg: Config, spatial_shape: tuple[int, ...]) -> list[tuple[str, str]]:
+    """(key, message) for every network that cannot work with this latent on this grid."""
+    _load_builtin()
+    errors = []
+    enc = cfg.model.encoder.arch
+    rule = _TOKENS.get(enc)
+    if rule is not None and rule(cfg, spatial_shape) != cfg.latent.tokens:
+        p = cfg.model.encoder.patch_size
+        errors.append(
+            (
+                "latent.tokens",
+                f"latent.tokens={cfg.latent.tokens}, but model.encoder.arch={enc} makes one token per patch: "
+                f"{rule(cfg, spatial_shape)} on the grid {spatial_shape} with patch_size={p}",
+            )
+        )
+    for role in ROLES:
+        arch = getattr(cfg.model, role).arch
+        if (role, arch) in _NEEDS_ANCHORED and rule is None:
+            errors.append(
+                (
+                    f"model.{role}.arch",
+                    f"model.{role}.arch={arch} reads the latent as a grid; it needs an anchored encoder "
+                    f"(model.encoder.arch: {' or '.join(sorted(_TOKENS))}), not {enc}",
+                )
+            )
+    return errors
 
 
 def archs(role: str) -> list[str]:
@@ -59,4 +101,4 @@ def build(role: str, cfg: Config, meta: DataMeta, **options: Any) -> nn.Module:
 def _load_builtin() -> None:
     # The built-in networks register on import; importing them here keeps the factory usable
     # from modules that the model modules themselves import.
-    from ups.models import codec, fno, latent  # noqa: F401
+    from ups.models import codec, fno, grid, latent  # noqa: F401

@@ -25,11 +25,16 @@ class LatentOperator(nn.Module):
     the persistence baseline and training can only move away from it by learning something.
     """
 
-    def __init__(self, tokens: int, dim: int, cfg: OperatorNetConfig, num_tasks: int = 1) -> None:
+    def __init__(
+        self, tokens: int, dim: int, cfg: OperatorNetConfig, num_tasks: int = 1, trunk: nn.Module | None = None
+    ) -> None:
+        """`trunk`: any (x, cond) -> update network with cond of size cfg.hidden; default a TokenTransformer."""
         super().__init__()
         self.dt_embed = MLP(cfg.hidden, cfg.hidden)
         self.task_embed = nn.Embedding(num_tasks, cfg.hidden) if num_tasks > 1 else None
-        self.trunk = TokenTransformer(tokens, dim, dim, cfg.hidden, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.hidden)
+        self.trunk = trunk or TokenTransformer(
+            tokens, dim, dim, cfg.hidden, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.hidden
+        )
         self.hidden = cfg.hidden
 
     def forward(self, z: torch.Tensor, dt: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
@@ -48,11 +53,20 @@ class ResidualDenoiser(nn.Module):
     """
 
     def __init__(
-        self, tokens: int, dim: int, cfg: DenoiserNetConfig, *, consistency: bool = False, sigma_min: float = 0.002
+        self,
+        tokens: int,
+        dim: int,
+        cfg: DenoiserNetConfig,
+        *,
+        consistency: bool = False,
+        sigma_min: float = 0.002,
+        trunk: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.noise_embed = MLP(cfg.hidden, cfg.hidden)
-        self.trunk = TokenTransformer(tokens, 2 * dim, dim, cfg.hidden, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.hidden)
+        self.trunk = trunk or TokenTransformer(
+            tokens, 2 * dim, dim, cfg.hidden, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.hidden
+        )
         self.hidden, self.consistency, self.sigma_min = cfg.hidden, consistency, sigma_min
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

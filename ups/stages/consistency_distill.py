@@ -21,7 +21,7 @@ from ups.models import factory
 from ups.models.latent import heun_sample, karras_sigmas
 from ups.schema import Fraction, NonNegInt, OptimizerConfig, StageConfig, at_least
 from ups.stages.base import ReduceSum, Stage, Sums, task_sums
-from ups.stages.diffusion_residual import Residuals, frozen_operator, val_pairs
+from ups.stages.diffusion_residual import frozen_operator, residuals, val_pairs
 from ups.stages.registry import register
 from ups.train.shard import Trajectories
 
@@ -53,7 +53,10 @@ class ConsistencyDistillStage(Stage[StudentObjective, ConsistencyStageConfig]):
 
     @classmethod
     def samples_per_trajectory(cls, frames: int, stage_cfg: ConsistencyStageConfig, initial_step: int = 1) -> int:
-        return frames - 1
+        return frames - 1  # a lower bound: the pairs depend on the teacher's `states` (num_samples is exact)
+
+    def num_samples(self, train: Trajectories) -> int:
+        return len(self.train_res)
 
     def build(self) -> StudentObjective:
         cfg, diff = self.cfg, self.cfg.stages.diffusion_residual
@@ -71,9 +74,9 @@ class ConsistencyDistillStage(Stage[StudentObjective, ConsistencyStageConfig]):
 
     def setup(self, train: Trajectories, val: Trajectories, reduce_sum: ReduceSum) -> None:
         diff = self.cfg.stages.diffusion_residual
-        self.train_res = Residuals(self.operator, train, self.dts, self.device)
+        self.train_res = residuals(self, self.operator, train)
         self.train_res.standardise(self.scale)
-        self.val_res = Residuals(self.operator, val, self.dts, self.device)
+        self.val_res = residuals(self, self.operator, val)
         self.val_res.standardise(self.scale)
         # Validation: the teacher's few-step sample and the student's one step from the same noise.
         self.val_keep = val_pairs(len(self.val_res))
@@ -121,7 +124,7 @@ class ConsistencyDistillStage(Stage[StudentObjective, ConsistencyStageConfig]):
 
     @torch.no_grad()
     def validate(self, module: StudentObjective, val: Trajectories, rows: torch.Tensor) -> Sums:
-        mine = torch.isin(self.val_keep // (self.meta.frames - 1), rows)
+        mine = torch.isin(self.val_keep // self.val_res.per_traj, rows)
         pick, x, teacher = self.val_keep[mine], self.val_x[mine], self.val_teacher[mine]
         errs = []
         for i in range(0, len(pick), 512):

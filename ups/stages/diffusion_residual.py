@@ -2,7 +2,11 @@
 
 The operator is frozen; its residuals are computed once per (re)start and standardised by their
 RMS over the whole training set (all ranks), so the denoiser works on unit-scale data as EDM
-assumes. Training samples a noise level from EDM's log-normal, noises the residual and regresses
+assumes. Which z_t: `states: true` takes the true latents, so the corrector learns the operator's
+one-step error, which is small and is not what a rollout needs corrected; `states: rollout` takes
+the states of the operator's own rollout (from frame 0 and from the frame evaluation starts at),
+so r is the whole drift z_{t+1} - op(ẑ_t) the rollout has accumulated, on the states the corrector
+meets at inference. Training samples a noise level from EDM's log-normal, noises the residual and regresses
 the clean residual with EDM's loss weighting. At inference a few Heun steps of the
 probability-flow ODE draw a residual that corrects the operator's step.
 """
@@ -10,7 +14,7 @@ probability-flow ODE draw a residual that corrects the operator's step.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import model_validator
@@ -33,6 +37,7 @@ class DiffusionStageConfig(StageConfig):
     p_mean: float = -1.2  # log-normal noise-level distribution for training (EDM)
     p_std: PosFloat = 1.2
     sample_steps: PosInt = 4  # Heun steps of the few-step sampler
+    states: Literal["true", "rollout"] = "true"  # which z_t the residuals are taken at (module docstring)
 
     @model_validator(mode="after")
     def _range(self) -> DiffusionStageConfig:
@@ -53,21 +58,56 @@ class DenoiserObjective(nn.Module):
         return (weight * (pred - batch["target"]) ** 2).mean(), {}
 
 
-class Residuals:
-    """op(z_t) and the standardised residual for every (trajectory, t) pair of a split."""
+def rollout_starts(initial_step: int) -> tuple[int, ...]:
+    """Frames the `states: rollout` residuals start from: 0 and the one evaluation starts from."""
+    return tuple(sorted({0, initial_step - 1}))
 
-    def __init__(self, operator: nn.Module, trajs: Trajectories, dts: torch.Tensor, device: torch.device) -> None:
+
+def pairs_per_trajectory(frames: int, states: str, initial_step: int) -> int:
+    if states == "true":
+        return frames - 1
+    return sum(frames - 1 - s for s in rollout_starts(initial_step))
+
+
+class Residuals:
+    """cond = op(z_t) and the standardised residual z_{t+1} - cond for every pair of a split, grouped
+    by trajectory (`pairs_per_trajectory` rows each, trajectory-major)."""
+
+    def __init__(
+        self,
+        operator: nn.Module,
+        trajs: Trajectories,
+        dts: torch.Tensor,
+        device: torch.device,
+        states: str = "true",
+        initial_step: int = 1,
+    ) -> None:
         z = trajs.latents
         n, frames = z.shape[:2]
-        self.task = trajs.task.repeat_interleave(frames - 1)
-        z_t, z_next = z[:, :-1].flatten(0, 1), z[:, 1:].flatten(0, 1)
-        conds = []
+        self.per_traj = pairs_per_trajectory(frames, states, initial_step)
+        self.task = trajs.task.repeat_interleave(self.per_traj)
+        conds, nexts = [], []
         with torch.no_grad():
-            for i in range(0, len(z_t), 512):
-                task = self.task[i : i + 512].to(device)
-                conds.append(operator(z_t[i : i + 512].to(device), dts[task], task).cpu())
-        self.cond = torch.cat(conds) if conds else z_t.clone()
-        self.res = z_next - self.cond  # in latent units until standardise()
+            for i in range(0, n, 64):
+                zi, task = z[i : i + 64].to(device), trajs.task[i : i + 64].to(device)
+                dt = dts[task]
+                if states == "true":
+                    cond = [operator(zi[:, t], dt, task) for t in range(frames - 1)]
+                    conds.append(torch.stack(cond, 1).cpu())
+                    nexts.append(zi[:, 1:].cpu())
+                    continue
+                cond, nxt = [], []
+                for s in rollout_starts(initial_step):
+                    x = zi[:, s]
+                    for t in range(s, frames - 1):
+                        x = operator(x, dt, task)  # op(ẑ_t): the operator's own state, uncorrected
+                        cond.append(x)
+                        nxt.append(zi[:, t + 1])
+                conds.append(torch.stack(cond, 1).cpu())
+                nexts.append(torch.stack(nxt, 1).cpu())
+        shape = (0, *z.shape[2:])
+        self.cond = torch.cat(conds).flatten(0, 1) if conds else z.new_zeros(shape)
+        self.res = (torch.cat(nexts).flatten(0, 1) if nexts else z.new_zeros(shape)) - self.cond  # latent units
 
     def standardise(self, scale: float) -> None:
         self.res = self.res / scale
@@ -80,6 +120,13 @@ def frozen_operator(stage: Stage[Any, Any]) -> nn.Module:
     op = factory.build("operator", stage.cfg, stage.meta)
     op.load_state_dict(stage.handoff["operator"]["operator"])
     return op.to(stage.device).eval().requires_grad_(False)
+
+
+def residuals(stage: Stage[Any, Any], operator: nn.Module, trajs: Trajectories) -> Residuals:
+    """The residuals a corrector stage trains on, at the states `stages.diffusion_residual.states` names
+    (the consistency student distils the denoiser on the same pairs)."""
+    states = stage.cfg.stages.diffusion_residual.states
+    return Residuals(operator, trajs, stage.dts, stage.device, states, stage.meta.initial_step)
 
 
 def val_pairs(n_pairs: int) -> torch.Tensor:
@@ -97,14 +144,14 @@ class DiffusionResidualStage(Stage[DenoiserObjective, DiffusionStageConfig]):
 
     @classmethod
     def samples_per_trajectory(cls, frames: int, stage_cfg: DiffusionStageConfig, initial_step: int = 1) -> int:
-        return frames - 1
+        return pairs_per_trajectory(frames, stage_cfg.states, initial_step)
 
     def build(self) -> DenoiserObjective:
         self.operator = frozen_operator(self)
         return DenoiserObjective(factory.build("denoiser", self.cfg, self.meta))
 
     def setup(self, train: Trajectories, val: Trajectories, reduce_sum: ReduceSum) -> None:
-        self.train_res = Residuals(self.operator, train, self.dts, self.device)
+        self.train_res = residuals(self, self.operator, train)
         sums = reduce_sum(
             torch.tensor(
                 [self.train_res.res.double().pow(2).sum().item(), self.train_res.res.numel()], dtype=torch.float64
@@ -112,7 +159,7 @@ class DiffusionResidualStage(Stage[DenoiserObjective, DiffusionStageConfig]):
         )
         self.scale = float((sums[0] / sums[1]).sqrt().clamp_min(1e-12))
         self.train_res.standardise(self.scale)
-        self.val_res = Residuals(self.operator, val, self.dts, self.device)
+        self.val_res = residuals(self, self.operator, val)
         self.val_res.standardise(self.scale)
         # Fixed validation noise: one deterministic noise level and draw per kept pair.
         keep = val_pairs(len(self.val_res))
@@ -136,7 +183,7 @@ class DiffusionResidualStage(Stage[DenoiserObjective, DiffusionStageConfig]):
 
     @torch.no_grad()
     def validate(self, module: DenoiserObjective, val: Trajectories, rows: torch.Tensor) -> Sums:
-        mine = torch.isin(self.val_keep // (self.meta.frames - 1), rows)
+        mine = torch.isin(self.val_keep // self.val_res.per_traj, rows)
         pick = self.val_keep[mine]
         batch = {
             "x": self.val_res.res[pick] + self.val_sigma[mine][:, None, None] * self.val_noise[mine],

@@ -155,12 +155,14 @@ class StageTrainer:
         self.val_rows = torch.arange(self.rank, len(self.val_data), self.world)
 
         tcfg, comm = self.tcfg, self.ctx.comm
-        self.micro_batch = tcfg.batch_size // (self.world * tcfg.accum_steps)
+        batch = self.scfg.batch_size or tcfg.batch_size
+        self.micro_batch = batch // (self.world * tcfg.accum_steps)
         n = self.stage.num_samples(self.train_data)
         self.steps_per_epoch = comm.min_int(n // self.micro_batch) // tcfg.accum_steps
         if self.steps_per_epoch == 0:
+            key = f"stages.{self.name}.batch_size" if self.scfg.batch_size else "training.batch_size"
             raise ValueError(
-                f"training.batch_size={tcfg.batch_size} is larger than stage {self.name}'s data on one worker "
+                f"{key}={batch} is larger than stage {self.name}'s data on one worker "
                 f"({n} samples at world size {self.world})"
             )
         self.micro_per_epoch = self.steps_per_epoch * tcfg.accum_steps

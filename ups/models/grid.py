@@ -1,0 +1,216 @@
+"""Spatially anchored networks: one latent token per patch of the grid, in grid order.
+
+The patch-attention codec pools a frame into a few global tokens with learned absolute positions:
+nothing in it is local or shift-aware, and a local, translation-symmetric PDE (periodic Burgers)
+has to be relearned at every position. Here the latent is a coarse grid instead: token i is
+the patch at grid position i, the encoder and decoder are periodic convolutions (shift-equivariant
+by construction), and the operator mixes tokens with spectral convolutions over the latent grid
+(an FNO in latent space, SpectralTrunk, which the residual denoiser can use too). Issue 12
+measured what this buys (bench/RESULTS.md).
+
+Shapes follow the rest of the stack: fields (B, X[, Y], C), latents (B, tokens, dim) with
+tokens = prod(grid // patch_size) in row-major order, so the latent cache, the correctors and
+evaluation work unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ups.models import factory
+from ups.models.fno import SpectralConv
+from ups.models.latent import LatentOperator, ResidualDenoiser
+from ups.schema import DecoderConfig, EncoderConfig
+
+if TYPE_CHECKING:
+    from ups.config import Config
+    from ups.data.views import DataMeta
+
+KERNEL = 5  # odd: a periodic 'same' convolution
+
+
+def _conv(dims: int, cin: int, cout: int, kernel: int = KERNEL) -> nn.Module:
+    conv = nn.Conv1d if dims == 1 else nn.Conv2d
+    return conv(cin, cout, kernel, padding=kernel // 2, padding_mode="circular")
+
+
+class ResBlock(nn.Module):
+    """h + conv(gelu(conv(gelu(h)))), periodic; GroupNorm-free so a batch of one behaves like any."""
+
+    def __init__(self, dims: int, width: int) -> None:
+        super().__init__()
+        self.a, self.b = _conv(dims, width, width), _conv(dims, width, width)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.b(F.gelu(self.a(F.gelu(h))))
+
+
+def latent_shape(spatial_shape: tuple[int, ...], patch_size: int) -> tuple[int, ...]:
+    return tuple(n // patch_size for n in spatial_shape)
+
+
+def _channels_first(u: torch.Tensor) -> torch.Tensor:  # (B, X.., C) -> (B, C, X..)
+    return u.movedim(-1, 1)
+
+
+def _channels_last(h: torch.Tensor) -> torch.Tensor:  # (B, C, X..) -> (B, X.., C)
+    return h.movedim(1, -1)
+
+
+class ConvEncoder(nn.Module):
+    """(B, X[, Y], C) -> (B, prod(X/p ..), dim): convolutions, a strided patch convolution, more
+    convolutions on the coarse grid. `depth` residual blocks at each resolution."""
+
+    def __init__(self, spatial_shape: tuple[int, ...], channels: int, dim: int, cfg: EncoderConfig) -> None:
+        super().__init__()
+        d, p, w = len(spatial_shape), cfg.patch_size, cfg.hidden
+        conv = nn.Conv1d if d == 1 else nn.Conv2d
+        self.lift = _conv(d, channels, w)
+        self.fine = nn.Sequential(*(ResBlock(d, w) for _ in range(cfg.depth)))
+        self.down = conv(w, w, p, stride=p)
+        self.coarse = nn.Sequential(*(ResBlock(d, w) for _ in range(cfg.depth)))
+        self.out = conv(w, dim, 1)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        h = self.coarse(self.down(self.fine(self.lift(_channels_first(u)))))
+        return _channels_last(self.out(h)).flatten(1, -2)
+
+
+class ConvDecoder(nn.Module):
+    """(B, tokens, dim) -> the field on the grid, read at any points in [0, 1)^d.
+
+    The mirror of ConvEncoder (a transposed patch convolution back to the grid). Points between
+    grid nodes are read by periodic (bi)linear interpolation, so the autoencoder can still train
+    on random query points and evaluation reads the grid exactly.
+    """
+
+    def __init__(self, grid: torch.Tensor, channels: int, dim: int, cfg: DecoderConfig, patch_size: int) -> None:
+        super().__init__()
+        self.shape = tuple(grid.shape[:-1])
+        self.coarse_shape = latent_shape(self.shape, patch_size)
+        d, w = len(self.shape), cfg.hidden
+        self.origin: torch.Tensor
+        self.register_buffer("origin", grid.reshape(-1, d)[0].float(), persistent=False)  # the first node
+        up = nn.ConvTranspose1d if d == 1 else nn.ConvTranspose2d
+        conv = nn.Conv1d if d == 1 else nn.Conv2d
+        self.inp = conv(dim, w, 1)
+        self.coarse = nn.Sequential(*(ResBlock(d, w) for _ in range(cfg.depth)))
+        self.up = up(w, w, patch_size, stride=patch_size)
+        self.fine = nn.Sequential(*(ResBlock(d, w) for _ in range(cfg.depth)))
+        self.head = conv(w, channels, 1)
+
+    def field(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, tokens, dim) -> (B, X[, Y], C) on the grid."""
+        h = _channels_first(z.reshape(len(z), *self.coarse_shape, z.shape[-1]))
+        return _channels_last(self.head(self.fine(self.up(self.coarse(self.inp(h))))))
+
+    def forward(self, z: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """z (B, tokens, dim), points (B or 1, Q, d) in [0, 1) -> (B, Q, C)."""
+        return sample_periodic(self.field(z), points, self.origin)
+
+
+def sample_periodic(u: torch.Tensor, points: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+    """Periodic (bi)linear interpolation of (B, X[, Y], C) grid values at (B or 1, Q, d) points.
+
+    Node k of an axis with n nodes sits at origin + k/n (cell centres, ups.data.views). A point
+    within 1e-4 cells of a node reads that node exactly, so on-grid queries are not blurred by
+    float rounding.
+    """
+    b, shape, c = len(u), u.shape[1:-1], u.shape[-1]
+    pts = points.expand(b, -1, -1)
+    idx, weights = [], []
+    for axis, n in enumerate(shape):
+        s = (pts[..., axis] - origin[axis]) * n
+        snapped = torch.where((s - s.round()).abs() < 1e-4, s.round(), s)
+        lo = torch.floor(snapped)
+        idx.append(lo.long())
+        weights.append(snapped - lo)
+    flat = u.reshape(b, -1, c)
+    strides = [math.prod(shape[a + 1 :]) for a in range(len(shape))]
+    out = torch.zeros(b, pts.shape[1], c, dtype=u.dtype, device=u.device)
+    for corner in range(2 ** len(shape)):
+        lin = torch.zeros_like(idx[0])
+        w = torch.ones_like(weights[0])
+        for axis, n in enumerate(shape):
+            bit = (corner >> axis) & 1
+            lin = lin + ((idx[axis] + bit) % n) * strides[axis]
+            w = w * (weights[axis] if bit else 1 - weights[axis])
+        out = out + w[..., None] * torch.gather(flat, 1, lin[..., None].expand(-1, -1, c))
+    return out
+
+
+class SpectralTrunk(nn.Module):
+    """An FNO over the latent grid with FiLM conditioning: (B, tokens, in_dim), cond -> (B, tokens, out_dim).
+
+    The same call as TokenTransformer, so LatentOperator and ResidualDenoiser take either. The
+    conditioning vector (Δt and task, or the noise level) scales and shifts every layer's channels;
+    FiLM starts as the identity and the output layer at zero, so a network built on this starts as
+    "no change", like one built on the transformer.
+    """
+
+    def __init__(self, shape: tuple[int, ...], in_dim: int, out_dim: int, hidden: int, depth: int, modes: int) -> None:
+        super().__init__()
+        d, w = len(shape), hidden
+        conv = nn.Conv1d if d == 1 else nn.Conv2d
+        self.shape = shape
+        self.lift = conv(in_dim, w, 1)
+        self.spectral = nn.ModuleList(SpectralConv(w, modes, d) for _ in range(depth))
+        self.pointwise = nn.ModuleList(conv(w, w, 1) for _ in range(depth))
+        films = [nn.Linear(w, 2 * w) for _ in range(depth)]
+        last = conv(2 * w, out_dim, 1)
+        for layer in (*films, last):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(cast(torch.Tensor, layer.bias))
+        self.film = nn.ModuleList(films)
+        self.project = nn.Sequential(conv(w, 2 * w, 1), nn.GELU(), last)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.lift(_channels_first(x.reshape(len(x), *self.shape, x.shape[-1])))
+        expand = (slice(None), slice(None)) + (None,) * len(self.shape)
+        for spec, point, film in zip(self.spectral, self.pointwise, self.film):
+            scale, shift = film(cond).chunk(2, dim=-1)
+            h = F.gelu((spec(h) + point(h)) * (1 + scale[expand]) + shift[expand])
+        return _channels_last(self.project(h)).flatten(1, -2)
+
+
+# -- Registered builders (`model.<role>.arch`) --------------------------------------------------
+
+
+def _tokens(cfg: Config, spatial_shape: tuple[int, ...]) -> int:
+    return math.prod(latent_shape(spatial_shape, cfg.model.encoder.patch_size))
+
+
+@factory.register("encoder", "conv", tokens=_tokens)
+def _encoder(cfg: Config, meta: DataMeta) -> ConvEncoder:
+    return ConvEncoder(meta.spatial_shape, meta.channels, cfg.latent.dim, cfg.model.encoder)
+
+
+@factory.register("decoder", "conv", needs_anchored=True)
+def _decoder(cfg: Config, meta: DataMeta) -> ConvDecoder:
+    return ConvDecoder(
+        torch.as_tensor(meta.grid), meta.channels, cfg.latent.dim, cfg.model.decoder, cfg.model.encoder.patch_size
+    )
+
+
+@factory.register("operator", "spectral", needs_anchored=True)
+def _operator(cfg: Config, meta: DataMeta) -> LatentOperator:
+    c = cfg.model.operator
+    trunk = SpectralTrunk(_grid(cfg, meta), cfg.latent.dim, cfg.latent.dim, c.hidden, c.depth, c.modes)
+    return LatentOperator(cfg.latent.tokens, cfg.latent.dim, c, len(meta.tasks), trunk=trunk)
+
+
+@factory.register("denoiser", "spectral", needs_anchored=True)
+def _denoiser(cfg: Config, meta: DataMeta, *, consistency: bool = False) -> ResidualDenoiser:
+    c, dim = cfg.model.denoiser, cfg.latent.dim
+    trunk = SpectralTrunk(_grid(cfg, meta), 2 * dim, dim, c.hidden, c.depth, c.modes)
+    sigma_min = cfg.stages.diffusion_residual.sigma_min
+    return ResidualDenoiser(cfg.latent.tokens, dim, c, consistency=consistency, sigma_min=sigma_min, trunk=trunk)
+
+
+def _grid(cfg: Config, meta: DataMeta) -> tuple[int, ...]:
+    return latent_shape(meta.spatial_shape, cfg.model.encoder.patch_size)
