@@ -59,7 +59,9 @@ def preflight(loaded: C.LoadedConfig, *, ray: bool = True, trials: int = 0) -> d
             f"{where('model.encoder.patch_size')}: model.encoder.patch_size={p} does not divide "
             f"the grid {grid} (after data.x_stride={cfg.data.x_stride})"
         )
-    for key, message in factory.shape_errors(cfg, grid):
+    shape_errors = factory.shape_errors(cfg, grid)
+    if shape_errors:
+        key, message = shape_errors[0]
         raise ConfigError(f"{where(key)}: {message}")
     check_batches(cfg, infos, where)
     check_environment(cfg)

@@ -34,9 +34,12 @@ if TYPE_CHECKING:
 KERNEL = 5  # odd: a periodic 'same' convolution
 
 
+def _conv_cls(dims: int) -> type[nn.Conv1d] | type[nn.Conv2d]:
+    return nn.Conv1d if dims == 1 else nn.Conv2d
+
+
 def _conv(dims: int, cin: int, cout: int, kernel: int = KERNEL) -> nn.Module:
-    conv = nn.Conv1d if dims == 1 else nn.Conv2d
-    return conv(cin, cout, kernel, padding=kernel // 2, padding_mode="circular")
+    return _conv_cls(dims)(cin, cout, kernel, padding=kernel // 2, padding_mode="circular")
 
 
 class ResBlock(nn.Module):
@@ -69,7 +72,7 @@ class ConvEncoder(nn.Module):
     def __init__(self, spatial_shape: tuple[int, ...], channels: int, dim: int, cfg: EncoderConfig) -> None:
         super().__init__()
         d, p, w = len(spatial_shape), cfg.patch_size, cfg.hidden
-        conv = nn.Conv1d if d == 1 else nn.Conv2d
+        conv = _conv_cls(d)
         self.lift = _conv(d, channels, w)
         self.fine = nn.Sequential(*(ResBlock(d, w) for _ in range(cfg.depth)))
         self.down = conv(w, w, p, stride=p)
@@ -97,7 +100,7 @@ class ConvDecoder(nn.Module):
         self.origin: torch.Tensor
         self.register_buffer("origin", grid.reshape(-1, d)[0].float(), persistent=False)  # the first node
         up = nn.ConvTranspose1d if d == 1 else nn.ConvTranspose2d
-        conv = nn.Conv1d if d == 1 else nn.Conv2d
+        conv = _conv_cls(d)
         self.inp = conv(dim, w, 1)
         self.coarse = nn.Sequential(*(ResBlock(d, w) for _ in range(cfg.depth)))
         self.up = up(w, w, patch_size, stride=patch_size)
@@ -156,7 +159,7 @@ class SpectralTrunk(nn.Module):
     def __init__(self, shape: tuple[int, ...], in_dim: int, out_dim: int, hidden: int, depth: int, modes: int) -> None:
         super().__init__()
         d, w = len(shape), hidden
-        conv = nn.Conv1d if d == 1 else nn.Conv2d
+        conv = _conv_cls(d)
         self.shape = shape
         self.lift = conv(in_dim, w, 1)
         self.spectral = nn.ModuleList(SpectralConv(w, modes, d) for _ in range(depth))

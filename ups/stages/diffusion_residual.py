@@ -69,6 +69,25 @@ def pairs_per_trajectory(frames: int, states: str, initial_step: int) -> int:
     return sum(frames - 1 - s for s in rollout_starts(initial_step))
 
 
+def _pairs(
+    operator: nn.Module, z: torch.Tensor, dt: torch.Tensor, task: torch.Tensor, states: str, initial_step: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cond, z_next), each (B, pairs_per_trajectory, tokens, dim), for trajectories z (B, T, tokens, dim)."""
+    b, frames = z.shape[:2]
+    if states == "true":  # one step from every true frame, in one batched call
+        m = frames - 1
+        cond = operator(z[:, :-1].flatten(0, 1), dt.repeat_interleave(m), task.repeat_interleave(m))
+        return cond.unflatten(0, (b, m)), z[:, 1:]
+    cond, nxt = [], []
+    for s in rollout_starts(initial_step):
+        x = z[:, s]
+        for t in range(s, frames - 1):
+            x = operator(x, dt, task)  # op(ẑ_t): the operator's own state, uncorrected
+            cond.append(x)
+            nxt.append(z[:, t + 1])
+    return torch.stack(cond, 1), torch.stack(nxt, 1)
+
+
 class Residuals:
     """cond = op(z_t) and the standardised residual z_{t+1} - cond for every pair of a split, grouped
     by trajectory (`pairs_per_trajectory` rows each, trajectory-major)."""
@@ -90,21 +109,9 @@ class Residuals:
         with torch.no_grad():
             for i in range(0, n, 64):
                 zi, task = z[i : i + 64].to(device), trajs.task[i : i + 64].to(device)
-                dt = dts[task]
-                if states == "true":
-                    cond = [operator(zi[:, t], dt, task) for t in range(frames - 1)]
-                    conds.append(torch.stack(cond, 1).cpu())
-                    nexts.append(zi[:, 1:].cpu())
-                    continue
-                cond, nxt = [], []
-                for s in rollout_starts(initial_step):
-                    x = zi[:, s]
-                    for t in range(s, frames - 1):
-                        x = operator(x, dt, task)  # op(ẑ_t): the operator's own state, uncorrected
-                        cond.append(x)
-                        nxt.append(zi[:, t + 1])
-                conds.append(torch.stack(cond, 1).cpu())
-                nexts.append(torch.stack(nxt, 1).cpu())
+                cond, nxt = _pairs(operator, zi, dts[task], task, states, initial_step)
+                conds.append(cond.cpu())
+                nexts.append(nxt.cpu())
         shape = (0, *z.shape[2:])
         self.cond = torch.cat(conds).flatten(0, 1) if conds else z.new_zeros(shape)
         self.res = (torch.cat(nexts).flatten(0, 1) if nexts else z.new_zeros(shape)) - self.cond  # latent units
