@@ -14,7 +14,7 @@ import json
 import torch
 
 from ups.data import views
-from ups.eval.evaluate import evaluate_split
+from ups.eval.evaluate import build_surrogate, evaluate
 from ups.pipeline import load_exports
 from ups.run import RunDir
 from ups.storage import Storage
@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--corrector", default="diffusion", choices=("diffusion", "consistency"))
     ap.add_argument("--noise-scale", type=float, help="eval.noise_scale (default: the run's)")
     ap.add_argument("--sample-steps", type=int, help="stages.diffusion_residual.sample_steps (default: the run's)")
+    ap.add_argument("--feedback", choices=("on", "off"), help="feed the corrected state back (default: by states)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     root, name = args.run.rstrip("/").rsplit("/", 1)
@@ -45,9 +46,13 @@ def main() -> None:
     })  # fmt: skip
     tasks = views.load_tasks(cfg.data)
     meta = views.DataMeta.from_tasks(tasks, cfg.data.initial_step)
-    r = evaluate_split(cfg, meta, tasks, exports, args.split, "cpu")
+    model = build_surrogate(cfg, meta, exports, "cpu")
+    if args.feedback is not None and model.corrector is not None:
+        model.corrector.feedback = args.feedback == "on"
+    r = evaluate(model, tasks, args.split, cfg)
     print(f"{args.split}: nRMSE {r['nRMSE']:.4f} with the {r['corrector']} corrector "
-          f"(noise_scale {cfg.eval.noise_scale}, {diff.sample_steps} steps) | operator alone "
+          f"(noise_scale {cfg.eval.noise_scale}, {diff.sample_steps} steps, feedback "
+          f"{model.corrector.feedback if model.corrector else '-'}) | operator alone "
           f"{r['operator_nRMSE']:.4f}")  # fmt: skip
 
 

@@ -50,7 +50,7 @@ def test_smoke_trains_every_stage_and_beats_persistence(smoke_run):
     ev = summary["eval"]
     assert ev["split"] == "val" and ev["nRMSE"] < ev["persistence_nRMSE"]
     sel = ev["corrector_selection"]  # auto: the trained corrector stays only if it beats the operator on val
-    assert set(sel) == {"consistency", "none"} and ev["corrector"] == min(sel, key=sel.get)
+    assert set(sel) == {"consistency", "diffusion", "none"} and ev["corrector"] == min(sel, key=sel.get)
     assert ev["nRMSE"] == pytest.approx(sel[ev["corrector"]], rel=1e-6)
     assert summary["eval_test"]["corrector"] == ev["corrector"]  # test follows the val choice
     for key in ("RMSE", "nRMSE", "cRMSE", "bRMSE", "max_err", "fRMSE_low", "fRMSE_mid", "fRMSE_high"):

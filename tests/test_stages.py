@@ -224,3 +224,49 @@ def test_anchored_latent_trains_every_latent_stage_on_rollout_states(tiny):
     handoff["diffusion_residual"] = stage.export(dn)
     stage, st, losses, v0, v1 = run_stage("consistency_distill", cfg, meta, handoff, train, val, 60)
     assert stage.num_samples(train) == len(stage.train_res) and v1 < v0, (v0, v1)
+    handoff["consistency_distill"] = stage.export(st)
+
+    # `auto` on val scores every trained corrector: the latest (consistency) as the model, the
+    # diffusion one beside it, each exactly as it scores when it is the model itself.
+    from ups.eval.evaluate import evaluate_split
+    from ups.eval.selection import choose_corrector
+
+    tasks = views.load_tasks(cfg.data)
+    auto = evaluate_split(cfg, meta, tasks, handoff, "val", "cpu")
+    assert auto["corrector"] == "consistency" and {"diffusion_nRMSE", "operator_nRMSE"} <= auto.keys()
+    alone = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"corrector": "diffusion"})})
+    diffusion = evaluate_split(alone, meta, tasks, handoff, "val", "cpu")
+    assert diffusion["nRMSE"] == pytest.approx(auto["diffusion_nRMSE"], rel=1e-6)
+    assert diffusion["operator_nRMSE"] == pytest.approx(auto["operator_nRMSE"], rel=1e-6)
+    choice = choose_corrector(auto)
+    assert set(choice.scores) == {"consistency", "diffusion", "none"}
+    assert choice.kind == min(choice.scores, key=lambda k: (choice.scores[k], k == "none"))
+    assert "diffusion_nRMSE" not in evaluate_split(cfg, meta, tasks, handoff, "test", "cpu")  # test selects nothing
+
+
+def test_a_rollout_state_corrector_corrects_the_output_and_leaves_the_rollout_to_the_operator():
+    """Trained on the uncorrected rollout, the corrector must meet that rollout at inference: its
+    correction goes into the output, the next step starts from the operator's own state."""
+    from ups.eval.rollout import Corrector, Surrogate
+
+    class _Shift(torch.nn.Module):  # a "denoiser" whose sample is always +1 in residual units
+        def forward(self, x, sigma, cond):
+            return torch.ones_like(cond)
+
+    meta = type("M", (), {"grid": np.zeros((4, 1)), "dts": [0.1], "normalizers": [], "spatial_shape": (4,)})()
+    meta.normalizers = [type("N", (), {"mean": np.zeros(1), "std": np.ones(1)})()]
+    z0, task = torch.zeros(2, 4, 3), torch.zeros(2, dtype=torch.long)
+    out = {}
+    for feedback in (True, False):
+        corr = Corrector("consistency", _Shift(), 2.0, 0.002, 5.0, 1, feedback=feedback)
+        sur = Surrogate(meta, torch.nn.Identity(), _Affine(), corrector=corr)
+        out[feedback] = sur.rollout(z0, 3, task)
+    x, plain = z0, []
+    for _ in range(3):
+        x = 0.5 * x + 1
+        plain.append(x)
+    plain = torch.stack(plain, 1)
+    torch.testing.assert_close(out[False], plain + 2.0)  # each output corrected, the chain untouched
+    assert not torch.allclose(out[True], out[False])  # fed back, the chain itself moves
+    torch.testing.assert_close(out[True][:, 0], plain[:, 0] + 2.0)
+    torch.testing.assert_close(out[True][:, 1], 0.5 * out[True][:, 0] + 1 + 2.0)

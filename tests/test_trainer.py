@@ -212,12 +212,18 @@ def test_contracts_round_trip():
         ({"corrector": "consistency", "nRMSE": 0.32, "operator_nRMSE": 0.32}, "consistency"),  # a tie keeps it
         ({"corrector": "diffusion", "nRMSE": 0.35, "operator_nRMSE": 0.32}, "none"),
         ({"corrector": "none", "nRMSE": 0.32}, "none"),
+        # a rival scored beside the model wins when it is best, and loses to the operator otherwise
+        ({"corrector": "consistency", "nRMSE": 0.31, "operator_nRMSE": 0.32, "diffusion_nRMSE": 0.30}, "diffusion"),
+        ({"corrector": "consistency", "nRMSE": 0.33, "operator_nRMSE": 0.32, "diffusion_nRMSE": 0.34}, "none"),
     ],
 )
 def test_corrector_selection_on_val(val, kept):
     choice = choose_corrector(val)
     assert choice.kind == kept
-    assert choice.changed == (kept == "none" and val["corrector"] != "none")
+    assert choice.changed == (kept != val["corrector"])
+    assert set(choice.scores) == {"none"} | {k.removesuffix("_nRMSE") for k in val if k.endswith("_nRMSE")} - {
+        "operator"
+    } | ({val["corrector"]} - {"none"})
 
 
 def test_the_trainer_and_the_local_pipeline_import_without_ray():

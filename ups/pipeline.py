@@ -144,11 +144,11 @@ def _stages_and_eval(
     summary["eval"] = evaluate_run(backend, rundir, cfg, meta, tasks, exports, "val", console)
     if cfg.eval.corrector == "auto" and summary["eval"]["corrector"] != "none":
         choice = choose_corrector(summary["eval"])
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in sorted(choice.scores.items(), key=lambda kv: kv[1]))
+        say(f"== eval: val nRMSE by corrector: {scores}; keeping {choice.kind}"
+            + (" (the operator alone)" if choice.kind == "none" else ""))  # fmt: skip
         if choice.changed:
-            kind = summary["eval"]["corrector"]
-            say(f"== eval: corrector {kind} does not beat the operator alone on val "
-                f"({choice.scores[kind]:.4g} vs {choice.scores['none']:.4g}); evaluating without it")  # fmt: skip
-            cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"corrector": "none"})})
+            cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"corrector": choice.kind})})
             summary["eval"] = evaluate_run(backend, rundir, cfg, meta, tasks, exports, "val", console)
         summary["eval"]["corrector_selection"] = choice.scores
     if cfg.eval.test if opts.eval_test is None else opts.eval_test:

@@ -38,4 +38,7 @@ def summary_table(summary: dict[str, Any]) -> str:
             )
             if shown:
                 lines.append(f"{' ' * len(key)}  nRMSE of {shown}")
+            if ev.get("corrector_selection"):
+                sel = " | ".join(f"{k} {v:.4g}" for k, v in ev["corrector_selection"].items())
+                lines.append(f"{' ' * len(key)}  corrector (val selects; none = operator alone): {sel}")
     return "\n".join(lines)

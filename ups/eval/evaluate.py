@@ -30,34 +30,49 @@ def corrector_stages() -> dict[CorrectorKind, str]:
     return {cls.corrector: name for name, cls in reversed(registry.stages().items()) if cls.corrector}
 
 
+def trained_correctors(
+    cfg: Config, meta: DataMeta, exports: Exports, device: torch.device | str = "cpu"
+) -> dict[CorrectorKind, Corrector]:
+    """Every corrector the run trained, by kind (the candidates `eval.corrector: auto` scores on val)."""
+    return {
+        kind: build_corrector(cfg, meta, exports, kind, device)
+        for kind, stage in corrector_stages().items()
+        if stage in exports
+    }
+
+
+def build_corrector(
+    cfg: Config, meta: DataMeta, exports: Exports, kind: CorrectorKind, device: torch.device | str = "cpu"
+) -> Corrector:
+    stage = corrector_stages().get(kind)
+    if stage is None or stage not in exports:
+        raise ValueError(f"eval.corrector={kind} but stage {stage} was not trained")
+    ex = exports[stage]
+    diff = cfg.stages.diffusion_residual
+    net = factory.build("denoiser", cfg, meta, consistency=kind == "consistency")
+    net.load_state_dict(ex[registry.get(stage).export_keys[0]])
+    return Corrector(kind, net.to(device).eval(), float(ex["residual_scale"]), diff.sigma_min, diff.sigma_max,
+                     diff.sample_steps, cfg.eval.noise_scale, feedback=diff.states == "true")  # fmt: skip
+
+
 def build_surrogate(cfg: Config, meta: DataMeta, exports: Exports, device: torch.device | str = "cpu") -> Surrogate:
     """The stack from stage exports; the corrector follows `eval.corrector` ("auto": the one of the
-    latest trained corrector stage, the cheapest to run; the pipeline then keeps it only if it helps)."""
+    latest trained corrector stage, the cheapest to run; the val evaluation then scores every trained
+    corrector beside it and the pipeline keeps the best, or none if none beats the operator alone)."""
     enc, dec = factory.build("encoder", cfg, meta), factory.build("decoder", cfg, meta)
     enc.load_state_dict(exports["autoencoder"]["encoder"])
     dec.load_state_dict(exports["autoencoder"]["decoder"])
     op = factory.build("operator", cfg, meta)
     op.load_state_dict(exports["operator"]["operator"])
-    providers = corrector_stages()
     requested = cfg.eval.corrector
     kind: CorrectorKind | None
     if requested == "auto":
-        kind = next((k for k, stage in providers.items() if stage in exports), None)
+        kind = next((k for k, stage in corrector_stages().items() if stage in exports), None)
     elif requested == "none":
         kind = None
     else:
         kind = requested
-    corrector = None
-    if kind is not None:
-        stage = providers.get(kind)
-        if stage is None or stage not in exports:
-            raise ValueError(f"eval.corrector={kind} but stage {stage} was not trained")
-        ex = exports[stage]
-        diff = cfg.stages.diffusion_residual
-        net = factory.build("denoiser", cfg, meta, consistency=kind == "consistency")
-        net.load_state_dict(ex[registry.get(stage).export_keys[0]])
-        corrector = Corrector(kind, net.to(device).eval(), float(ex["residual_scale"]), diff.sigma_min,
-                              diff.sigma_max, diff.sample_steps, cfg.eval.noise_scale)  # fmt: skip
+    corrector = None if kind is None else build_corrector(cfg, meta, exports, kind, device)
     for m in (enc, dec, op):
         m.to(device).eval()
     return Surrogate(meta, dec, op, encoder=enc, corrector=corrector, device=device)
@@ -70,17 +85,28 @@ def _pdebench_layout(u: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate(
-    model: Surrogate, tasks: list[Task], split: str, cfg: Config, seed: int = 0, baseline: FNO | None = None
+    model: Surrogate,
+    tasks: list[Task],
+    split: str,
+    cfg: Config,
+    seed: int = 0,
+    baseline: FNO | None = None,
+    rivals: dict[CorrectorKind, Corrector] | None = None,
 ) -> dict[str, Any]:
     """Metrics on `split`, overall and per task, of the model and of what bounds or rivals it:
     the bare operator (when a corrector is used), persistence, the FNO baseline (when trained),
-    and two floors under every rollout: `recon_` (each true frame encoded and decoded: the
-    autoencoder's error) and `one_step_` (each frame predicted from the true previous one)."""
+    the stack with each other corrector in `rivals` (`diffusion_`, `consistency_`), and two floors
+    under every rollout: `recon_` (each true frame encoded and decoded: the autoencoder's error)
+    and `one_step_` (each frame predicted from the true previous one)."""
     t_start = time.perf_counter()
     meta, init = model.meta, model.meta.initial_step
     steps = meta.frames - init if cfg.eval.horizon is None else min(cfg.eval.horizon, meta.frames - init)
-    names = ["model", "operator", "persistence", "recon", "one_step", "fno"]
+    rivals = rivals or {}
+    names = ["model", "operator", "persistence", "recon", "one_step", "fno", *rivals]
     preds: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    # Each rival draws its sampler noise from its own generator with the same seed, so it scores
+    # exactly as it would as the model.
+    rival_models = {kind: (model.with_corrector(c), torch.Generator().manual_seed(seed)) for kind, c in rivals.items()}
     truths: list[torch.Tensor] = []
     task_ids: list[torch.Tensor] = []
     gen = torch.Generator().manual_seed(seed)
@@ -94,7 +120,9 @@ def evaluate(
             z0 = model.encode(chunk[:, init - 1])
             given = truth[:, :init]
             preds["model"].append(torch.cat([given, model.predict_fields(z0, steps, tid, gen)], 1).cpu())
-            if model.corrector is not None:
+            for kind, (rival, rival_gen) in rival_models.items():
+                preds[kind].append(torch.cat([given, rival.predict_fields(z0, steps, tid, rival_gen)], 1).cpu())
+            if model.corrector is not None or rivals:
                 preds["operator"].append(
                     torch.cat([given, model.predict_fields(z0, steps, tid, correct=False)], 1).cpu()
                 )
@@ -172,4 +200,9 @@ def evaluate_split(
     backend calls it directly, the Ray backend inside a task)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     baseline = build_baseline(cfg, meta, exports, device)
-    return evaluate(build_surrogate(cfg, meta, exports, device), tasks, split, cfg, baseline=baseline)
+    model = build_surrogate(cfg, meta, exports, device)
+    rivals = None
+    if cfg.eval.corrector == "auto" and split == "val":  # val selects: score every trained corrector
+        own = model.corrector.kind if model.corrector else None
+        rivals = {k: c for k, c in trained_correctors(cfg, meta, exports, device).items() if k != own}
+    return evaluate(model, tasks, split, cfg, baseline=baseline, rivals=rivals)

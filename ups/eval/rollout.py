@@ -4,6 +4,7 @@ that select checkpoints and the numbers that are reported come from the same cod
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,11 @@ class Corrector:
     sigma_max: float
     steps: int
     noise_scale: float = 0.0
+    # Whether the corrected state is fed back into the rollout (a corrector of the one-step error,
+    # trained on true states) or only the output is corrected and the rollout goes on from the
+    # operator's own state (a corrector trained on that uncorrected rollout: fed back, it would meet
+    # states it never saw and correct drift that is already gone).
+    feedback: bool = True
 
     @torch.no_grad()
     def __call__(self, cond: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
@@ -59,6 +65,12 @@ class Surrogate:
         self.dts = torch.tensor(meta.dts, device=self.device)
         self.stats = norm_stats(meta, self.device)
 
+    def with_corrector(self, corrector: Corrector | None) -> Surrogate:
+        """The same stack with another corrector (the networks are shared, not copied)."""
+        other = copy.copy(self)
+        other.corrector = corrector
+        return other
+
     @torch.no_grad()
     def encode(self, u: torch.Tensor) -> torch.Tensor:
         if self.encoder is None:
@@ -84,8 +96,11 @@ class Surrogate:
         for _ in range(steps):
             z = self.operator(z, dt, task)
             if correct and self.corrector is not None:
-                z = z + self.corrector(z, gen)
-            out.append(z)
+                fixed = z + self.corrector(z, gen)
+                z = fixed if self.corrector.feedback else z
+                out.append(fixed)
+            else:
+                out.append(z)
         return torch.stack(out, dim=1)
 
     @torch.no_grad()

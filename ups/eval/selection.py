@@ -1,31 +1,41 @@
 """Which corrector the reported surrogate uses: a decision taken on val alone.
 
-`eval.corrector: auto` keeps the trained corrector only if its decoded val rollout beats the
-bare operator's (the evaluation scores both in one pass); otherwise the surrogate is the operator
-alone, and the test split follows the same choice, so it still selects nothing.
+`eval.corrector: auto` scores every trained corrector and the bare operator on the decoded val
+rollout in one pass and keeps the best; a corrector stays only if it is at least as good as the
+operator alone. The test split follows the same choice, so it still selects nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
+
+from ups.schema import CorrectorKind
 
 
 @dataclass
 class CorrectorChoice:
     kind: str  # the corrector kept ("none": the operator alone)
-    scores: dict[str, float]  # val nRMSE with the trained corrector and without ("none")
+    scores: dict[str, float]  # val nRMSE with each trained corrector and without ("none")
+    evaluated: str  # the corrector the evaluation that scored them used as its model
 
     @property
     def changed(self) -> bool:
         """True when the evaluation that scored the choice used another corrector than the one kept."""
-        return self.kind == "none" and len(self.scores) > 1
+        return self.kind != self.evaluated
 
 
 def choose_corrector(val: dict[str, Any]) -> CorrectorChoice:
-    """From a val evaluation that used a corrector: keep it iff its nRMSE <= the operator's alone."""
+    """From a val evaluation: the corrector with the lowest nRMSE, if it is <= the operator's alone
+    (a tie keeps the corrector); rivals scored beside the model count as candidates too."""
     kind = val["corrector"]
-    if kind == "none":
-        return CorrectorChoice("none", {"none": val["nRMSE"]})
-    scores = {kind: val["nRMSE"], "none": val["operator_nRMSE"]}
-    return CorrectorChoice(kind if scores[kind] <= scores["none"] else "none", scores)
+    if kind == "none" and "operator_nRMSE" not in val:
+        return CorrectorChoice("none", {"none": val["nRMSE"]}, "none")
+    scores = {"none": val["operator_nRMSE"]}
+    if kind != "none":
+        scores[kind] = val["nRMSE"]
+    for k in get_args(CorrectorKind):
+        if f"{k}_nRMSE" in val:
+            scores[k] = val[f"{k}_nRMSE"]
+    best = min(scores, key=lambda k: (scores[k], k == "none"))
+    return CorrectorChoice(best, scores, kind)
