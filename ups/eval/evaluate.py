@@ -30,15 +30,9 @@ def corrector_stages() -> dict[CorrectorKind, str]:
     return {cls.corrector: name for name, cls in reversed(registry.stages().items()) if cls.corrector}
 
 
-def trained_correctors(
-    cfg: Config, meta: DataMeta, exports: Exports, device: torch.device | str = "cpu"
-) -> dict[CorrectorKind, Corrector]:
-    """Every corrector the run trained, by kind (the candidates `eval.corrector: auto` scores on val)."""
-    return {
-        kind: build_corrector(cfg, meta, exports, kind, device)
-        for kind, stage in corrector_stages().items()
-        if stage in exports
-    }
+def trained_kinds(exports: Exports) -> list[CorrectorKind]:
+    """The kinds of corrector the run trained, latest-registered first (`auto`'s candidates)."""
+    return [kind for kind, stage in corrector_stages().items() if stage in exports]
 
 
 def build_corrector(
@@ -67,7 +61,7 @@ def build_surrogate(cfg: Config, meta: DataMeta, exports: Exports, device: torch
     requested = cfg.eval.corrector
     kind: CorrectorKind | None
     if requested == "auto":
-        kind = next((k for k, stage in corrector_stages().items() if stage in exports), None)
+        kind = next(iter(trained_kinds(exports)), None)
     elif requested == "none":
         kind = None
     else:
@@ -204,5 +198,5 @@ def evaluate_split(
     rivals = None
     if cfg.eval.corrector == "auto" and split == "val":  # val selects: score every trained corrector
         own = model.corrector.kind if model.corrector else None
-        rivals = {k: c for k, c in trained_correctors(cfg, meta, exports, device).items() if k != own}
+        rivals = {k: build_corrector(cfg, meta, exports, k, device) for k in trained_kinds(exports) if k != own}
     return evaluate(model, tasks, split, cfg, baseline=baseline, rivals=rivals)
