@@ -129,6 +129,26 @@ class StopAfter(LocalContext):
         return self.calls < 0
 
 
+class NodeGone(Exception):
+    """What a worker sees when its node is taken away: the process ends where it stands."""
+
+
+class PreemptedAfter(LocalContext):
+    """A context whose node gets a preemption notice at its `calls`-th poll and then goes; steps
+    taken after the notice are counted (they would be thrown away)."""
+
+    def __init__(self, calls: int, *args: object, **kwargs: object):
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.calls, self.polls = calls, 0
+
+    def preemption_notice(self) -> float | None:
+        self.polls += 1
+        return 0.0 if self.polls > self.calls else None
+
+    def wait_out_preemption(self, deadline: float) -> None:
+        raise NodeGone
+
+
 def train_data() -> dict[str, Trajectories]:
     return {"train": data(24, 0), "val": data(6, 1)}
 
@@ -166,6 +186,22 @@ def test_a_stop_mid_epoch_resumes_bit_identical(toy, tmp_path):
     assert said[-1] == "[toy] stop requested: checkpointed at epoch 1, micro-batch 8"
     resumed = StageTrainer(j, LocalContext(train_data()), emit=said_into(said)).fit()
     assert any(s.startswith("[toy] resumed at epoch 1, micro-batch 8") for s in said)
+    assert resumed.status == "completed" and resumed.restarts == 1
+    assert resumed.weights_sha256 == reference.weights_sha256
+
+
+def test_a_preemption_notice_checkpoints_at_the_current_micro_batch_and_resumes_bit_identical(toy, tmp_path):
+    reference = StageTrainer(job(tmp_path / "a"), LocalContext(train_data())).fit()
+
+    j = job(tmp_path / "b", epochs=3)
+    said: list[str] = []
+    ctx = PreemptedAfter(2, train_data())  # the third poll (step 24: epoch 2, micro-batch 6) sees the notice
+    with pytest.raises(NodeGone):
+        StageTrainer(j, ctx, emit=said_into(said)).fit()
+    assert ctx.polls == 3
+    assert said[-1].startswith("[toy] preemption notice: checkpointed at epoch 2, micro-batch 6;")
+    resumed = StageTrainer(j, LocalContext(train_data()), emit=said_into(said)).fit()
+    assert any(s.startswith("[toy] resumed at epoch 2, micro-batch 6 ") for s in said)  # nothing redone
     assert resumed.status == "completed" and resumed.restarts == 1
     assert resumed.weights_sha256 == reference.weights_sha256
 

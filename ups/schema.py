@@ -258,6 +258,9 @@ class CheckpointConfig(Section):
     keep: PosInt = 2  # newest checkpoints kept per stage (a corrupt newest one falls back to the previous)
     every_steps: PosInt | None = None  # also checkpoint inside an epoch, every N optimizer steps
     max_failures: Annotated[int, at_least(-1)] = 3  # worker-group restarts per stage; -1 = unlimited
+    # Restarts after a node's preemption (a spot reclaim: the node was drained with a preemption
+    # reason), counted apart from max_failures; -1 = unlimited.
+    max_preemptions: Annotated[int, at_least(-1)] = -1
 
 
 # The residual correctors a stage can provide (`Stage.corrector`), besides "auto" and "none" in

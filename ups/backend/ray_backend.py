@@ -97,7 +97,10 @@ class RayBackend:
             ),
             run_config=RunConfig(
                 name=group, storage_path=jobs[0].checkpoint_uri.rsplit("/", 1)[0],
-                failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
+                failure_config=FailureConfig(
+                    max_failures=cfg.checkpoint.max_failures,
+                    max_preemption_failures=cfg.checkpoint.max_preemptions,
+                ),
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
                 logging_config=LoggingConfig(log_level="WARNING"), callbacks=callbacks,
             ),

@@ -91,6 +91,17 @@ class TrainContext(Protocol):
         """This rank's view of an external stop request (the trainer makes the ranks agree)."""
         ...
 
+    def preemption_notice(self) -> float | None:
+        """A node of this worker group is about to be taken away (a spot reclaim, announced by
+        draining the node): the Unix time it goes, 0.0 when no deadline was given; None when no
+        notice has come. A collective: every rank calls it at the same step and gets one answer."""
+        ...
+
+    def wait_out_preemption(self, deadline: float) -> None:
+        """After the notice's checkpoint: wait for the worker group to be stopped and restarted
+        elsewhere (returning, if that never happens, lets the stage train on)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -153,6 +164,12 @@ class LocalContext:
 
     def stop_requested(self) -> bool:
         return False
+
+    def preemption_notice(self) -> float | None:
+        return None  # one process: no node to lose but this one
+
+    def wait_out_preemption(self, deadline: float) -> None:
+        pass
 
     def close(self) -> None:
         pass

@@ -10,6 +10,8 @@ and the mailbox through which rank 0's events (lines, rows, progress) reach the 
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +28,9 @@ from ups.train.context import Dist
 from ups.train.shard import Trajectories, collect
 from ups.train.stop import StopWatcher
 from ups.train.trainer import run_stages
+
+_WATCHER_ON = os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1").lower() not in ("0", "false")
+PREEMPTION_PATIENCE_S = 60.0  # past a notice's deadline, how long to wait for the restart
 
 
 class RayContext:
@@ -65,6 +70,26 @@ class RayContext:
 
     def stop_requested(self) -> bool:
         return self._stop.requested()
+
+    def preemption_notice(self) -> float | None:
+        # Ray Train's PreemptionWatcher (one actor per worker group, on by default on a cluster)
+        # watches Ray Core's node drains; without it there is nothing to ask, and asking is a barrier.
+        if not _WATCHER_ON:
+            return None
+        info = ray.train.get_preemption_info()
+        if info is None:
+            return None
+        return info.deadline_ms / 1000 if info.deadline_ms else 0.0
+
+    def wait_out_preemption(self, deadline: float) -> None:
+        # At the deadline Ray Train's controller stops this worker group (whatever the loop is doing)
+        # and restarts it from the newest checkpoint, charged to the preemption budget: a step taken
+        # after the notice's checkpoint would be thrown away, so none is. Without a deadline the
+        # controller waits DEFAULT_PREEMPTION_DEADLINE_S (120 s). If the group is still alive well
+        # after that (the drain was cancelled), the stage trains on.
+        until = (deadline or time.time() + 120) + PREEMPTION_PATIENCE_S
+        while time.time() < until:
+            time.sleep(0.5)
 
     def close(self) -> None:
         self._stop.close()

@@ -113,7 +113,8 @@ class StageTrainer:
         self.progress = Progress()
         self.history: list[dict[str, Any]] = []
         self.best_weights: dict[str, torch.Tensor] | None = None
-        self.preempted = False
+        self.preempted = False  # a stop was requested (SIGTERM): checkpointed and returning
+        self.noticed = False  # a node preemption notice was answered with a checkpoint
         self.first_step: float | None = None
 
     # -- the whole stage ------------------------------------------------------------------------
@@ -235,9 +236,13 @@ class StageTrainer:
                 self._tell_progress(m + 1 - self._micro_start)
             self.first_step = self.first_step or time.time()
             every = self.cfg.checkpoint.every_steps
+            notice = None
             if p.global_step % STOP_CHECK_STEPS == 0:
                 self.preempted = self.ctx.comm.any(self.ctx.stop_requested())
-            if self.preempted or (every and p.global_step % every == 0 and m + 1 < self.micro_per_epoch):
+                if not self.preempted and not self.noticed:
+                    notice = self.ctx.preemption_notice()
+            periodic = every and p.global_step % every == 0 and m + 1 < self.micro_per_epoch
+            if self.preempted or notice is not None or periodic:
                 self._carry_epoch_sums()
                 self.checkpoint(
                     {
@@ -246,10 +251,19 @@ class StageTrainer:
                         "global_step": p.global_step,
                         "mid_epoch": True,
                         "preempted": self.preempted,
+                        "preemption_notice": notice is not None,
                     }
                 )
             if self.preempted:
                 return False
+            if notice is not None:
+                self.noticed = True
+                left = f", {max(notice - time.time(), 0):.0f} s before the node goes" if notice else ""
+                self._say(
+                    f"preemption notice{left}: checkpointed at epoch {epoch + 1}, micro-batch {p.micro}; "
+                    "waiting for the restart on another node"
+                )
+                self.ctx.wait_out_preemption(notice)
         self._train_time = time.perf_counter() - self._t_start
         return True
 
