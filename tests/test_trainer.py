@@ -206,6 +206,20 @@ def test_a_preemption_notice_checkpoints_at_the_current_micro_batch_and_resumes_
     assert resumed.weights_sha256 == reference.weights_sha256
 
 
+def test_a_resize_redoes_the_interrupted_epoch_without_counting_its_steps_twice(toy, tmp_path):
+    j = job(tmp_path, epochs=2)
+    StageTrainer(j, StopAfter(0, train_data())).fit()  # stopped inside epoch 1, at step 8, on one worker
+    bigger = LocalContext(train_data())
+    bigger.world = 2  # the group came back with two workers: the epoch is redone on new shards
+    said: list[str] = []
+    trainer = StageTrainer(j, bigger, emit=said_into(said))
+    assert trainer.fit().status == "completed"
+    assert any(s.startswith("[toy] resumed at epoch 1, micro-batch 0 (world size 1 -> 2)") for s in said)
+    # Two whole epochs at the new size: the 8 steps of the abandoned partial epoch are not counted,
+    # so the LR schedule ends where it should instead of running ahead.
+    assert trainer.progress.global_step == trainer.schedule.step_count == 2 * trainer.steps_per_epoch
+
+
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(toy, tmp_path):
     j = job(tmp_path, epochs=2)
     StageTrainer(j, StopAfter(0, train_data())).fit()

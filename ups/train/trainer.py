@@ -192,13 +192,23 @@ class StageTrainer:
             if state["world_size"] == self.world:
                 set_rng_state(state["rng"][self.rank])
             elif self.progress.micro:
-                self.progress.micro = 0  # new shards after a resize: redo the interrupted epoch on them
+                self._redo_epoch()  # new shards after a resize: the interrupted epoch again, on them
             self._say(
                 f"resumed at epoch {self.progress.epoch + 1}, micro-batch {self.progress.micro} "
                 f"(world size {state['world_size']} -> {self.world})"
             )
         self.progress.world_sizes = self.progress.world_sizes + [self.world]  # one entry per (re)start
         self.phases.done("restore")
+
+    def _redo_epoch(self) -> None:
+        """Forget the interrupted epoch's count (not its updates: the weights keep them): its
+        steps leave the global step and the LR schedule, which would otherwise run ahead by them,
+        and its losses leave the epoch's mean."""
+        p = self.progress
+        steps = p.micro // self.tcfg.accum_steps
+        p.global_step -= steps
+        self.schedule.load_state_dict({**self.schedule.state_dict(), "step": self.schedule.step_count - steps})
+        p.micro, p.loss_sum, p.loss_count, p.aux_sums = 0, 0.0, 0, {}
 
     def prepare(self) -> None:
         """Data-parallel wrapping, compilation, and rank 0's metrics.jsonl."""
