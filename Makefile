@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/smoke.yaml
 
-.PHONY: setup run check test test-ray bench clean
+.PHONY: setup run check test test-ray test-cluster bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,12 @@ check: $(STAMP)
 
 # The end-to-end tests on one shared local Ray session.
 test-ray: $(STAMP)
-	$(PY) -m pytest -q -m ray
+	$(PY) -m pytest -q -m "ray and not cluster"
+
+# The autoscaler, elastic and spot-preemption tests on a local autoscaling cluster (about 11 minutes;
+# CI runs them after `make test`).
+test-cluster: $(STAMP)
+	$(PY) -m pytest -q -m cluster
 
 # Everything CI runs: the fast tier first (it fails in a minute if anything basic is wrong).
 test: check test-ray

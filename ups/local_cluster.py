@@ -34,6 +34,11 @@ from typing import Any
 
 import yaml
 
+# The cluster's head has token auth (Ray 2.59+; the token in ~/.ray/auth_token), and this process's
+# job client must send it: Ray reads the mode once, when it is first imported, so it is set here,
+# before anything imports ray.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
 HEAD_TYPE = "ray.head.default"  # the fake provider's fixed name for the head's type
 STATE_FILE = "cluster.json"
 # Environment of every process of the cluster. The autoscaler looks every second (a cloud head's
@@ -205,6 +210,20 @@ class LocalCluster:
         (self.folder / STATE_FILE).write_text(json.dumps(asdict(info), indent=2))
         return info
 
+    def set_max_nodes(self, max_nodes: int) -> None:
+        """Change how many worker nodes the autoscaler may run (per type and in all), as `ray up` of
+        an edited cluster.yaml would: the autoscaler rereads its config on every update. Raising it
+        mid-run is capacity arriving (spot capacity coming back); lowering it removes no node."""
+        path = self.folder / "autoscaler.json"
+        cfg = json.loads(path.read_text())
+        cfg["max_workers"] = max_nodes
+        for name, t in cfg["available_node_types"].items():
+            if name != HEAD_TYPE:
+                t["max_workers"] = max_nodes
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cfg))
+        tmp.replace(path)  # the autoscaler never reads half a file
+
     def _session_of(self, port: int) -> int:
         """The process session of the head's GCS server (the one listening on `port`)."""
         for pid in _pids():
@@ -242,12 +261,21 @@ class LocalCluster:
     def kill_node(self, node_id: str) -> None:
         """What a cloud does at a spot deadline (or a hardware fault does at any time): the node's
         processes die at once."""
-        node = next((n for n in self.worker_nodes() if n.node_id == node_id), None)
+        node = self._node(node_id)
         if node is None:
             raise ClusterError(f"no worker node {node_id} in this cluster")
-        for pid in node.pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        end = time.time() + 30
+        while node is not None:  # until none is left: a raylet may be starting a worker meanwhile
+            for pid in node.pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.time() > end:
+                raise ClusterError(f"node {node_id}: processes {node.pids} survive SIGKILL")
+            time.sleep(0.1)
+            node = self._node(node_id)
+
+    def _node(self, node_id: str) -> FakeNode | None:
+        return next((n for n in self.worker_nodes() if n.node_id == node_id), None)
 
     def drain(self, node_id: str, deadline_s: int, reason: str = "DRAIN_NODE_REASON_PREEMPTION") -> None:
         """Tell Ray Core the node goes in `deadline_s` seconds (no new work is scheduled on it, and
@@ -264,7 +292,42 @@ class LocalCluster:
         node's end at the deadline."""
         self.drain(node_id, deadline_s)
         time.sleep(deadline_s)
-        self.kill_node(node_id)
+        # A drained raylet may already have ended itself (once Ray Train moved its workers off it).
+        if self._node(node_id) is not None:
+            self.kill_node(node_id)
+
+    # -- jobs, as a user submits them ------------------------------------------------------------
+
+    def submit(self, submission_id: str, train_args: list[str], working_dir: Path | None = None) -> None:
+        """`ray job submit --no-wait` of `python -m ray_jobs.train TRAIN_ARGS` with runtime_env.yaml, as
+        the README types it (the job's `python` is this virtualenv's: first on the cluster's PATH)."""
+        root = working_dir or Path(__file__).resolve().parents[1]
+        cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--no-wait", "--submission-id",
+               submission_id, "--address", self.info.dashboard_url, "--working-dir", str(root),
+               "--runtime-env", str(root / "runtime_env.yaml"), "--", "python", "-m", "ray_jobs.train",
+               *train_args]  # fmt: skip
+        r = subprocess.run(cmd, env=cluster_env(), capture_output=True, text=True, cwd=root)
+        if r.returncode != 0:
+            raise ClusterError(f"ray job submit {submission_id}: {(r.stderr or r.stdout).strip()[-2000:]}")
+
+    def _jobs(self) -> Any:
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.info.dashboard_url)
+
+    def job_status(self, submission_id: str) -> str:
+        """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+        return str(self._jobs().get_job_status(submission_id).value)
+
+    def job_done(self, submission_id: str) -> bool:
+        return self.job_status(submission_id) in ("SUCCEEDED", "FAILED", "STOPPED")
+
+    def job_logs(self, submission_id: str) -> str:
+        return str(self._jobs().get_job_logs(submission_id))
+
+    def stop_job(self, submission_id: str) -> None:
+        with contextlib.suppress(Exception):  # already finished, or never submitted
+            self._jobs().stop_job(submission_id)
 
     def down(self, grace_s: float = 5.0) -> None:
         """Stop every process of this cluster (SIGTERM, then SIGKILL after `grace_s`)."""
