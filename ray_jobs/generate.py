@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from ray_jobs._cli import load, parser, print_config, user_errors, validated
-from ups.config import ConfigError
+from ups.config import ConfigError, GenerateConfig
 from ups.storage import check_creatable_parent
 
 
@@ -33,10 +33,11 @@ def main() -> int:
     check_creatable_parent(f"{loaded.path}: data.path {out}", out)
     g = cfg.data.generate
     if args.validate_only:
+        cells = "x".join(map(str, g.spatial_shape))
         return validated([
             f"config   {loaded.path}",
-            f"writes   {out}: {g.samples} {g.pde} trajectories x {g.frames} frames x {g.resolution} cells, t in [0, "
-            f"{g.t_end:g}], {'nu' if g.pde == 'burgers' else 'beta'} = {g.nu if g.pde == 'burgers' else g.beta:g}, "
+            f"writes   {out}: {g.samples} {g.pde} trajectories x {g.frames} frames x {cells} cells, t in [0, "
+            f"{g.t_end:g}], {_coefficients(g)}, "
             f"seed {g.seed}, {-(-g.samples // g.chunk_size)} chunk(s) of {g.chunk_size}"
             + (" (replacing the file)" if os.path.exists(out) else ""),
             f"runs on  {'this process' if args.no_ray else 'Ray tasks'}",
@@ -52,6 +53,12 @@ def main() -> int:
         runtime.connect(cfg)
     generate(cfg.data.generate, out, use_ray=use_ray)
     return 0
+
+
+def _coefficients(g: GenerateConfig) -> str:
+    if g.pde == "burgers":
+        return f"nu = {g.nu:g}"
+    return f"beta = ({g.beta:g}, {g.beta_y:g})" if g.pde == "advection2d" else f"beta = {g.beta:g}"
 
 
 if __name__ == "__main__":

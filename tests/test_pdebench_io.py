@@ -76,6 +76,16 @@ def test_write_rejects_other_shapes(tmp_path, shape):
         pdebench.write(tmp_path / "a.h5", np.zeros(shape), {"x": np.arange(8.0), "t": np.arange(3.0)})
 
 
+def test_write_takes_2d_fields_with_a_y_coordinate(tmp_path):
+    u = np.arange(2 * 3 * 8 * 4, dtype=np.float64).reshape(2, 3, 8, 4, 1)
+    pdebench.write(tmp_path / "a.h5", u, {"x": np.arange(8.0), "y": np.arange(4.0), "t": np.arange(3.0)})
+    back, coords = pdebench.read(tmp_path / "a.h5")
+    np.testing.assert_array_equal(back, u.astype(np.float32))
+    assert coords["y"].shape == (4,) and pdebench.inspect(tmp_path / "a.h5").spatial_shape == (8, 4)
+    with pytest.raises(ValueError, match="coords\\['y'\\] has shape"):
+        pdebench.write(tmp_path / "b.h5", u, {"x": np.arange(8.0), "y": np.arange(5.0), "t": np.arange(3.0)})
+
+
 def test_write_refuses_what_read_would_reject(tmp_path):
     u = np.zeros((1, 2, 4))
     u[0, 1, 2] = np.nan

@@ -153,7 +153,7 @@ def grid_shape(cfg: Config, infos: dict[str, FileInfo | None]) -> tuple[int, ...
         shape = info.spatial_shape
     else:
         assert cfg.data.generate is not None
-        shape = (cfg.data.generate.resolution,)
+        shape = cfg.data.generate.spatial_shape
     return tuple(len(range(0, n, cfg.data.x_stride)) for n in shape)
 
 
@@ -205,7 +205,7 @@ def describe(loaded: C.LoadedConfig, infos: dict[str, FileInfo | None], *, stora
         if info is None:
             assert d.generate is not None
             g = d.generate
-            n, t, grid, chans = g.samples, g.frames, (g.resolution,), ("u",)
+            n, t, grid, chans = g.samples, g.frames, g.spatial_shape, ("u",)
             note = f" (missing: data.generate writes it: {g.pde}, {g.samples} samples)"
         else:
             n, t, grid, chans, note = info.n_samples, info.n_times, info.spatial_shape, info.channels, ""

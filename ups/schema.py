@@ -56,19 +56,26 @@ def at_least(n: int) -> AfterValidator:
 class GenerateConfig(Section):
     """How to create `data.path` when it is missing (and what `ray_jobs.generate` writes)."""
 
-    pde: Literal["burgers", "advection"] = "burgers"
+    pde: Literal["burgers", "advection", "advection2d"] = "burgers"
     nu: PosFloat = 0.001  # PDEBench's Nu: u_t + (u²/2)_x = (Nu/π) u_xx
-    beta: float = 1.0  # advection speed
+    beta: float = 1.0  # advection speed (along x in 2D)
+    beta_y: float = 0.5  # advection2d: speed along y
     samples: PosInt = 1000
-    resolution: Annotated[int, at_least(8)] = 1024  # the solvers need a few cells per wave
+    resolution: Annotated[int, at_least(8)] = 1024  # cells per axis; the solvers need a few cells per wave
     frames: Annotated[int, at_least(2)] = 201  # saved frames, t = 0 .. t_end
     t_end: PosFloat = 2.0
     seed: NonNegInt = 0
     chunk_size: PosInt = 128  # trajectories per Ray task
 
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """The grid the generator writes: `resolution` cells per axis, 1D or 2D."""
+        return (self.resolution,) * (2 if self.pde == "advection2d" else 1)
+
 
 class DataConfig(Section):
-    path: Union[str, list[str]] = "data/burgers_nu0.001.h5"  # one HDF5 file, or a list (multi-task)
+    # One HDF5 file, or a list (multi-task): a local path or a file:// URI.
+    path: Union[str, list[str]] = "data/burgers_nu0.001.h5"
     generate: GenerateConfig | None = None
     test_fraction: Fraction = 0.1  # PDEBench protocol: the first 10% of samples are the test set
     val_fraction: Fraction = 0.1  # of the samples that remain
@@ -84,11 +91,27 @@ class DataConfig(Section):
         paths = [v] if isinstance(v, str) else v
         if not paths or any(not p for p in paths):
             raise ValueError("must name at least one HDF5 file")
+        for p in paths:
+            scheme = p.split("://", 1)[0] if "://" in p else None
+            if scheme is not None and scheme != "file":
+                raise ValueError(f"{p}: {scheme}:// is not readable yet; give a local path or a file:// URI")
+            if scheme == "file" and not p.startswith("file:///"):
+                raise ValueError(f"{p}: a file:// URI needs an absolute path (file:///...)")
         return v
 
     @property
     def paths(self) -> list[str]:
-        return [self.path] if isinstance(self.path, str) else list(self.path)
+        """The files as local paths (a file:// URI is its path): what every reader opens."""
+        return [local_path(p) for p in ([self.path] if isinstance(self.path, str) else self.path)]
+
+
+def local_path(path: str) -> str:
+    """`file:///a/b%20c.h5` -> `/a/b c.h5`; a plain path is returned as it is."""
+    if path.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(path).path)
+    return path
 
 
 class LatentConfig(Section):

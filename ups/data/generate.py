@@ -1,4 +1,5 @@
-"""Generate PDEBench-layout datasets (Burgers, advection) from the PDEBench initial-condition law.
+"""Generate PDEBench-layout datasets: 1D Burgers and advection from the PDEBench initial-condition
+law, and 2D advection of random periodic plane waves (`advection2d`, exact, a 2D smoke PDE).
 
 Each trajectory's initial condition comes from its own RNG stream (seed, index), so a dataset is
 the same whatever the chunking, and chunks can be solved in parallel as Ray tasks. The file is
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ups.data import advection, burgers, pdebench
-from ups.data.initial import pdebench_initial_conditions
+from ups.data.initial import fourier_field_2d, pdebench_initial_conditions
 from ups.schema import GenerateConfig
 
 
@@ -30,17 +31,18 @@ def grid(cfg: GenerateConfig) -> tuple[np.ndarray, np.ndarray]:
 def initial_conditions(cfg: GenerateConfig, start: int, stop: int) -> np.ndarray:
     """ICs of trajectories [start, stop), each from its own stream (seed, i): chunking never changes them."""
     x, _ = grid(cfg)
-    return np.concatenate(
-        [pdebench_initial_conditions(1, x, np.random.default_rng([cfg.seed, i])) for i in range(start, stop)]
-    )
+    draw = fourier_field_2d if cfg.pde == "advection2d" else pdebench_initial_conditions
+    return np.concatenate([draw(1, x, np.random.default_rng([cfg.seed, i])) for i in range(start, stop)])
 
 
 def solve_chunk(cfg: GenerateConfig, start: int, stop: int) -> np.ndarray:
-    """Trajectories [start, stop) as float32 (n, frames, resolution)."""
+    """Trajectories [start, stop) as float32 (n, frames, resolution[, resolution])."""
     u0 = initial_conditions(cfg, start, stop)
     _, t = grid(cfg)
     if cfg.pde == "burgers":
         u = burgers.solve(u0, cfg.nu, t, threads=1)  # one thread per chunk (and per Ray task)
+    elif cfg.pde == "advection2d":
+        u = advection.solve_2d(u0, (cfg.beta, cfg.beta_y), t)
     else:
         u = advection.solve(u0, cfg.beta, t)
     return np.asarray(u, dtype=np.float32)
@@ -76,8 +78,11 @@ def generate(
             results[i] = solve_chunk(cfg, s, e)
             progress(f"generate: {i + 1}/{len(chunks)} chunks ({time.perf_counter() - t_start:.0f}s)")
     x, t = grid(cfg)
+    coords = {"x": x, "y": x, "t": t} if cfg.pde == "advection2d" else {"x": x, "t": t}
     attrs: dict[str, Any] = {"Nu": cfg.nu} if cfg.pde == "burgers" else {"beta": cfg.beta}
+    if cfg.pde == "advection2d":
+        attrs["beta_y"] = cfg.beta_y
     attrs.update({"pde": cfg.pde, "seed": cfg.seed, "generator": "ups-ray"})
-    pdebench.write(path, np.concatenate([results[i] for i in range(len(chunks))]), {"x": x, "t": t}, attrs)
+    pdebench.write(path, np.concatenate([results[i] for i in range(len(chunks))]), coords, attrs)
     progress(f"generate: wrote {cfg.samples} {cfg.pde} trajectories to {path} in {time.perf_counter() - t_start:.1f}s")
     return path

@@ -47,3 +47,22 @@ def pdebench_initial_conditions(
     mask = 0.5 * (np.tanh((x[None, :] - x_left[:, None]) / trans) - np.tanh((x[None, :] - x_right[:, None]) / trans))
     u[window] *= mask[window]
     return u
+
+
+def fourier_field_2d(n: int, x: np.ndarray, rng: np.random.Generator, *, k_max: int = 4, modes: int = 4) -> np.ndarray:
+    """`n` smooth periodic 2D fields on the grid x × x, shape (n, len(x), len(x)), float64.
+
+    Each is a sum of `modes` plane waves A sin(2 pi (kx x + ky y) + phi) with integer wavenumbers
+    |kx|, ky <= k_max (not both 0), A ~ U[0, 1], phi ~ U[0, 2 pi): band-limited, so the
+    advection solver is exact on it, and truly periodic on the unit square.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    kx = rng.integers(-k_max, k_max + 1, size=(n, modes))
+    ky = rng.integers(0, k_max + 1, size=(n, modes))
+    zero = (kx == 0) & (ky == 0)
+    ky[zero] = 1  # no constant mode: every wave moves
+    amp = rng.uniform(0.0, 1.0, size=(n, modes))
+    phase = rng.uniform(0.0, 2.0 * np.pi, size=(n, modes))
+    gx, gy = np.meshgrid(x, x, indexing="ij")
+    arg = 2.0 * np.pi * (kx[..., None, None] * gx + ky[..., None, None] * gy) + phase[..., None, None]
+    return np.sum(amp[..., None, None] * np.sin(arg), axis=1)

@@ -311,25 +311,30 @@ def write(
 ) -> None:
     """Write the single-file `tensor` layout that PDEBench's `FNODatasetSingle` reads.
 
-    float32, no chunking or compression (as `Data_Merge.py` writes), a `t-coordinate` with T+1
-    entries. The file appears atomically: it is built under a temporary name in the target
-    directory and moved into place, so a crash never leaves a truncated file under `path`.
+    `u` is (N, T, X[, Y, Z]) (a trailing channel axis of 1 is dropped), one spatial axis per
+    coordinate in `coords` (x, y, z), each written as an `x-`, `y-`, `z-coordinate`. float32, no chunking or
+    compression (as `Data_Merge.py` writes), a `t-coordinate` with T+1 entries. The file appears
+    atomically: it is built under a temporary name in the target directory and moved into place,
+    so a crash never leaves a truncated file under `path`.
     """
     path = os.fspath(path)
     u = np.asarray(u)
-    if u.ndim == 4 and u.shape[-1] == 1:
+    axes = tuple(a for a in _SPACE_NAMES if a in coords)  # the coordinates say how many spatial axes
+    if "x" not in coords or "t" not in coords or axes != _SPACE_NAMES[: len(axes)]:
+        raise ValueError(f"coords needs 't' and 'x'[, 'y'[, 'z']], got {sorted(coords)}")
+    if u.ndim == len(axes) + 3 and u.shape[-1] == 1:
         u = u[..., 0]
-    if u.ndim != 3:
-        raise ValueError(f"u must be (N, T, X) or (N, T, X, 1), got shape {u.shape}")
+    if u.ndim != len(axes) + 2:
+        want = ", ".join(("N", "T", *(a.upper() for a in axes)))
+        raise ValueError(f"u must be ({want}) or ({want}, 1) for coords {sorted(coords)}, got shape {u.shape}")
     if not np.isfinite(u).all():
         raise ValueError("u contains NaN/Inf; read() would reject the file")
-    if "x" not in coords or "t" not in coords:
-        raise ValueError(f"coords needs 'x' and 't', got {sorted(coords)}")
-    n_times, nx = u.shape[1], u.shape[2]
-    x = np.asarray(coords["x"], dtype=np.float64)
+    n_times = u.shape[1]
+    space = {a: np.asarray(coords[a], dtype=np.float64) for a in axes}
+    for a, n in zip(axes, u.shape[2:]):
+        if space[a].shape != (n,):
+            raise ValueError(f"coords['{a}'] has shape {space[a].shape}, u has {n} points along {a}")
     tc = np.asarray(coords["t"], dtype=np.float64)
-    if x.shape != (nx,):
-        raise ValueError(f"coords['x'] has shape {x.shape}, u has {nx} points")
     if tc.shape == (n_times,):
         if n_times < 2:
             raise ValueError("need at least 2 times to extrapolate the extra t-coordinate entry")
@@ -343,7 +348,8 @@ def write(
     try:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("tensor", data=u.astype(np.float32, copy=False))
-            f.create_dataset("x-coordinate", data=x.astype(np.float32))
+            for a in axes:
+                f.create_dataset(_COORD_KEYS[a], data=space[a].astype(np.float32))
             f.create_dataset("t-coordinate", data=tc.astype(np.float32))
             for k, v in (attrs or {}).items():
                 f.attrs[k] = v
