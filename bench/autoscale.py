@@ -45,15 +45,22 @@ def run(cluster: LocalCluster, name: str, runs: Path, data: str, blow: str | Non
     cluster.submit(name, [*TINY, "--set", f"data.path={data}", "--name", name, "--storage", f"file://{runs}"])
     first_node: list[float] = []
 
-    def logs() -> str:
+    def note_first_node() -> None:
         if not first_node and cluster.worker_nodes():
             first_node.append(time.time() - submitted)
+
+    def logs() -> str:
+        note_first_node()
         return cluster.job_logs(name)
+
+    def done() -> bool:
+        note_first_node()
+        return cluster.job_done(name)
 
     at_kill = None
     if blow:
-        wait(lambda: EPOCH_1_DONE in logs() or cluster.job_done(name))
-        victim = cluster.worker_nodes()[0].node_id
+        wait(lambda: EPOCH_1_DONE in logs() or done())
+        victim = cluster.training_nodes()[0].node_id
         if blow == "notice":
             cluster.preempt(victim, deadline_s=15)
         else:
@@ -61,7 +68,7 @@ def run(cluster: LocalCluster, name: str, runs: Path, data: str, blow: str | Non
             at_kill = int(PROGRESS.findall(logs())[-1])
             cluster.kill_node(victim)
         assert victim not in {n.node_id for n in cluster.worker_nodes()}
-    wait(lambda: cluster.job_done(name) and bool(logs()))
+    wait(done)
     text = cluster.job_logs(name)
     assert cluster.job_status(name) == "SUCCEEDED", text[-3000:]
     wall = time.time() - submitted
@@ -74,6 +81,7 @@ def run(cluster: LocalCluster, name: str, runs: Path, data: str, blow: str | Non
     }
     if blow:
         resumed = RESUMED.findall(text)
+        assert resumed, f"{name}: no resumed line in the job's log:\n{text[-4000:]}"
         out["resumed_at_epoch_micro"] = [int(x) for x in resumed[-1]]
         if blow == "notice":
             notice = NOTICE.search(text)

@@ -93,7 +93,7 @@ def test_a_job_scales_from_zero_and_survives_a_spot_reclaim_bit_identical(
     wait(lambda: "[operator] epoch 1/4  train_loss" in cluster.job_logs(job) or cluster.job_done(job),
          900, "the operator's first epoch", every=watch)  # fmt: skip
     assert not cluster.job_done(job), cluster.job_logs(job)[-4000:]
-    victim = cluster.worker_nodes()[0].node_id
+    victim = cluster.training_nodes()[0].node_id
     cluster.preempt(victim, deadline_s=15)  # the notice, then the node's end 15 s later
     assert victim not in {n.node_id for n in cluster.worker_nodes()}
     wait(lambda: cluster.job_done(job), 900, "the job", every=watch)

@@ -204,7 +204,8 @@ class LocalCluster:
         with open(log, "w") as out:
             proc = subprocess.run(cmd, env=cluster_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         if proc.returncode != 0:
-            raise ClusterError(f"`ray start --head` failed ({proc.returncode}); its output: {log}")
+            last = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-3:]
+            raise ClusterError(f"`ray start --head` failed ({proc.returncode}): {' | '.join(last)} (all of it: {log})")
         info = ClusterInfo(gcs, f"http://127.0.0.1:{dash}", self._session_of(port), temp_dir,
                            {name: t["resources"] for name, t in workers.items()})  # fmt: skip
         (self.folder / STATE_FILE).write_text(json.dumps(asdict(info), indent=2))
@@ -257,6 +258,11 @@ class LocalCluster:
             if node_id and node_type:
                 nodes.setdefault(node_id, FakeNode(node_id, node_type, [])).pids.append(pid)
         return sorted(nodes.values(), key=lambda n: n.node_id)
+
+    def training_nodes(self) -> list[FakeNode]:
+        """The worker nodes that host a Ray Train worker now (the autoscaler may have brought up
+        more nodes than the group uses: reclaiming an idle one tests nothing), oldest first."""
+        return [n for n in self.worker_nodes() if any("RayTrainWorker" in _read(p, "cmdline") for p in n.pids)]
 
     def kill_node(self, node_id: str) -> None:
         """What a cloud does at a spot deadline (or a hardware fault does at any time): the node's
