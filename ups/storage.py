@@ -239,5 +239,18 @@ class Storage:
             self.fs.delete_dir(self.path(*parts))
 
     def move(self, src: tuple[str, ...], dst: tuple[str, ...]) -> None:
-        self.fs.create_dir(posixpath.dirname(self.path(*dst)), recursive=True)
-        self.fs.move(self.path(*src), self.path(*dst))
+        """Rename a file or folder. On a local disk that is one atomic rename. An object store has
+        no folders to rename (S3's CopyObject takes one key): a folder is copied file by file, any
+        `manifest.json` last, then deleted, so a reader that trusts only a manifest whose files all
+        verify (the latent cache) never takes a half-moved folder for a whole one."""
+        a, b = self.path(*src), self.path(*dst)
+        self.fs.create_dir(posixpath.dirname(b), recursive=True)
+        if self.local or self.fs.get_file_info(a).type != pafs.FileType.Directory:
+            self.fs.move(a, b)
+            return
+        files = [
+            i.path for i in self.fs.get_file_info(pafs.FileSelector(a, recursive=True)) if i.type == pafs.FileType.File
+        ]
+        for f in sorted(files, key=lambda f: (posixpath.basename(f) == "manifest.json", f)):
+            self.fs.copy_file(f, b + f[len(a) :])
+        self.fs.delete_dir(a)
