@@ -67,6 +67,19 @@ def smoke_data(tmp_path_factory) -> Path:
     return path
 
 
+def submit_when_ready(jobs, entry: str, runtime_env: dict, timeout: float = 120) -> str:
+    """Submit, retrying while the head's job agent is still starting (a fresh head answers
+    "No available agent to submit job" for its first seconds)."""
+    end = time.time() + timeout
+    while True:
+        try:
+            return jobs.submit_job(entrypoint=entry, runtime_env=runtime_env)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.time() > end:
+                raise
+            time.sleep(1)
+
+
 @dataclass
 class SubmittedRun:
     summary: dict
@@ -92,7 +105,7 @@ def tiny_reference(ray_session, smoke_data, tmp_path_factory) -> SubmittedRun:
         f"--name reference --storage file://{runs}"
     )
     runtime_env = {"working_dir": str(ROOT), **yaml.safe_load((ROOT / "runtime_env.yaml").read_text())}
-    job = jobs.submit_job(entrypoint=entry, runtime_env=runtime_env)
+    job = submit_when_ready(jobs, entry, runtime_env)
     end = time.time() + 600
     while (status := jobs.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
         assert time.time() < end, "the reference job did not finish"

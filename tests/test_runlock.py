@@ -91,13 +91,23 @@ def test_lease_refuses_a_live_holder_and_takes_over_a_silent_one(tmp_path, monke
     assert not lease.exists()
 
 
+def heartbeat(lease: Path) -> float:
+    """The lease's heartbeat. A real object store's PUT replaces the object whole; this stand-in
+    rewrites a local file in place, so a read can meet a half-written one: read again."""
+    while True:
+        try:
+            return float(json.loads(lease.read_text())["heartbeat"])
+        except json.JSONDecodeError:
+            time.sleep(0.01)
+
+
 def test_heartbeat_keeps_a_long_held_lease_fresh(tmp_path, monkeypatch):
     monkeypatch.setattr(runlock, "HEARTBEAT_S", 0.05)
     lock = RunLock(object_store(tmp_path), "r")
     lock.acquire(say=lambda _: None)
-    first = json.loads((tmp_path / ".locks" / "r.lock").read_text())["heartbeat"]
+    first = heartbeat(tmp_path / ".locks" / "r.lock")
     deadline = time.time() + 30
-    while json.loads((tmp_path / ".locks" / "r.lock").read_text())["heartbeat"] == first:
+    while heartbeat(tmp_path / ".locks" / "r.lock") == first:
         assert time.time() < deadline, "the heartbeat never renewed the lease"
         time.sleep(0.05)
     lock.release()
