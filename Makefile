@@ -29,8 +29,8 @@ check: $(STAMP)
 test-ray: $(STAMP)
 	$(PY) -m pytest -q -m "ray and not cluster"
 
-# The autoscaler, elastic and spot-preemption tests on a local autoscaling cluster (about 11 minutes;
-# CI runs them after `make test`).
+# The services tier: the autoscaler, elastic and spot-preemption tests on a local autoscaling
+# cluster, and --storage s3:// on a local S3 server (about 15 minutes; CI runs them after `make test`).
 test-cluster: $(STAMP)
 	$(PY) -m pytest -q -m cluster
 
