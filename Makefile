@@ -30,7 +30,7 @@ test-ray: $(STAMP)
 	$(PY) -m pytest -q -m "ray and not cluster"
 
 # The services tier: the autoscaler, elastic and spot-preemption tests on a local autoscaling
-# cluster, and --storage s3:// on a local S3 server (about 15 minutes; CI runs them after `make test`).
+# cluster, and --storage s3:// on a local S3 server (about 16 minutes; CI runs them after `make test`).
 test-cluster: $(STAMP)
 	$(PY) -m pytest -q -m cluster
 
