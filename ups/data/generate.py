@@ -78,7 +78,7 @@ def generate(
             results[i] = solve_chunk(cfg, s, e)
             progress(f"generate: {i + 1}/{len(chunks)} chunks ({time.perf_counter() - t_start:.0f}s)")
     x, t = grid(cfg)
-    coords = {"x": x, "y": x, "t": t} if cfg.pde == "advection2d" else {"x": x, "t": t}
+    coords = {**{axis: x for axis in "xyz"[: len(cfg.spatial_shape)]}, "t": t}  # the same cells on every axis
     attrs: dict[str, Any] = {"Nu": cfg.nu} if cfg.pde == "burgers" else {"beta": cfg.beta}
     if cfg.pde == "advection2d":
         attrs["beta_y"] = cfg.beta_y
