@@ -84,6 +84,16 @@ class DataConfig(Section):
     t_stride: PosInt = 1  # PDEBench: 5 (201 -> 41)
     initial_step: PosInt = 10  # input frames; metrics exclude them
     normalize: bool = True
+    # Where trajectories live while training. memory: the driver reads the strided views and every
+    # worker holds its shard in memory (fast, exact). stream: the driver keeps metadata only, Ray
+    # tasks read chunks of `chunk_trajectories`, every worker spills its shard to local disk
+    # (`spill_dir`) and reads each batch from there: memory is bounded by chunk and batch sizes,
+    # not by the dataset; the same order, so the same weights. auto: stream when the strided views
+    # of all files exceed `memory_budget_mb`.
+    mode: Literal["memory", "stream", "auto"] = "memory"
+    memory_budget_mb: PosFloat = 4096.0
+    chunk_trajectories: PosInt = 32
+    spill_dir: str | None = None  # worker-local folder for spilled shards; None: the system temp folder
 
     @field_validator("path")
     @classmethod
