@@ -54,6 +54,7 @@ class TrainJob:
     handoff_sha256: dict[str, str] = field(default_factory=dict)  # stage -> recorded weights digest
     accept_config_change: bool = False
     stop_flag: str | None = None  # name of the driver's stop-flag actor (Ray only)
+    spill: bool = False  # data.mode streams: each worker spills its shard to local disk (ups/train/spill.py)
     # One id per worker group the driver launches: a stage that finished in an earlier attempt of
     # the same group (Ray restarted the workers) is not trained again; after a driver restart it
     # is resumed from its checkpoints as before.

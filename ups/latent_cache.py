@@ -10,6 +10,7 @@ rebuilt (into a temporary folder, then swapped in) when either differs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 import uuid
@@ -25,11 +26,12 @@ import torch
 
 from ups import config as C
 from ups.config import Config
-from ups.data.views import SPLITS, DataMeta, Task
+from ups.data.views import SPLITS, DataMeta, FieldReader, Task
 from ups.exports import read_export
 from ups.models import factory
 from ups.storage import Storage
 from ups.train.shard import Trajectories, from_table
+from ups.train.spill import SpillFolder, spill
 
 if TYPE_CHECKING:
     from ray.data import Dataset
@@ -60,15 +62,72 @@ def fields_table(tasks: list[Task], splits: tuple[str, ...]) -> pa.Table:
     )
 
 
+def streamed(tasks: list[Task]) -> bool:
+    """Whether the tasks are readers of their files (`data.mode` streams) rather than arrays."""
+    return any(isinstance(t.u, FieldReader) for t in tasks)
+
+
+def _chunk(tasks: list[Task]) -> int:
+    """Trajectories per read (`data.chunk_trajectories`, which every reader carries)."""
+    return next((t.u.chunk for t in tasks if isinstance(t.u, FieldReader)), ENCODE_BATCH)
+
+
+def field_chunks(tasks: list[Task], splits: tuple[str, ...], size: int) -> list[dict[str, Any]]:
+    """Chunks of at most `size` trajectories, in the row order of `fields_table`: (task, split,
+    start, stop), positions within that task's split."""
+    return [
+        {"task": i, "split": split, "start": a, "stop": min(a + size, len(t.splits[split]))}
+        for i, t in enumerate(tasks)
+        for split in splits
+        for a in range(0, len(t.splits[split]), size)
+    ]
+
+
+def read_chunk(tasks: list[Task], chunk: dict[str, Any], with_split: bool = True) -> dict[str, np.ndarray]:
+    """One chunk's columns, read from its file: idx (global trajectory id), task, [split,] u."""
+    ti, split = int(chunk["task"]), str(chunk["split"])
+    offset = sum(len(t.u) for t in tasks[:ti])
+    rows = tasks[ti].splits[split][int(chunk["start"]) : int(chunk["stop"])]
+    out: dict[str, np.ndarray] = {
+        "idx": (rows + offset).astype(np.int64),
+        "task": np.full(len(rows), ti, np.int32),
+        "u": np.ascontiguousarray(tasks[ti].u[rows], dtype=np.float32),
+    }
+    return {**out, "split": np.array([split] * len(rows))} if with_split else out
+
+
+def _read_chunks(batch: dict[str, np.ndarray], tasks: list[Task], with_split: bool) -> dict[str, np.ndarray]:
+    """Ray Data: a batch of one chunk descriptor -> that chunk's rows (read by the Ray task)."""
+    chunk = {k: v[0] for k, v in batch.items()}
+    return read_chunk(tasks, chunk, with_split)
+
+
+def stream_dataset(tasks: list[Task], splits: tuple[str, ...], size: int, with_split: bool = True) -> Dataset:
+    """Fields as a Ray Dataset whose blocks are chunks read by Ray tasks: the driver ships the
+    chunk list and the readers (paths and statistics), never an array."""
+    import ray.data
+
+    chunks = field_chunks(tasks, splits, size)
+    read = functools.partial(_read_chunks, tasks=tasks, with_split=with_split)
+    return ray.data.from_items(chunks, override_num_blocks=max(len(chunks), 1)).map_batches(
+        read, batch_size=1, batch_format="numpy"
+    )
+
+
 def fields_dataset(tasks: list[Task], split: str) -> Dataset:
     """A split's fields as a Ray Dataset (the autoencoder's input under Ray)."""
     import ray.data
 
+    if streamed(tasks):
+        return stream_dataset(tasks, (split,), _chunk(tasks), with_split=False)
     return ray.data.from_arrow(fields_table(tasks, (split,)).drop_columns(["split"]))
 
 
-def fields_trajectories(tasks: list[Task], split: str) -> Trajectories:
-    """A split's fields in memory (the autoencoder's input without Ray)."""
+def fields_trajectories(tasks: list[Task], split: str, spill_to: SpillFolder | None = None) -> Trajectories:
+    """A split's fields without Ray: in memory, or (streaming) spilled chunk by chunk to `spill_to`."""
+    if spill_to is not None:
+        chunks = field_chunks(tasks, (split,), _chunk(tasks))
+        return spill((read_chunk(tasks, c, with_split=False) for c in chunks), spill_to, f"fields-{split}")
     return from_table(fields_table(tasks, (split,)).drop_columns(["split"]))
 
 
@@ -136,9 +195,19 @@ class LatentCache:
         ds = ray.data.read_parquet(self.files(split))
         return ds.drop_columns(["u"]) if split == "train" else ds
 
-    def trajectories(self, split: str) -> Trajectories:
-        """One split in memory, without Ray (the same rows the Ray dataset holds)."""
+    def trajectories(self, split: str, spill_to: SpillFolder | None = None) -> Trajectories:
+        """One split without Ray (the same rows the Ray dataset holds): in memory, or spilled file
+        by file to `spill_to`."""
         store = Storage(self.uri)
+        if spill_to is not None:
+            drop = ["u"] if split == "train" else []
+
+            def batches() -> Any:
+                for f in self.manifest["files"][split]:
+                    table = pq.read_table(pa.BufferReader(store.read_bytes(f))).drop_columns(drop)
+                    yield {c: _column(table, c) for c in table.column_names}
+
+            return spill(batches(), spill_to, f"latents-{split}")
         tables = [pq.read_table(pa.BufferReader(store.read_bytes(f))) for f in self.manifest["files"][split]]
         table = pa.concat_tables(tables)
         return from_table(table.drop_columns(["u"]) if split == "train" else table)
@@ -193,33 +262,41 @@ def build_or_reuse(
         "meta": meta.to_dict(),
         "out_uri": run.uri_of(tmp),
     }
-    table = fields_table(tasks, SPLITS)
+    stream = streamed(tasks)
     if use_ray:
         import ray.data
 
         # One Ray Data job for all splits (one encoder actor start); the actor writes the files.
+        # Streaming: Ray tasks read chunks of ENCODE_BATCH trajectories, each chunk one batch and one
+        # file (batch_size=None), so the files do not depend on how Ray Data groups blocks.
         # `max_restarts` has no named parameter in 2.60; the project pins ray < 2.61.
+        source = (
+            stream_dataset(tasks, SPLITS, ENCODE_BATCH) if stream else ray.data.from_arrow(fields_table(tasks, SPLITS))
+        )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-            written = (
-                ray.data.from_arrow(table)
-                .map_batches(
-                    Encode,
-                    fn_constructor_kwargs=kwargs,
-                    batch_size=ENCODE_BATCH,
-                    compute=ray.data.ActorPoolStrategy(size=1),
-                    batch_format="numpy",
-                    num_gpus=1 if cfg.scaling.use_gpu else 0,
-                    num_cpus=0 if cfg.scaling.use_gpu else 1,
-                    # No actor restarts: its constructor arguments live in the object store, which Ray
-                    # warns cannot be relied on for a restart; a failed build is rebuilt by the next run.
-                    max_restarts=0,
-                )
-                .take_all()
-            )
+            written = source.map_batches(
+                Encode,
+                fn_constructor_kwargs=kwargs,
+                batch_size=None if stream else ENCODE_BATCH,
+                compute=ray.data.ActorPoolStrategy(size=1),
+                batch_format="numpy",
+                num_gpus=1 if cfg.scaling.use_gpu else 0,
+                num_cpus=0 if cfg.scaling.use_gpu else 1,
+                # No actor restarts: its constructor arguments live in the object store, which Ray
+                # warns cannot be relied on for a restart; a failed build is rebuilt by the next run.
+                max_restarts=0,
+            ).take_all()
+    elif stream:
+        encode = Encode(**kwargs)
+        written = []
+        for chunk in field_chunks(tasks, SPLITS, ENCODE_BATCH):
+            out = encode(read_chunk(tasks, chunk))
+            written += [{k: out[k][i] for k in out} for i in range(len(out["file"]))]
     else:
         encode = Encode(**kwargs)
         written = []
+        table = fields_table(tasks, SPLITS)
         for start in range(0, table.num_rows, ENCODE_BATCH):
             part = table.slice(start, ENCODE_BATCH)
             batch = {c: _column(part, c) for c in part.column_names}

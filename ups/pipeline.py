@@ -29,7 +29,7 @@ from ups.data import views
 from ups.data.pdebench import FileInfo
 from ups.eval.selection import choose_corrector
 from ups.exports import EXPORT_FILE, ExportMismatch, Exports, read_export
-from ups.latent_cache import build_or_reuse
+from ups.latent_cache import build_or_reuse, streamed
 from ups.preflight import preflight
 from ups.report import summary_table
 from ups.run import RunDir
@@ -101,7 +101,12 @@ def _stages_and_eval(
         tasks = views.load_tasks(cfg.data)
         meta = views.DataMeta.from_tasks(tasks, cfg.data.initial_step)
         data_sha = views.data_digest(tasks)
-    summary.update(name=opts.name, config_digest=info["config_digest"], data_sha256=data_sha)
+    mode = "stream" if streamed(tasks) else "memory"
+    if mode == "stream":
+        spill = cfg.data.spill_dir or "the system temp folder"
+        say(f"   data streamed from the files, {cfg.data.chunk_trajectories} trajectories per read; "
+            f"worker shards spill to {spill}")  # fmt: skip
+    summary.update(name=opts.name, config_digest=info["config_digest"], data_sha256=data_sha, data_mode=mode)
 
     latents: Any = None
     for folder, *group in _groups(cfg, rundir, records, say):
@@ -119,10 +124,11 @@ def _stages_and_eval(
                 summary["latent_cache"] = {"uri": cache.uri, "reused": reused, "rows": cache.manifest["rows"],
                                            "encoder_sha256": ae.weights_sha256}  # fmt: skip
                 say(f"   latent cache {'reused' if reused else 'built'} at {redact(cache.uri)}")
-                latents = backend.latent_data(cache)
+                latents = backend.latent_data(cache, stream=streamed(tasks))
             data = latents
         attempt = uuid.uuid4().hex
-        jobs = [_job(name, folder, attempt, cfg, info, meta, rundir, records, opts, backend) for name in group]
+        jobs = [_job(name, folder, attempt, cfg, info, meta, rundir, records, opts, backend, streamed(tasks))
+                for name in group]  # fmt: skip
         where = f"{cfg.scaling.num_workers} worker(s)" if backend.name == "ray" else "this process (no Ray)"
         for name in group:
             say(f"== {name}: {C.stage_config(cfg, name).epochs} epochs on {where}")
@@ -220,7 +226,7 @@ def _groups(
 
 def _job(
     name: str, group: str, attempt: str, cfg: Config, info: dict[str, Any], meta: views.DataMeta, rundir: RunDir,
-    records: dict[str, StageRecord], opts: PipelineOptions, backend: Backend,
+    records: dict[str, StageRecord], opts: PipelineOptions, backend: Backend, spill: bool = False,
 ) -> TrainJob:  # fmt: skip
     needs = registry.get(name).needs
     return TrainJob(
@@ -230,6 +236,7 @@ def _job(
         handoff={n: rundir.dir.uri_of("stages", n, EXPORT_FILE) for n in needs},
         handoff_sha256={n: r.weights_sha256 for n in needs if (r := records.get(n)) and r.weights_sha256},
         accept_config_change=opts.accept_config_change, stop_flag=backend.stop_name(), attempt=attempt,
+        spill=spill,
     )  # fmt: skip
 
 

@@ -36,8 +36,9 @@ class Backend(Protocol):
         """The autoencoder's train/val data, in this backend's form."""
         ...
 
-    def latent_data(self, cache: LatentCache) -> Any:
-        """The latent stages' train/val data from the cache, read once per pipeline run."""
+    def latent_data(self, cache: LatentCache, stream: bool = False) -> Any:
+        """The latent stages' train/val data from the cache, read once per pipeline run (`stream`:
+        never held whole, by the driver, the object store or a worker)."""
         ...
 
     def train(

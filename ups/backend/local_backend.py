@@ -21,10 +21,11 @@ from ups.contracts import StageResult, TrainJob
 from ups.data.views import DataMeta, Task
 from ups.events import Emit, ignore
 from ups.exports import Exports
-from ups.latent_cache import LatentCache, fields_trajectories
+from ups.latent_cache import LatentCache, fields_trajectories, streamed
 from ups.run import RunDir
 from ups.train.context import LocalContext
 from ups.train.shard import Trajectories
+from ups.train.spill import SpillFolder
 from ups.train.trainer import run_stages
 
 
@@ -45,8 +46,10 @@ class LocalBackend:
         self.reason: str | None = None
         self.say: Callable[[str], None] = say or (lambda msg: print(msg, flush=True))
         self.emit: Emit = ignore  # where the trainer's events go (the pipeline's console)
+        self.spill_dir: str | None = None
 
     def start(self, cfg: Config, rundir: RunDir) -> None:
+        self.spill_dir = cfg.data.spill_dir
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
 
@@ -60,10 +63,12 @@ class LocalBackend:
         generate(gen, path, use_ray=False)
 
     def field_data(self, tasks: list[Task]) -> dict[str, Trajectories]:
-        return {"train": fields_trajectories(tasks, "train"), "val": fields_trajectories(tasks, "val")}
+        folder = SpillFolder(self.spill_dir) if streamed(tasks) else None
+        return {s: fields_trajectories(tasks, s, folder) for s in ("train", "val")}
 
-    def latent_data(self, cache: LatentCache) -> dict[str, Trajectories]:
-        return {"train": cache.trajectories("train"), "val": cache.trajectories("val")}
+    def latent_data(self, cache: LatentCache, stream: bool = False) -> dict[str, Trajectories]:
+        folder = SpillFolder(self.spill_dir) if stream else None
+        return {s: cache.trajectories(s, folder) for s in ("train", "val")}
 
     def train(
         self, group: str, jobs: list[TrainJob], data: Any, cfg: Config, callbacks: list[Any]

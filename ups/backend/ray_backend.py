@@ -68,8 +68,11 @@ class RayBackend:
     def field_data(self, tasks: list[Task]) -> dict[str, Dataset]:
         return {"train": fields_dataset(tasks, "train"), "val": fields_dataset(tasks, "val")}
 
-    def latent_data(self, cache: LatentCache) -> dict[str, Dataset]:
-        # Read once and held in the object store for every latent stage of this run.
+    def latent_data(self, cache: LatentCache, stream: bool = False) -> dict[str, Dataset]:
+        # In memory: read once and held in the object store for every latent stage of this run.
+        # Streaming: read from the cache's files by every worker group that trains on it.
+        if stream:
+            return {"train": cache.dataset("train"), "val": cache.dataset("val")}
         return {"train": cache.dataset("train").materialize(), "val": cache.dataset("val").materialize()}
 
     def train(

@@ -68,14 +68,16 @@ class AutoencoderStage(Stage[Autoencoder, AutoencoderStageConfig]):
 
     @torch.no_grad()
     def validate(self, module: Autoencoder, val: Trajectories, rows: torch.Tensor) -> Sums:
-        u = val.fields[rows].to(self.device)  # (n, T, X.., C)
-        frames = u.flatten(0, 1)
-        recon = chunked(lambda x: module.decoder(module.encoder(x), self.points), frames)
-        recon = recon.reshape(u.shape)
-        task = val.task[rows].to(self.device)
         stats = norm_stats(self.meta, self.device)
-        err = frame_nrmse(to_physical(recon, task, *stats), to_physical(u, task, *stats))  # (n, T)
-        return task_sums(self.val_metric, err, task, self.meta.tasks)
+        errs = []
+        # 512 trajectories at a time (a streamed val set is read, not held); `chunked`'s frame
+        # batches are those of one pass over all rows, so the metric does not depend on it.
+        for part in rows.split(512) if len(rows) else [rows]:
+            u = val.fields[part].to(self.device)  # (n, T, X.., C)
+            recon = chunked(lambda x: module.decoder(module.encoder(x), self.points), u.flatten(0, 1))
+            task = val.task[part].to(self.device)
+            errs.append(frame_nrmse(to_physical(recon.reshape(u.shape), task, *stats), to_physical(u, task, *stats)))
+        return task_sums(self.val_metric, torch.cat(errs), val.task[rows].to(self.device), self.meta.tasks)
 
     def export(self, module: Autoencoder) -> dict[str, Any]:
         return {"encoder": module.encoder.state_dict(), "decoder": module.decoder.state_dict()}

@@ -116,8 +116,8 @@ class Residuals:
                 conds.append(cond.cpu())
                 nexts.append(nxt.cpu())
         shape = (0, *z.shape[2:])
-        self.cond = torch.cat(conds).flatten(0, 1) if conds else z.new_zeros(shape)
-        self.res = (torch.cat(nexts).flatten(0, 1) if nexts else z.new_zeros(shape)) - self.cond  # latent units
+        self.cond = torch.cat(conds).flatten(0, 1) if conds else torch.zeros(shape)
+        self.res = (torch.cat(nexts).flatten(0, 1) if nexts else torch.zeros(shape)) - self.cond  # latent units
 
     def standardise(self, scale: float) -> None:
         self.res = self.res / scale

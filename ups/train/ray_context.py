@@ -26,6 +26,7 @@ from ups.runtime import quiet_train_logs
 from ups.storage import Storage
 from ups.train.context import Dist
 from ups.train.shard import Trajectories, collect
+from ups.train.spill import SpillFolder, spill_iterator
 from ups.train.stop import StopWatcher
 from ups.train.trainer import run_stages
 
@@ -34,17 +35,19 @@ PREEMPTION_PATIENCE_S = 60.0  # past a notice's deadline, how long to wait for t
 
 
 class RayContext:
-    def __init__(self, stop_flag: str | None) -> None:
+    def __init__(self, stop_flag: str | None, spill: SpillFolder | None = None) -> None:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self.comm = Dist(self.device)
         self._data: dict[str, Trajectories] = {}
         self._stop = StopWatcher(stop_flag if self.rank == 0 else None)
+        self._spill = spill
 
     def dataset(self, split: str) -> Trajectories:
         if split not in self._data:  # a shard can be iterated once per worker group
-            self._data[split] = collect(ray.train.get_dataset_shard(split))
+            shard = ray.train.get_dataset_shard(split)
+            self._data[split] = spill_iterator(shard, self._spill, split) if self._spill else collect(shard)
         return self._data[split]
 
     def prepare(self, module: nn.Module) -> nn.Module:
@@ -93,13 +96,16 @@ class RayContext:
 
     def close(self) -> None:
         self._stop.close()
+        if self._spill is not None:
+            self._spill.close()
 
 
 def train_loop_per_worker(payload: dict[str, Any]) -> list[dict[str, Any]]:
     """Train `payload["jobs"]` (TrainJob dicts) in turn; returns their StageResult dicts."""
     quiet_train_logs()
     jobs = [TrainJob.from_dict(j) for j in payload["jobs"]]
-    ctx = RayContext(jobs[0].stop_flag)
+    spill_dir = jobs[0].cfg.get("data", {}).get("spill_dir")
+    ctx = RayContext(jobs[0].stop_flag, SpillFolder(spill_dir) if jobs[0].spill else None)
     emit: Emit = ignore
     if ctx.rank == 0 and jobs[0].stop_flag:
         with contextlib.suppress(ValueError):  # no driver-side actor: a test driving the loop directly

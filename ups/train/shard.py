@@ -9,40 +9,45 @@ rank) alone, which is what makes a resumed run bit-identical to an uninterrupted
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import pyarrow as pa
 import torch
+
+if TYPE_CHECKING:
+    from ups.train.spill import DiskArray
+
+Rows = Union[torch.Tensor, "DiskArray"]  # in memory, or spilled to local disk (data.mode: stream)
 
 
 @dataclass
 class Trajectories:
     idx: torch.Tensor  # (n,) global trajectory ids
     task: torch.Tensor  # (n,) task ids
-    z: torch.Tensor | None = None  # (n, T, tokens, dim) latents
-    u: torch.Tensor | None = None  # (n, T, X[, Y], C) normalised fields
+    z: Rows | None = None  # (n, T, tokens, dim) latents
+    u: Rows | None = None  # (n, T, X[, Y], C) normalised fields
 
     def __len__(self) -> int:
         return len(self.idx)
 
     @property
-    def latents(self) -> torch.Tensor:
+    def latents(self) -> Rows:
         """`z`, for a stage that reads the latent cache."""
         if self.z is None:
             raise RuntimeError("these trajectories carry no latents (z): the stage reads the latent cache")
         return self.z
 
     @property
-    def fields(self) -> torch.Tensor:
+    def fields(self) -> Rows:
         """`u`, for a stage (or validation) that reads the physical fields."""
         if self.u is None:
             raise RuntimeError("these trajectories carry no fields (u): train splits of the latent cache drop them")
         return self.u
 
     def to(self, device: torch.device) -> Trajectories:
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device)
+        def move(t: Rows | None) -> Rows | None:
+            return t.to(device) if isinstance(t, torch.Tensor) else t  # a DiskArray stays on disk
 
         return Trajectories(self.idx.to(device), self.task.to(device), move(self.z), move(self.u))
 

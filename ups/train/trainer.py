@@ -391,8 +391,8 @@ class StageTrainer:
         tmp = None
         if self.rank == 0:
             tmp = tempfile.mkdtemp(prefix=f"ups-{self.name}-")
-            manifest = {"stage": self.name, "epoch": self.progress.epoch, "global_step": self.progress.global_step,
-                        "config_digest": self.job.config_digest}  # fmt: skip
+            manifest = {"stage": self.name, "epoch": self.progress.epoch, "micro": self.progress.micro,
+                        "global_step": self.progress.global_step, "config_digest": self.job.config_digest}  # fmt: skip
             save_checkpoint(tmp, {**self.state_dict(), "rng": rngs}, manifest)
         self.ctx.report(self.job, row, tmp)
         if tmp:

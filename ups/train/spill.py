@@ -1,0 +1,165 @@
+"""A worker's shard on its local disk instead of in its memory (`data.mode: stream`).
+
+The shard arrives as a stream of batches (a Ray Data shard, or chunks read without Ray) and is
+written once, in arrival order, to one raw float32 file per tensor column; trajectory ids and
+task ids (a few bytes per trajectory) stay in memory. `DiskArray` then answers the indexing the
+stages do on in-memory tensors (`z[traj, t]`, `z[traj[:, None], frames]`, `u[rows]`,
+`u[rows, a:b]`, `z[i:j]`) by reading only the frames asked for, with `os.preadv` into the result.
+
+Rows are presented sorted by trajectory id, exactly as `shard.collect` sorts them in memory, so a
+stage draws the same batches in the same order, a function of (seed, stage, epoch, rank) alone,
+in both modes: a streamed run trains the same weights as an in-memory one, and resumes mid-epoch
+bit for bit in the same way. Memory holds a batch; the page cache, not the process, holds the
+rest (and gives it back under pressure). The cost is local disk the size of the shard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ups.train.shard import Trajectories
+
+_INDEX = (torch.Tensor, np.ndarray, int, np.integer)
+
+
+class DiskArray:
+    """float32 rows `(n, T, *frame)` in a local file, presented in the order `order` gives
+    (logical row i is stored at row order[i]); indexing returns tensors, as the in-memory tensor
+    would, for the index forms the stages use."""
+
+    def __init__(self, path: str, row_shape: tuple[int, ...], order: np.ndarray, owner: Any = None) -> None:
+        self.path, self.row_shape, self.order = path, tuple(row_shape), np.asarray(order, np.int64)
+        self.owner = owner  # what must outlive the file (its SpillFolder)
+        self.frame_bytes = int(np.prod(row_shape[1:])) * 4
+        self.row_bytes = self.frame_bytes * row_shape[0]
+        self.fd = os.open(path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self.fd)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.order), *self.row_shape))
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def _read(self, rows: np.ndarray, t0: int, frames: int) -> np.ndarray:
+        """Frames [t0, t0 + frames) of each logical row: (len(rows), frames, *frame)."""
+        out = np.empty((len(rows), frames, *self.row_shape[1:]), np.float32)
+        size = frames * self.frame_bytes
+        for i, r in enumerate(self.order[rows]):
+            got = os.preadv(self.fd, [memoryview(out[i]).cast("B")], int(r) * self.row_bytes + t0 * self.frame_bytes)
+            if got != size:
+                raise OSError(f"{self.path}: short read ({got} of {size} bytes) at row {r}")
+        return out
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        n, frames = len(self), self.row_shape[0]
+        if rest and isinstance(rest[0], _INDEX) and not isinstance(first, slice):
+            # Advanced (row, frame) pairs, broadcast against each other: one frame per pair.
+            rows, ts = np.broadcast_arrays(_ints(first, n), _ints(rest[0], frames))
+            flat_r, flat_t = rows.ravel(), ts.ravel()
+            out = np.empty((len(flat_r), *self.row_shape[1:]), np.float32)
+            for i in range(len(flat_r)):
+                out[i] = self._read(flat_r[i : i + 1], int(flat_t[i]), 1)[0, 0]
+            picked = torch.from_numpy(out.reshape(*rows.shape, *self.row_shape[1:]))
+            return picked[(slice(None),) * rows.ndim + rest[1:]] if len(rest) > 1 else picked
+        ids = np.arange(n)[first] if isinstance(first, slice) else _ints(first, n)
+        span = range(frames)[rest[0]] if rest and isinstance(rest[0], slice) else range(frames)
+        if span.step == 1:  # contiguous frames: one read per row
+            out = self._read(np.atleast_1d(ids).ravel(), span.start, len(span))
+            later = rest[1:] if rest and isinstance(rest[0], slice) else rest
+        else:
+            out = self._read(np.atleast_1d(ids).ravel(), 0, frames)
+            later = rest
+        picked = torch.from_numpy(out.reshape(*np.shape(ids), *out.shape[1:]))
+        return picked[(slice(None),) * np.ndim(ids) + later] if later else picked
+
+
+def _ints(index: Any, size: int) -> np.ndarray:
+    """An integer index as non-negative positions, bounds-checked like tensor indexing."""
+    a = index.cpu().numpy().astype(np.int64) if isinstance(index, torch.Tensor) else np.asarray(index, np.int64)
+    if a.size and (a.max() >= size or a.min() < -size):
+        raise IndexError(f"index {int(a.max() if a.max() >= size else a.min())} is out of bounds for size {size}")
+    return a % size if size else a
+
+
+class SpillFolder:
+    """A worker-local folder for spilled shards, deleted when the worker lets go of it (or exits).
+    A worker killed outright cannot delete its own: the next folder made on that node removes
+    the folders of processes that are gone (their names carry the pid)."""
+
+    PREFIX = "ups-shard-"
+
+    def __init__(self, parent: str | None = None) -> None:
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        parent = parent or tempfile.gettempdir()
+        _remove_orphans(parent, self.PREFIX)
+        self.path = tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-", dir=parent)
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.path, True)
+        self._n = 0
+
+    def new_file(self, name: str) -> str:
+        self._n += 1
+        return os.path.join(self.path, f"{self._n:03d}-{name}.f32")
+
+    def close(self) -> None:
+        self._cleanup()
+
+
+def _remove_orphans(parent: str, prefix: str) -> None:
+    for name in os.listdir(parent):
+        pid = name[len(prefix) :].split("-", 1)[0]
+        if not (name.startswith(prefix) and pid.isdigit()):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live process
+
+
+def spill(batches: Iterable[dict[str, np.ndarray]], folder: SpillFolder, name: str) -> Trajectories:
+    """Write a stream of column batches (idx, task, and tensor columns z and/or u) to `folder`;
+    the trajectories, sorted by id, read from there."""
+    ids: list[np.ndarray] = []
+    tasks: list[np.ndarray] = []
+    files: dict[str, Any] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    with contextlib.ExitStack() as open_files:
+        for batch in batches:
+            ids.append(np.asarray(batch["idx"], np.int64))
+            tasks.append(np.asarray(batch["task"], np.int64))
+            for col in ("z", "u"):
+                if col not in batch:
+                    continue
+                v = np.ascontiguousarray(batch[col], dtype=np.float32)
+                if col not in files:
+                    files[col] = open_files.enter_context(open(folder.new_file(f"{name}-{col}"), "wb"))
+                    shapes[col] = tuple(v.shape[1:])
+                elif tuple(v.shape[1:]) != shapes[col]:
+                    raise ValueError(f"spilled column {col}: rows of shape {v.shape[1:]} after {shapes[col]}")
+                files[col].write(v.data.cast("B"))
+    idx = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+    task = np.concatenate(tasks) if tasks else np.zeros(0, np.int64)
+    order = np.argsort(idx, kind="stable")
+    arrays = {col: DiskArray(fh.name, shapes[col], order, owner=folder) for col, fh in files.items()}
+    return Trajectories(
+        idx=torch.from_numpy(idx[order]), task=torch.from_numpy(task[order]), z=arrays.get("z"), u=arrays.get("u")
+    )
+
+
+def spill_iterator(iterator: Any, folder: SpillFolder, name: str, batch_rows: int = 32) -> Trajectories:
+    """`spill` of a Ray Data iterator (anything with `iter_batches` of numpy columns)."""
+    return spill(iterator.iter_batches(batch_size=batch_rows, batch_format="numpy"), folder, name)
