@@ -23,8 +23,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 def streamed(name: str, storage: Path, smoke_data: Path, spill: Path) -> list[str]:
     return driver(name, storage, smoke_data) + [
         "--set", "data.mode=stream", "--set", "data.chunk_trajectories=5", "--set", f"data.spill_dir={spill}",
-        # Tiny's 4 operator epochs last ~4 s: over before a kill aimed at them lands. 30 leave it ~30 s.
-        "--set", "stages.operator.epochs=30",
+        # Tiny's epochs last ~1 s, after ~40 s of stage set-up: its 2 autoencoder and 4 operator epochs
+        # are over before a kill aimed at them lands. 20 and 30 leave each stage ~25 s of training.
+        "--set", "stages.autoencoder.epochs=20", "--set", "stages.operator.epochs=30",
     ]  # fmt: skip
 
 
