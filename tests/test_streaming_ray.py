@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_fault_tolerance import alive, checkpoints, digests, driver, driver_env, summary_of, wait_for
+from test_fault_tolerance import alive, digests, driver, driver_env, newest_registered, summary_of, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]
@@ -30,13 +30,13 @@ def streamed(name: str, storage: Path, smoke_data: Path, spill: Path) -> list[st
 
 
 def mid_epoch_checkpoint(run: Path, stage: str) -> bool:
-    for c in checkpoints(run, stage):
-        try:
-            if json.loads((c / "manifest.json").read_text()).get("micro", 0) > 0:
-                return True
-        except (OSError, json.JSONDecodeError):
-            continue  # still being written
-    return False
+    """Ray has registered a checkpoint taken inside an epoch (one only written to disk may not be
+    handed back on restart: a kill before its registration restarts the stage from scratch)."""
+    try:
+        newest = newest_registered(run, stage)
+        return json.loads((newest / "manifest.json").read_text()).get("micro", 0) > 0
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        return False  # no snapshot yet, or one being written
 
 
 def test_a_streamed_run_resumes_bit_identically_after_worker_kills(ray_session, smoke_data, tmp_path):
