@@ -373,6 +373,10 @@ def _explain(e: ValidationError, tree: dict[str, Any], sources: dict[str, str], 
         return f"{where}: unknown key '{key}'{suggestion}"
     msg = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
+    if isinstance(value, (str, list)):
+        from ups.storage import redact_all
+
+        value = redact_all(value)  # a URI's credentials never reach the console
     got = "" if "got" in msg or isinstance(value, dict) else f" (got {value!r})"
     return f"{where}: {key}: {msg}{got}"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ups import config as C
 from ups.config import Config, ConfigError
-from ups.data import views
+from ups.data import files, views
 from ups.data.pdebench import FileInfo
 from ups.models import factory
 from ups.stages import registry
@@ -46,6 +46,9 @@ def preflight(loaded: C.LoadedConfig, *, ray: bool = True, trials: int = 0) -> d
             )
     infos: dict[str, FileInfo | None] = {}
     for path in cfg.data.paths:
+        if files.is_remote(path):
+            infos[path] = views.check_file(path, cfg.data, where("data.path"))  # data.generate writes local files only
+            continue
         if not os.path.exists(path) and cfg.data.generate is not None:
             check_creatable_parent(f"{where('data.path')}: data.path {path}", path)
             infos[path] = None  # generated on first use
@@ -96,7 +99,7 @@ def check_consistent(cfg: Config, infos: dict[str, FileInfo | None], source: str
     seen: dict[str, str] = {}
     ref: tuple[str, tuple[int, ...]] | None = None
     for path, info in infos.items():
-        stem = Path(path).stem
+        stem = files.stem(path)
         if stem in seen:
             raise ConfigError(f"{source}: data.path: {path} and {seen[stem]} share the name {stem!r} (task names)")
         seen[stem] = path

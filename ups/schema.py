@@ -74,7 +74,7 @@ class GenerateConfig(Section):
 
 
 class DataConfig(Section):
-    # One HDF5 file, or a list (multi-task): a local path or a file:// URI.
+    # One HDF5 file, or a list (multi-task): a local path, a file:// URI, or s3:// / gs:// (ups.data.files).
     path: Union[str, list[str]] = "data/burgers_nu0.001.h5"
     generate: GenerateConfig | None = None
     test_fraction: Fraction = 0.1  # PDEBench protocol: the first 10% of samples are the test set
@@ -101,17 +101,33 @@ class DataConfig(Section):
         paths = [v] if isinstance(v, str) else v
         if not paths or any(not p for p in paths):
             raise ValueError("must name at least one HDF5 file")
+        from urllib.parse import urlsplit
+
+        from ups.data.files import REMOTE_SCHEMES
+        from ups.storage import redact
+
         for p in paths:
             scheme = p.split("://", 1)[0] if "://" in p else None
-            if scheme is not None and scheme != "file":
-                raise ValueError(f"{p}: {scheme}:// is not readable yet; give a local path or a file:// URI")
             if scheme == "file" and not p.startswith("file:///"):
                 raise ValueError(f"{p}: a file:// URI needs an absolute path (file:///...)")
+            if scheme is None or scheme == "file":
+                continue
+            if scheme not in REMOTE_SCHEMES:
+                known = ", ".join(f"{s}://" for s in ("file", *REMOTE_SCHEMES))
+                raise ValueError(f"{redact(p)}: unknown scheme {scheme!r} (known: {known}; or a local path)")
+            if redact(p) != p:  # a URI is printed and recorded: a secret in it would be too
+                raise ValueError(
+                    f"{redact(p)}: holds credentials; give them through the environment "
+                    "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS) or a credentials file"
+                )
+            if not urlsplit(p).hostname or urlsplit(p).path in ("", "/"):
+                raise ValueError(f"{p}: needs a bucket and an object ({scheme}://BUCKET/PATH.h5)")
         return v
 
     @property
     def paths(self) -> list[str]:
-        """The files as local paths (a file:// URI is its path): what every reader opens."""
+        """The files as every reader opens them: a file:// URI becomes its local path, an object-store
+        URI stays as it is."""
         return [local_path(p) for p in ([self.path] if isinstance(self.path, str) else self.path)]
 
 

@@ -13,7 +13,6 @@ the champion -> gate -> full evaluation (whole val split, full horizon) -> gate 
 from __future__ import annotations
 
 import copy
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ import yaml
 from ups import config as C
 from ups import gating
 from ups.config import Config, ConfigError
-from ups.data import views
+from ups.data import files, views
 from ups.exports import read_export
 from ups.gating import Registry, family_of
 from ups.names import check_name
@@ -206,7 +205,7 @@ def run(loaded: C.LoadedConfig, name: str, storage: str, quiet: bool = False) ->
     root = Storage(storage)
     sweep_dir = root.sub(name)
     runtime.connect(cfg, trials=cfg.sweep.max_concurrent_trials)
-    pipeline.ensure_data(cfg, {p: None for p in cfg.data.paths if not os.path.exists(p)}, RayBackend(say=say), say)
+    pipeline.ensure_data(cfg, {p: None for p in cfg.data.paths if not files.exists(p)}, RayBackend(say=say), say)
 
     sc = cfg.sweep.scheduler
     metric = registry.get(sc.stage).val_metric

@@ -17,6 +17,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ups.data import files
+from ups.storage import redact
+
 VARIABLES = ("density", "pressure", "Vx", "Vy", "Vz")
 _SPACE_NAMES = ("x", "y", "z")
 _COORD_KEYS = {"x": "x-coordinate", "y": "y-coordinate", "z": "z-coordinate", "t": "t-coordinate"}
@@ -51,7 +54,7 @@ class _Layout:
 
 
 def _err(path: str, what: str) -> PDEBenchFormatError:
-    return PDEBenchFormatError(f"{path}: {what}")
+    return PDEBenchFormatError(f"{redact(path)}: {what}")
 
 
 def _py(value: Any) -> Any:
@@ -170,6 +173,8 @@ def _detect(f: h5py.File, path: str, check_all: bool = True) -> _Layout:
 
 def _open(path: str) -> h5py.File:
     """Open for reading, or say in one line why a path is not a readable HDF5 file."""
+    if files.is_remote(path):
+        return _open_remote(path)
     if os.path.isdir(path):
         raise _err(path, "is a directory, not an HDF5 file")
     if not os.access(path, os.R_OK):
@@ -182,6 +187,26 @@ def _open(path: str) -> h5py.File:
         return h5py.File(path, "r")
     except OSError as e:  # a truncated or damaged file has the signature but no readable structure
         raise _err(path, f"cannot be opened as HDF5, truncated or damaged? ({str(e).splitlines()[0]})") from None
+
+
+def _open_remote(path: str) -> h5py.File:
+    """An object in a bucket, opened by h5py over range reads (ups.data.files)."""
+    try:
+        st = files.info(path)
+        if not st.exists:
+            raise _err(path, "not found")
+        if st.is_dir:
+            raise _err(path, "is a folder (a prefix), not an HDF5 file")
+        if st.size == 0:
+            raise _err(path, "is empty, not an HDF5 file")
+        reader = files.open_binary(path)
+    except OSError as e:  # the store cannot be reached, or refuses the credentials
+        raise _err(path, f"cannot be read ({str(e).splitlines()[0]})") from None
+    try:
+        return h5py.File(reader, "r")
+    except OSError as e:
+        reader.close()
+        raise _err(path, f"is not an HDF5 file, or is truncated or damaged ({str(e).splitlines()[0]})") from None
 
 
 def inspect(path: str | os.PathLike[str]) -> FileInfo:

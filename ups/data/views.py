@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ups.data import pdebench
+from ups.data import files, pdebench
 from ups.schema import ConfigError, DataConfig
 
 SPLITS = ("train", "val", "test")
@@ -173,9 +173,9 @@ class Task:
 
 def check_file(path: str, cfg: DataConfig, source: str = "config") -> pdebench.FileInfo:
     """Everything about a data file that can be wrong, found before any Ray resource is used."""
-    if not Path(path).exists():
-        raise ConfigError(f"{source}: data.path: file not found: {path}")
     try:
+        if not files.is_remote(path) and not Path(path).exists():  # remote: `inspect` says it in one line
+            raise ConfigError(f"{source}: data.path: file not found: {path}")
         info = pdebench.inspect(path)
         pdebench.scan_values(path, min(info.n_samples, cfg.max_samples or info.n_samples))
     except pdebench.PDEBenchFormatError as e:
@@ -203,7 +203,7 @@ def load_task(path: str, cfg: DataConfig, stream: bool = False) -> Task:
     norm = Normalizer.fit(u[splits["train"]], cfg.normalize)
     grid, lengths = grid_positions(coords, u.shape[2:-1])
     return Task(
-        name=Path(path).stem,
+        name=files.stem(path),
         path=path,
         u=norm.normalize(u).astype(np.float32),
         t=coords["t"],
@@ -226,7 +226,7 @@ def _stream_task(path: str, cfg: DataConfig, info: pdebench.FileInfo, n: int) ->
     reader = FieldReader(path, (n, *first.shape[1:]), cfg.t_stride, cfg.x_stride, identity, cfg.chunk_trajectories)
     reader.normalizer = fit_streaming(reader, splits["train"], cfg.normalize)
     grid, lengths = grid_positions(coords, first.shape[2:-1])
-    return Task(name=Path(path).stem, path=path, u=reader, t=coords["t"], grid=grid, lengths=lengths,
+    return Task(name=files.stem(path), path=path, u=reader, t=coords["t"], grid=grid, lengths=lengths,
                 normalizer=reader.normalizer, splits=splits, attrs=info.attrs)  # fmt: skip
 
 
