@@ -254,7 +254,7 @@ CASES = [
         lambda ws: (ws / "sub").mkdir() or good_file(ws / "sub" / "good.h5"),
     ),  # fmt: skip
     Case("data-list-empty", "train", ["--set", "data.path=[]"], "data.path"),
-    Case("data-s3-uri", "train", ["--set", "data.path=s3://bucket/good.h5"], "s3:// is not readable yet"),
+    Case("data-s3-credentials", "train", ["--set", "data.path=s3://AK:Sh0uldNotLeak@bucket/good.h5"], "credentials"),
     Case("data-file-uri-relative", "train", ["--set", "data.path=file://good.h5"], "absolute path"),
     Case("data-file-uri-missing", "train", ["--set", "data.path=file:///nowhere/good.h5"], "file not found"),
     Case("data-unreadable", "train", BAD, "permission", data(unreadable)),
