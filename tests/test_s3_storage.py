@@ -134,9 +134,9 @@ def test_a_streamed_run_reads_its_data_from_the_bucket(s3_env, smoke_data, tmp_p
     """`data.path: s3://…` with `data.mode: stream`: the Ray tasks that read the chunks open the
     object themselves (no byte passes through the driver), and train what the same file on local
     disk trains."""
-    s3(s3_env, f"fs.open_output_stream('{BUCKET}/data/smoke.h5').write(open({str(smoke_data)!r}, 'rb').read())")
+    s3(s3_env, f"fs.open_output_stream('{BUCKET}/data/smoke_burgers.h5').write(open({str(smoke_data)!r}, 'rb').read())")
     summaries = {}
-    for name, path in (("local", str(smoke_data)), ("bucket", f"s3://{BUCKET}/data/smoke.h5")):
+    for name, path in (("local", str(smoke_data)), ("bucket", f"s3://{BUCKET}/data/smoke_burgers.h5")):
         cmd = [sys.executable, "-m", "ray_jobs.train", "--config", "tests/configs/tiny.yaml",
                "--set", f"data.path={path}", "--set", "data.mode=stream", "--set", "data.chunk_trajectories=8",
                "--set", "stages.operator.epochs=1",
