@@ -69,11 +69,13 @@ class RayBackend:
         return {"train": fields_dataset(tasks, "train"), "val": fields_dataset(tasks, "val")}
 
     def latent_data(self, cache: LatentCache, stream: bool = False) -> dict[str, Dataset]:
-        # In memory: read once and held in the object store for every latent stage of this run.
-        # Streaming: read from the cache's files by every worker group that trains on it.
-        if stream:
-            return {"train": cache.dataset("train"), "val": cache.dataset("val")}
-        return {"train": cache.dataset("train").materialize(), "val": cache.dataset("val").materialize()}
+        # Lazy in both modes: every worker group reads the cache's files afresh (the worker then
+        # holds its shard in memory or spills it, by `stream`). Materializing once would save those
+        # reads, but its blocks live in the object stores of the nodes that read them: a spot
+        # reclaim of such a node leaves the restarted group to Ray's lineage reconstruction, and in
+        # CI that replay failed the run (StreamingGeneratorReplayInconsistentError, Ray 2.60).
+        del stream
+        return {"train": cache.dataset("train"), "val": cache.dataset("val")}
 
     def train(
         self, group: str, jobs: list[TrainJob], data: Any, cfg: Config, callbacks: list[Any]
