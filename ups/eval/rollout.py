@@ -5,6 +5,7 @@ that select checkpoints and the numbers that are reported come from the same cod
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -79,8 +80,10 @@ class Surrogate:
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, tokens, dim) -> (B, X[, Y], C) normalised fields on the grid."""
-        out = self.decoder(z, self.points)
+        """(B, tokens, dim) -> (B, X[, Y], C) normalised fields on the grid, `FRAMES` frames at a time:
+        the decoder's activations at every grid point are the largest tensors of validation and
+        evaluation, and a rollout decoded at once made them grow with the val set."""
+        out = chunked(lambda x: self.decoder(x, self.points), z)
         return out.reshape(len(z), *self.meta.spatial_shape, -1)
 
     def denormalize(self, u: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
@@ -111,6 +114,14 @@ class Surrogate:
         zs = self.rollout(z0, steps, task, gen, correct)
         u = self.decode(zs.flatten(0, 1)).reshape(len(z0), steps, *self.meta.spatial_shape, -1)
         return self.denormalize(u, task)
+
+
+FRAMES = 512  # frames per network call outside the training step (validation, evaluation, setup)
+
+
+def chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int = FRAMES) -> torch.Tensor:
+    """Apply a network to a large stack in chunks (setup and validation, not the hot path)."""
+    return torch.cat([fn(x[i : i + size]) for i in range(0, len(x), size)]) if len(x) else x
 
 
 def norm_stats(meta: DataMeta, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:

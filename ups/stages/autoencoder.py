@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ups.eval.rollout import frame_nrmse, norm_stats, to_physical
+from ups.eval.rollout import FRAMES, chunked, frame_nrmse, norm_stats, to_physical
 from ups.models import factory
 from ups.schema import NonNegInt, PosInt, StageConfig
-from ups.stages.base import Stage, Sums, chunked, task_sums
+from ups.stages.base import Stage, Sums, task_sums
 from ups.stages.registry import register
 from ups.train.shard import Trajectories
 
@@ -70,9 +70,11 @@ class AutoencoderStage(Stage[Autoencoder, AutoencoderStageConfig]):
     def validate(self, module: Autoencoder, val: Trajectories, rows: torch.Tensor) -> Sums:
         stats = norm_stats(self.meta, self.device)
         errs = []
-        # 512 trajectories at a time (a streamed val set is read, not held); `chunked`'s frame
-        # batches are those of one pass over all rows, so the metric does not depend on it.
-        for part in rows.split(512) if len(rows) else [rows]:
+        # About `FRAMES` frames of trajectories at a time, so that what validation holds (fields,
+        # reconstructions, their physical copies) is bounded by that, not by the val set (a
+        # streamed val set is read here, not held).
+        group = max(1, FRAMES // self.meta.frames)
+        for part in rows.split(group) if len(rows) else [rows]:
             u = val.fields[part].to(self.device)  # (n, T, X.., C)
             recon = chunked(lambda x: module.decoder(module.encoder(x), self.points), u.flatten(0, 1))
             task = val.task[part].to(self.device)

@@ -103,11 +103,6 @@ def pair_index(ids: torch.Tensor, per_traj: int) -> tuple[torch.Tensor, torch.Te
     return ids // per_traj, ids % per_traj
 
 
-def chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int = 512) -> torch.Tensor:
-    """Apply a network to a large stack in chunks (setup and validation, not the hot path)."""
-    return torch.cat([fn(x[i : i + size]) for i in range(0, len(x), size)]) if len(x) else x
-
-
 def task_sums(name: str, values: torch.Tensor, task: torch.Tensor, tasks: list[str]) -> Sums:
     """Sums of a per-sample metric, overall and (for multi-task runs) per task as `name/<task>`."""
     values = values.reshape(len(task), -1)

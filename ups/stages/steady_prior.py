@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ups.eval.rollout import chunked
 from ups.models import factory
 from ups.schema import NonNegInt, StageConfig
-from ups.stages.base import Stage, Sums, chunked, pair_index, task_sums
+from ups.stages.base import Stage, Sums, pair_index, task_sums
 from ups.stages.registry import register
 from ups.train.shard import Trajectories
 
