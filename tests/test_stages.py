@@ -270,3 +270,26 @@ def test_a_rollout_state_corrector_corrects_the_output_and_leaves_the_rollout_to
     assert not torch.allclose(out[True], out[False])  # fed back, the chain itself moves
     torch.testing.assert_close(out[True][:, 0], plain[:, 0] + 2.0)
     torch.testing.assert_close(out[True][:, 1], 0.5 * out[True][:, 0] + 1 + 2.0)
+
+
+def test_decoding_a_long_rollout_calls_the_decoder_on_bounded_batches():
+    """Validation decodes whole rollouts (trajectories x steps frames): what the decoder holds at
+    once must be bounded by FRAMES, not by the val set, and the frames must come out as one call's."""
+    from ups.eval.rollout import FRAMES, Surrogate
+
+    class _Decoder(torch.nn.Module):  # per-frame, records how many frames each call got
+        def __init__(self):
+            super().__init__()
+            self.calls: list[int] = []
+
+        def forward(self, z, points):
+            self.calls.append(len(z))
+            return z.sum((1, 2))[:, None, None] + points
+
+    meta = type("M", (), {"grid": np.arange(4, dtype=np.float32).reshape(4, 1), "dts": [0.1], "spatial_shape": (4,)})()
+    meta.normalizers = [type("N", (), {"mean": np.zeros(1), "std": np.ones(1)})()]
+    decoder = _Decoder()
+    z = torch.randn(2 * FRAMES + 7, 3, 2)
+    out = Surrogate(meta, decoder, _Affine()).decode(z)
+    assert max(decoder.calls) <= FRAMES and sum(decoder.calls) == len(z)
+    torch.testing.assert_close(out, _Decoder()(z, torch.arange(4.0).reshape(1, 4, 1)).reshape(len(z), 4, 1))
