@@ -306,10 +306,17 @@ class LocalCluster:
 
     def submit(self, submission_id: str, train_args: list[str], working_dir: Path | None = None) -> None:
         """`ray job submit --no-wait` of `python -m ray_jobs.train TRAIN_ARGS` with runtime_env.yaml, as
-        the README types it (the job's `python` is this virtualenv's: first on the cluster's PATH)."""
-        root = working_dir or Path(__file__).resolve().parents[1]
+        the README types it (the job's `python` is this virtualenv's: first on the cluster's PATH).
+
+        The working dir is passed in place (`local://ROOT`), not uploaded. Every node of this cluster
+        shares this machine's filesystem and one session dir, and each new node's runtime-env agent
+        re-unpacks an uploaded package with `overwrite=True`: an `rm -rf` of the directory that is the
+        cwd of workers already running on the other nodes. A worker importing torch at that moment
+        dies (oneMKL cannot load libtorch_cpu.so with no cwd). Real nodes have their own disks, so
+        on a real cluster the README's upload is right; here the checkout already is on every node."""
+        root = (working_dir or Path(__file__).resolve().parents[1]).resolve()
         cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--no-wait", "--submission-id",
-               submission_id, "--address", self.info.dashboard_url, "--working-dir", str(root),
+               submission_id, "--address", self.info.dashboard_url, "--working-dir", f"local://{root}",
                "--runtime-env", str(root / "runtime_env.yaml"), "--", "python", "-m", "ray_jobs.train",
                *train_args]  # fmt: skip
         r = subprocess.run(cmd, env=cluster_env(), capture_output=True, text=True, cwd=root)
