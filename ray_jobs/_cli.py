@@ -86,6 +86,18 @@ def run_folder(run: str) -> tuple[str, str]:
     return storage, name
 
 
+def model_source(model: str, storage: str) -> str:
+    """`--model`: a run folder, an artifact folder or a registry family, as a path or URI; a bare
+    `registry/FAMILY` that is not a folder here is the family under `--storage`."""
+    check_storage(model, "--model") if "://" in model else None
+    parts = model.rstrip("/").split("/")
+    if len(parts) == 2 and parts[0] == "registry" and not os.path.exists(model):
+        check_name("--model", parts[1])
+        check_storage(storage)
+        return posixpath.join(storage.rstrip("/"), model.rstrip("/"))
+    return model
+
+
 def user_errors(main: Callable[[], int | None]) -> Callable[[], None]:
     """Turn ConfigError (bad config, flag or data file) into one line on stderr and exit code 2."""
 

@@ -536,8 +536,9 @@ class Registry:
                 continue
             self.dir.write_bytes(run.read_bytes("stages", name, "export.pt"), slot, name, "export.pt")
             exports[name] = self.dir.uri_of(slot, name, "export.pt")
-        for f in ("config.yaml", "summary.json"):
-            self.dir.write_bytes(run.read_bytes(f), slot, f)
+        for f in ("config.yaml", "summary.json", "meta.json"):  # meta.json: what ups.Surrogate needs of the data
+            if f != "meta.json" or run.exists(f):  # runs from before meta.json have none
+                self.dir.write_bytes(run.read_bytes(f), slot, f)
         champion = {**entry, "checkpoint": self.dir.uri_of(slot), "exports": exports}
         old = self.champion()
         try:

@@ -13,7 +13,11 @@ resumes the interrupted one from its newest valid checkpoint.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shlex
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -106,7 +110,10 @@ def _stages_and_eval(
         spill = cfg.data.spill_dir or "the system temp folder"
         say(f"   data streamed from the files, {cfg.data.chunk_trajectories} trajectories per read; "
             f"worker shards spill to {spill}")  # fmt: skip
-    summary.update(name=opts.name, config_digest=info["config_digest"], data_sha256=data_sha, data_mode=mode)
+    meta_json = json.dumps(meta.to_dict()).encode()  # what a Surrogate needs of the data (ups/artifact.py)
+    rundir.dir.write_bytes(meta_json, "meta.json")
+    summary.update(name=opts.name, config_digest=info["config_digest"], data_sha256=data_sha, data_mode=mode,
+                   meta_sha256=hashlib.sha256(meta_json).hexdigest(), command=_command())  # fmt: skip
 
     latents: Any = None
     for folder, *group in _groups(cfg, rundir, records, say):
@@ -165,6 +172,17 @@ def _stages_and_eval(
     if not opts.quiet:
         print(summary_table(summary))
     return summary
+
+
+def _command() -> str:
+    """The command line that trained the run, for its model card (URIs redacted)."""
+    return " ".join(["python -m " + _module(), *(shlex.quote(redact(a)) for a in sys.argv[1:])])
+
+
+def _module() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None and spec.name else os.path.basename(sys.argv[0] or "python")
 
 
 def _plots(rundir: RunDir, cfg: Config) -> dict[str, bytes]:

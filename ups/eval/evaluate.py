@@ -113,7 +113,8 @@ def evaluate(
             truth = model.denormalize(chunk[:, : init + steps], tid)
             z0 = model.encode(chunk[:, init - 1])
             given = truth[:, :init]
-            preds["model"].append(torch.cat([given, model.predict_fields(z0, steps, tid, gen)], 1).cpu())
+            # The model's prediction is `forecast`, exactly what `Surrogate.rollout` returns to a user.
+            preds["model"].append(torch.cat([given, model.forecast(chunk[:, :init], steps, tid, gen)], 1).cpu())
             for kind, (rival, rival_gen) in rival_models.items():
                 preds[kind].append(torch.cat([given, rival.predict_fields(z0, steps, tid, rival_gen)], 1).cpu())
             if model.corrector is not None or rivals:

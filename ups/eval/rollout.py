@@ -44,7 +44,10 @@ class Corrector:
         return r * self.scale
 
 
-class Surrogate:
+class LatentStack:
+    """The trained networks in a rollout: encode, step in latent space (operator + optional
+    corrector), decode, in normalised units. `ups.surrogate.Surrogate` is its public face."""
+
     def __init__(
         self,
         meta: DataMeta,
@@ -66,7 +69,7 @@ class Surrogate:
         self.dts = torch.tensor(meta.dts, device=self.device)
         self.stats = norm_stats(meta, self.device)
 
-    def with_corrector(self, corrector: Corrector | None) -> Surrogate:
+    def with_corrector(self, corrector: Corrector | None) -> LatentStack:
         """The same stack with another corrector (the networks are shared, not copied)."""
         other = copy.copy(self)
         other.corrector = corrector
@@ -114,6 +117,18 @@ class Surrogate:
         zs = self.rollout(z0, steps, task, gen, correct)
         u = self.decode(zs.flatten(0, 1)).reshape(len(z0), steps, *self.meta.spatial_shape, -1)
         return self.denormalize(u, task)
+
+    @torch.no_grad()
+    def forecast(
+        self, window: torch.Tensor, steps: int, task: torch.Tensor, gen: torch.Generator | None = None,
+        correct: bool = True,
+    ) -> torch.Tensor:  # fmt: skip
+        """The prediction that evaluation scores and `Surrogate.rollout` returns: from the normalised
+        input frames (B, frames_in, X[, Y], C), the `steps` frames after the last one, in physical units."""
+        return self.predict_fields(self.encode(window[:, -1]), steps, task, gen, correct)
+
+
+Surrogate = LatentStack  # the name this class had before ups.surrogate.Surrogate (kept while callers move)
 
 
 FRAMES = 512  # frames per network call outside the training step (validation, evaluation, setup)
