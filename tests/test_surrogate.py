@@ -47,8 +47,8 @@ def evaluated(run: Path) -> tuple[np.ndarray, np.ndarray, int]:
     tasks = views.load_tasks(cfg.data)
     meta = views.DataMeta.from_tasks(tasks, cfg.data.initial_step)
     result = evaluate_split(cfg, meta, tasks, bundle.exports, "val", device="cpu")
-    u, _ = pdebench.read(cfg.data.paths[0], samples=slice(0, len(tasks[0].u)),
-                         t=slice(None, None, cfg.data.t_stride), space=slice(None, None, cfg.data.x_stride))  # fmt: skip
+    strided = {"t": slice(None, None, cfg.data.t_stride), "space": slice(None, None, cfg.data.x_stride)}
+    u, _ = pdebench.read(cfg.data.paths[0], samples=slice(0, len(tasks[0].u)), **strided)
     return result["_arrays"]["pred"], u[tasks[0].splits["val"]], meta.initial_step
 
 
