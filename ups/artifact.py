@@ -312,13 +312,21 @@ def write_artifact(bundle: Bundle, out: Storage, *, command: str = "") -> dict[s
         "digests": bundle.digests,
         "provenance": {**bundle.provenance, "source": bundle.source, "source_kind": bundle.kind,
                        "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command,
-                       "versions": _versions(), "machine": platform.platform()},
+                       "versions": _versions(), "machine": _machine()},
     }  # fmt: skip
     for name, data in files.items():
         out.write_bytes(data, name)
     out.write_text(model_card(bundle, record), CARD_FILE)
     out.write_json(record, ARTIFACT_FILE)
     return record
+
+
+def _machine() -> str:
+    """The exporting machine in words (the card's hardware line; training walls are the run's own)."""
+    import os
+
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{platform.platform()}, {os.cpu_count()} CPUs{gpu}"
 
 
 def _versions() -> dict[str, str]:
