@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ups import config as C
-from ups.contracts import BestMetric, StageRecord, StageResult, TrainJob
+from ups.contracts import BestMetric, EvalMetrics, StageRecord, StageResult, TrainJob
 from ups.data.views import DataMeta, Normalizer
 from ups.eval.selection import choose_corrector
 from ups.exports import ExportMismatch, read_export, write_export
@@ -68,17 +68,20 @@ class ToyStage(Stage):
     def build(self) -> nn.Module:
         return ToyObjective()
 
+    def target(self, z: torch.Tensor) -> torch.Tensor:
+        return self.stage_cfg.scale * z
+
     def batch(self, train: Trajectories, ids: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         assert train.z is not None
         z = train.z[ids // FRAMES, ids % FRAMES]
         noisy = z + 0.01 * torch.randn(z.shape, generator=gen)
-        return {"z": noisy, "target": self.stage_cfg.scale * z}
+        return {"z": noisy, "target": self.target(z)}
 
     @torch.no_grad()
     def validate(self, module: nn.Module, val: Trajectories, rows: torch.Tensor) -> Sums:
         assert val.z is not None
         z = val.z[rows]
-        err = (module.net(z) - self.stage_cfg.scale * z).pow(2).flatten(1).mean(1)
+        err = (module.net(z) - self.target(z)).pow(2).flatten(1).mean(1)
         return task_sums(self.val_metric, err, val.task[rows], self.meta.tasks)
 
     def export(self, module: nn.Module) -> dict:
@@ -108,11 +111,20 @@ def data(n: int, seed: int) -> Trajectories:
     )
 
 
-def job(tmp: Path, **stage: object) -> TrainJob:
-    tree = {"training": {"batch_size": 8, "ema_decay": 0.9}, "checkpoint": {"keep": 2},
+def tree(**stage: object) -> dict:
+    """What the user's config file says (everything else takes the schema's defaults)."""
+    return {"training": {"batch_size": 8, "ema_decay": 0.9}, "checkpoint": {"keep": 2},
             "stages": {"toy": {"epochs": 3, "optimizer": {"lr": 3e-2}, **stage}}}  # fmt: skip
-    cfg = C.validate(tree)
-    return TrainJob(stage="toy", cfg=C.to_dict(cfg), config_digest=C.digest(cfg), meta=meta().to_dict(),
+
+
+def job(tmp: Path, **stage: object) -> TrainJob:
+    cfg = C.validate(tree(**stage))
+    return job_of(cfg, C.digest(cfg), tmp)
+
+
+def job_of(cfg: C.Config, digest: str, tmp: Path) -> TrainJob:
+    """The stage's job as the pipeline makes it: the run's config digest (run.json) goes with it."""
+    return TrainJob(stage="toy", cfg=C.to_dict(cfg), config_digest=digest, meta=meta().to_dict(),
                     run_uri=str(tmp), export_uri=str(tmp / "stages" / "toy" / "export.pt"),
                     checkpoint_uri=str(tmp / "ray" / "toy"))  # fmt: skip
 
@@ -268,7 +280,8 @@ def test_contracts_round_trip():
     ],
 )
 def test_corrector_selection_on_val(val, kept):
-    choice = choose_corrector(val)
+    record = EvalMetrics.from_dict({"split": "val", "samples": 4, "horizon": 5, "initial_step": 1, **val})
+    choice = choose_corrector(record)
     assert choice.kind == kept
     assert choice.changed == (kept != val["corrector"])
     scored = {val["corrector"]} | {k for k in ("diffusion", "consistency") if f"{k}_nRMSE" in val}

@@ -16,11 +16,11 @@ from typing import Any
 import yaml
 
 from ups import config as C
-from ups.contracts import StageRecord, stage_records
+from ups.contracts import SUMMARY_FILE, RunSummary
 from ups.names import check_name
 from ups.storage import Storage, redact
 
-CONFIG_FILE, RUN_FILE, SUMMARY_FILE = "config.yaml", "run.json", "summary.json"
+CONFIG_FILE, RUN_FILE = "config.yaml", "run.json"
 
 
 def utc_stamp() -> str:
@@ -41,7 +41,7 @@ class RunDir:
         """Everything `open` would refuse, found without writing anything: run before the run's lock
         is taken, so a refused command leaves no trace."""
         if self._stored(cfg, restart, accept_change) != "restart":
-            self.records(self.summary())
+            self.summary()
 
     def _stored(self, cfg: C.Config, restart: bool, accept_change: bool) -> str:
         """What to do with the folder: "new", "same" (resume), "accept" (continue under the changed
@@ -115,23 +115,12 @@ class RunDir:
             raise C.ConfigError(f"{redact(self.dir.uri_of(file))}: corrupt, no '{missing[0]}' entry")
         return data
 
-    def summary(self) -> dict[str, Any]:
-        if self.dir.exists(SUMMARY_FILE):
-            summary = self._read_json(SUMMARY_FILE, ("stages",))
-            if not isinstance(summary["stages"], dict):
-                raise C.ConfigError(f"{redact(self.dir.uri_of(SUMMARY_FILE))}: corrupt, 'stages' is not a mapping")
-            return summary
-        return {"name": self.name, "stages": {}}
+    def summary(self) -> RunSummary:
+        """summary.json (an empty one before the first stage finished); one line when damaged."""
+        return RunSummary.read(self.dir) if self.dir.exists(SUMMARY_FILE) else RunSummary(name=self.name)
 
-    def records(self, summary: dict[str, Any]) -> dict[str, StageRecord]:
-        """summary.json's stage records, typed; a damaged entry is one line naming the stage."""
-        try:
-            return stage_records(summary)
-        except (TypeError, KeyError, ValueError, AttributeError) as e:
-            raise C.ConfigError(f"{redact(self.dir.uri_of(SUMMARY_FILE))}: corrupt stage record ({e})") from None
-
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        self.dir.write_json(summary, SUMMARY_FILE)
+    def write_summary(self, summary: RunSummary) -> None:
+        summary.write(self.dir)
 
     def config(self) -> C.Config:
         """The run's stored, resolved config (validated again: the file may have been edited)."""
