@@ -1,7 +1,8 @@
 """The stage trainer without Ray: a toy stage registered here trains through the real trainer,
 its config section comes from the registry, auxiliary losses are logged, a stop mid-epoch
 checkpoints at the micro-batch and the resumed stage ends bit-identical to an uninterrupted one,
-and seeds follow stage names. Fast tier: no Ray, seconds."""
+even across an upgrade that added a defaulted key, and seeds follow stage names. Fast tier: no
+Ray, seconds."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from ups.contracts import BestMetric, EvalMetrics, StageRecord, StageResult, Tra
 from ups.data.views import DataMeta, Normalizer
 from ups.eval.selection import choose_corrector
 from ups.exports import ExportMismatch, read_export, write_export
+from ups.run import RunDir
 from ups.schema import NonNegInt, PosFloat, StageConfig
 from ups.stages import registry
 from ups.stages.base import Stage, Sums, task_sums
+from ups.storage import Storage
 from ups.train.context import LocalContext
 from ups.train.shard import Trajectories
 from ups.train.trainer import StageTrainer, read_result, stage_seed
@@ -240,6 +243,81 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(toy, tmp_path):
     said: list[str] = []
     StageTrainer(j, LocalContext(train_data()), emit=said_into(said)).fit()
     assert any(f"corrupt checkpoint skipped: {newest.name}" in s for s in said)
+
+
+# --- resuming across a package upgrade ---------------------------------------------------------
+
+
+class ToyConfigV2(ToyConfig):
+    """The toy stage's section as a later version ships it: one key more, whose default keeps the
+    old behaviour (and one existing default moved, when `scale` is given)."""
+
+    shift: float = 0.0
+
+
+class ToyStageV2(ToyStage):
+    config_cls = ToyConfigV2
+
+    def target(self, z: torch.Tensor) -> torch.Tensor:
+        return super().target(z) + self.stage_cfg.shift
+
+
+@pytest.fixture
+def upgrade(toy) -> Iterator:
+    """Swap in the toy stage of a later version (the schema is rebuilt from the registry, as at
+    import); the original is back after the test."""
+
+    def to(config_cls: type[ToyConfig] = ToyConfigV2) -> None:
+        registry.unregister("toy")
+        registry.register(type("ToyStageNext", (ToyStageV2,), {"config_cls": config_cls}))
+        C.rebuild_schema()
+
+    yield to
+    registry.unregister("toy")
+    registry.register(ToyStage)
+    C.rebuild_schema()
+
+
+def test_a_run_resumes_across_an_upgrade_that_adds_a_defaulted_key_and_ends_bit_identical(upgrade, tmp_path, capsys):
+    reference = StageTrainer(job(tmp_path / "a"), LocalContext(train_data())).fit()
+
+    rundir = RunDir(Storage(str(tmp_path)), "b")
+    info = rundir.open(C.validate(tree()))
+    first = StageTrainer(job_of(C.validate(tree()), info["config_digest"], tmp_path / "b"), StopAfter(0, train_data()))
+    assert first.fit().status == "interrupted"
+
+    upgrade()  # the package is upgraded; the same command runs again
+    cfg = C.validate(tree())
+    assert C.stage_config(cfg, "toy").shift == 0.0 and C.digest(cfg) != info["config_digest"]
+    rundir.check(cfg)  # not refused: the only difference is a key the run never had, at its default
+    assert rundir.open(cfg) == info  # resumed under the run's own digest, which its checkpoints carry
+    assert "keys added since it started keep their defaults (stages.toy.shift)" in capsys.readouterr().out
+    resumed = StageTrainer(job_of(cfg, info["config_digest"], tmp_path / "b"), LocalContext(train_data())).fit()
+    assert resumed.status == "completed" and resumed.restarts == 1
+    assert resumed.weights_sha256 == reference.weights_sha256
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"optimizer": {"lr": 1e-2}}, "stages.toy.optimizer.lr"),
+        ({"epochs": 4}, "stages.toy.epochs"),
+        ({"shift": 0.5}, "stages.toy.shift"),  # the new key, set away from its default
+        (None, "stages.toy.scale"),  # nothing set, but an existing default moved (2.0 -> 3.0)
+    ],
+)
+def test_a_change_to_what_the_run_computes_is_still_refused_after_an_upgrade(upgrade, tmp_path, change, key):
+    rundir = RunDir(Storage(str(tmp_path)), "r")
+    rundir.open(C.validate(tree()))
+    if change is None:
+        upgrade(type("ToyConfigV3", (ToyConfigV2,), {"__annotations__": {"scale": float}, "scale": 3.0}))
+        cfg = C.validate(tree())
+    else:
+        upgrade()
+        cfg = C.validate(tree(**change))
+    with pytest.raises(C.ConfigError, match=f"config differs from the stored run \\(changed: {key}\\)"):
+        rundir.check(cfg)
+    assert rundir.open(cfg, accept_change=True)["config_digest"] == C.digest(cfg)  # unless the user accepts it
 
 
 def test_a_stage_seed_follows_its_name_not_its_position():
