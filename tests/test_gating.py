@@ -328,7 +328,7 @@ def registry(tmp_path) -> Registry:
 def promote_first(tmp_path: Path, registry: Registry) -> Candidate:
     first = fake_run(tmp_path, "t1", "w1")
     d = decide(GateConfig(), registry, first, Fakes(both_phases(metrics(1.0))), sweep="s1")
-    assert d["passed"]
+    assert d.passed
     return first
 
 
@@ -336,10 +336,10 @@ def test_empty_registry_promotes_and_writes_champion_and_history(tmp_path, regis
     cand = fake_run(tmp_path, "t1", "w1")
     fakes, said = Fakes(both_phases(metrics(0.5))), []
     d = decide(GateConfig(), registry, cand, fakes, sweep="s1", say=said.append)
-    assert d["passed"] and d["reasons"][0].startswith("small: empty registry") and d["reasons"][1].startswith("full:")
+    assert d.passed and d.reasons[0].startswith("small: empty registry") and d.reasons[1].startswith("full:")
     assert fakes.bound == [None] and fakes.calls == [("candidate", True), ("candidate", False)]
     champ = json.loads(Path(registry.dir.path("champion.json")).read_text())
-    assert champ["trial"] == "t1" and champ["sweep"] == "s1" and champ == d["champion"].to_dict()
+    assert champ["trial"] == "t1" and champ["sweep"] == "s1" and champ == d.champion.to_dict()
     assert champ["weights_sha256"] == {"autoencoder": "w1-autoencoder", "operator": "w1-operator"}
     assert set(champ["exports"]) == {"autoencoder", "operator"}  # only completed stages are copied
     assert Path(champ["exports"]["operator"]).read_bytes() == b"t1-operator"
@@ -356,9 +356,9 @@ def test_self_comparison_is_refused_without_measuring(tmp_path, registry):
     before = registry.champion()
     fakes = Fakes(both_phases(metrics(0.1), metrics(1.0)))
     d = decide(GateConfig(), registry, first, fakes, sweep="s2")
-    assert not d["passed"] and d["reasons"] == ["the candidate is the current champion (trial t1, same weights)"]
-    assert fakes.bound == [] and d["steps"] == {}
-    assert registry.champion() == before and d["champion"] == before
+    assert not d.passed and d.reasons == ["the candidate is the current champion (trial t1, same weights)"]
+    assert fakes.bound == [] and d.steps == {}
+    assert registry.champion() == before and d.champion == before
     assert [h["promoted"] for h in registry.history()] == [True, False]
 
 
@@ -367,8 +367,8 @@ def test_a_champion_of_other_data_is_refused(tmp_path, registry):
     other = fake_run(tmp_path, "t2", "w2", data="data-2")
     fakes = Fakes(both_phases(metrics(0.1), metrics(1.0)))
     d = decide(GateConfig(), registry, other, fakes, sweep="s2")
-    assert not d["passed"] and fakes.bound == []
-    assert d["reasons"] == [
+    assert not d.passed and fakes.bound == []
+    assert d.reasons == [
         "the champion was trained on other data (digest data-1); set gate.family to start a new family"
     ]
     assert registry.champion().trial == "t1"
@@ -380,10 +380,10 @@ def test_a_failing_small_gate_stops_before_the_full_evaluation(tmp_path, registr
     table[("candidate", True)].scores["nRMSE"] = 1.1  # worse on the small protocol
     fakes = Fakes(table, timing(0.001, 0.001))
     d = decide(GateConfig(), registry, fake_run(tmp_path, "t2", "w2"), fakes, sweep="s2")
-    assert not d["passed"] and set(d["steps"]) == {"small"}
+    assert not d.passed and set(d.steps) == {"small"}
     assert ("candidate", False) not in fakes.calls and ("champion", False) not in fakes.calls  # no full evaluation
-    assert d["reasons"][0].startswith("small: nRMSE 1.1 > ")
-    assert registry.champion().trial == "t1" and registry.history()[-1]["reasons"] == d["reasons"]
+    assert d.reasons[0].startswith("small: nRMSE 1.1 > ")
+    assert registry.champion().trial == "t1" and registry.history()[-1]["reasons"] == d.reasons
 
 
 def test_a_better_candidate_replaces_the_champion(tmp_path, registry):
@@ -391,7 +391,7 @@ def test_a_better_candidate_replaces_the_champion(tmp_path, registry):
     old_slot = Path(registry.champion().checkpoint)
     fakes = Fakes(both_phases(metrics(0.5), metrics(1.0)), timing(0.001, 0.001))
     d = decide(GateConfig(), registry, fake_run(tmp_path, "t2", "w2"), fakes, sweep="s2")
-    assert d["passed"] and any(r.startswith("full: nRMSE 0.5 <= ") for r in d["reasons"])
+    assert d.passed and any(r.startswith("full: nRMSE 0.5 <= ") for r in d.reasons)
     assert fakes.bound[0].trial == "t1"  # measured against the champion read under the lock
     champ = registry.champion()
     assert champ.trial == "t2" and champ.champion_before == {"trial": "t1", "sweep": "s1"}
@@ -405,10 +405,10 @@ def test_wall_clock_is_gated_on_the_interleaved_timing_not_the_evals_own(tmp_pat
     table = both_phases(metrics(0.5, wall_clock=0.00575), metrics(1.0, wall_clock=0.0025))
     fakes = Fakes(table, timing(0.0026, 0.0025))
     d = decide(GateConfig(), registry, fake_run(tmp_path, "t2", "w2"), fakes, sweep="s2")
-    assert d["passed"], d["reasons"]
+    assert d.passed, d.reasons
     assert fakes.calls.count(("timing", None)) == 1  # measured once, both phases gate on it
     for phase in ("small", "full"):
-        step = d["steps"][phase]
+        step = d.steps[phase]
         assert step["timing"]["candidate_s"] == 0.0026 and step["timing"]["repeats"] == 7
         assert step["candidate"]["wall_clock"] == 0.00575  # the eval's own number stays reported
         assert "wall_clock 0.0026 <= 2 x champion 0.0025" in step["reasons"]
@@ -418,7 +418,7 @@ def test_a_slower_candidate_fails_the_wall_clock_gate(tmp_path, registry):
     promote_first(tmp_path, registry)
     fakes = Fakes(both_phases(metrics(0.5), metrics(1.0)), timing(0.0075, 0.0025))
     d = decide(GateConfig(), registry, fake_run(tmp_path, "t2", "w2"), fakes, sweep="s2")
-    assert not d["passed"] and "small: wall_clock 0.0075 > 2 x champion 0.0025" in d["reasons"]
+    assert not d.passed and "small: wall_clock 0.0075 > 2 x champion 0.0025" in d.reasons
 
 
 def test_without_a_timing_the_wall_clock_gate_fails_as_missing(tmp_path, registry):
@@ -430,12 +430,12 @@ def test_without_a_timing_the_wall_clock_gate_fails_as_missing(tmp_path, registr
         Fakes(both_phases(metrics(0.5), metrics(1.0))),
         sweep="s2",
     )
-    assert not d["passed"] and "small: wall_clock missing (candidate None, champion None)" in d["reasons"]
+    assert not d.passed and "small: wall_clock missing (candidate None, champion None)" in d.reasons
     no_wall = GateConfig(ratios={"cRMSE": 1.25})  # not gated: no timing needed
     d = decide(
         no_wall, registry, fake_run(tmp_path, "t3", "w3"), Fakes(both_phases(metrics(0.5), metrics(1.0))), sweep="s3"
     )
-    assert d["passed"] and "timing" not in d["steps"]["full"]
+    assert d.passed and "timing" not in d.steps["full"]
 
 
 def test_best_trial_is_the_lowest_val_nrmse_among_completed_trials():
@@ -625,7 +625,7 @@ def test_decide_on_an_object_store_replaces_the_champion(tmp_path):
     old_slot = Path(reg.champion().checkpoint)
     fakes = Fakes(both_phases(metrics(0.5), metrics(1.0)), timing(0.001, 0.001))
     d = decide(GateConfig(), reg, fake_run(tmp_path, "t2", "w2"), fakes, sweep="s2")
-    assert d["passed"] and reg.champion().trial == "t2" and not old_slot.exists()
+    assert d.passed and reg.champion().trial == "t2" and not old_slot.exists()
     assert [h["trial"] for h in reg.history()] == ["t1", "t2"]
     assert not os.path.exists(reg.dir.path(".lease"))
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ups import config as C
-from ups.contracts import BestMetric, EvalMetrics, StageRecord, StageResult, TrainJob
+from ups.contracts import BestMetric, ChampionRecord, EvalMetrics, RunSummary, StageRecord, StageResult, TrainJob
 from ups.data.views import DataMeta, Normalizer
 from ups.eval.selection import choose_corrector
 from ups.exports import ExportMismatch, read_export, write_export
@@ -343,6 +343,39 @@ def test_contracts_round_trip():
     assert StageRecord.skipped().to_dict() == {"status": "skipped", "epochs": 0}
     j = TrainJob("s", {}, "d", {}, "r", "e", "c", handoff={"a": "u"})
     assert TrainJob.from_dict(j.to_dict()) == j
+
+
+def test_summary_and_registry_records_read_older_files_and_write_back_the_same_keys(tmp_path):
+    # summary.json as the first versions wrote it: an eval without wall_clock or protocol, a
+    # skipped stage with two keys only, a latent cache; and a champion.json.
+    ev = {"split": "val", "samples": 4, "horizon": 7, "initial_step": 1, "corrector": "diffusion",
+          "nRMSE": 0.2, "operator_nRMSE": 0.3, "persistence_nRMSE": 0.9, "fRMSE_high": float("nan"),
+          "horizon_nRMSE": {"model": [0.1, 0.3]}, "wall_time_s": 1.5}  # fmt: skip
+    rec = StageRecord.of(StageResult("autoencoder", "completed", 2, BestMetric("val_loss", 0.5, 2),
+                                     weights_sha256="ab"), export="e", checkpoint="c", wall_time_s=3.0)  # fmt: skip
+    old = {"name": "r", "stages": {"autoencoder": rec.to_dict(), "steady_prior": {"status": "skipped", "epochs": 0}},
+           "config_digest": "d", "data_sha256": "s", "latent_cache": {"uri": "u", "reused": False,
+           "rows": {"train": 3}, "encoder_sha256": "ab"}, "eval": ev}  # fmt: skip
+    (tmp_path / "summary.json").write_text(json.dumps(old))
+    summary = RunSummary.read(Storage(str(tmp_path)))
+    assert summary.stages["autoencoder"] == rec and not summary.stages["steady_prior"].completed
+    assert summary.corrector == "diffusion" and summary.eval is not None and summary.eval.nRMSE == 0.2
+    assert summary.eval.score("operator_nRMSE") == 0.3 and summary.eval.score("wall_clock") is None
+    assert summary.weights_sha256() == {"autoencoder": "ab"} and summary.eval_test is None
+    back = json.loads(json.dumps(summary.to_dict()))
+    assert back.keys() == old.keys() and back["eval"].keys() == ev.keys() and back["stages"] == old["stages"]
+    assert np.isnan(back["eval"].pop("fRMSE_high"))  # NaN (an empty band) stays NaN
+    assert back["eval"] == {k: v for k, v in ev.items() if k != "fRMSE_high"}
+    champ = {"at": "t", "sweep": "s1", "trial": "a", "run": "r", "config_digest": "d", "data_sha256": "s",
+             "weights_sha256": {"autoencoder": "ab"}, "promoted": True, "reasons": ["full: ok"],
+             "metrics": {"nRMSE": 0.2}, "champion_before": None, "checkpoint": "reg/champion-1",
+             "exports": {"autoencoder": "reg/champion-1/autoencoder/export.pt"}}  # fmt: skip
+    (tmp_path / "champion.json").write_text(json.dumps(champ))
+    record = ChampionRecord.read(Storage(str(tmp_path)))
+    assert record is not None and record.to_dict() == champ and record.trial == "a"
+    (tmp_path / "champion.json").write_text(json.dumps({"trial": "a"}))
+    with pytest.raises(C.ConfigError, match="champion.json: corrupt champion record"):
+        ChampionRecord.read(Storage(str(tmp_path)))
 
 
 @pytest.mark.parametrize(

@@ -255,6 +255,19 @@ class Candidate:
 
 
 @dataclass
+class Verdict:
+    """What `decide` did: whether the candidate passed (and so was promoted), one reason per gate
+    and phase, each phase's metrics, timing and verdict, the history entry, and the champion
+    standing afterwards."""
+
+    passed: bool
+    reasons: list[str]
+    steps: dict[str, Any]  # phase ("small", "full") -> candidate, champion, timing, passed, reasons
+    entry: Decision
+    champion: ChampionRecord | None
+
+
+@dataclass
 class Measures:
     """How a decision measures, bound to one champion: sweep.py runs these on Ray, tests pass fakes."""
 
@@ -275,13 +288,12 @@ def decide(
     *,
     sweep: str,
     say: Callable[[str], None] = lambda _: None,
-) -> dict[str, Any]:
+) -> Verdict:
     """Refuse self-comparison and a champion of other data, else gate small then full, and promote
     on a pass; all under the registry's lock, with the decision appended to its history.
 
     `measure(champion)` binds the measurements to the champion read under the lock (None on an
-    empty registry). Returns passed, reasons, steps (per phase: metrics, timing, verdict), the
-    history entry and the champion standing afterwards.
+    empty registry).
     """
     with registry.lock():
         champ = registry.champion()
@@ -333,7 +345,7 @@ def decide(
         else:
             say(f"not promoted: {'; '.join(reasons)}")
         registry.record(entry.to_dict())
-    return {"passed": passed, "reasons": reasons, "steps": steps, "entry": entry, "champion": champ}
+    return Verdict(passed, reasons, steps, entry, champ)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -344,14 +344,14 @@ def decide(
 
     candidate = gating.Candidate(best.trial, best.run, cand_summary, best.metrics)
     d = gating.decide(cfg.gate, Registry(root, family), candidate, measure, sweep=sweep, say=say)
-    champ = d["champion"]
+    champ = d.champion
     test = None
     if champ:  # the champion's test metrics are reported; they never select anything
         r = pipeline.evaluate_exports(_champion_config(champ), meta, tasks, _champion_exports(champ), "test")
         test = r.metrics.scalars()
     out.update(
-        gate={"passed": d["passed"], "reasons": d["reasons"], "steps": d["steps"]},
-        promoted=d["passed"],
+        gate={"passed": d.passed, "reasons": d.reasons, "steps": d.steps},
+        promoted=d.passed,
         champion={"trial": champ.trial, "sweep": champ.sweep, "checkpoint": champ.checkpoint} if champ else None,
         champion_test=test,
     )
