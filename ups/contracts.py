@@ -14,7 +14,8 @@
 - `Decision` / `ChampionRecord`: a gating decision (the registry's history) and the registry's
   `champion.json` (the promoting decision plus where the champion's weights are).
 
-Each has `to_dict`/`from_dict` and is read and written through them only. The on-disk field names
+Each record that lands in a file has `to_dict`/`from_dict` and is read and written through them
+only (`EvalResult` only crosses a process boundary, pickled by Ray). The on-disk field names
 are those earlier versions wrote, so every older file still reads; keys a record does not declare
 (written by a newer version) are dropped on reading.
 """
