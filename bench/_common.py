@@ -95,11 +95,12 @@ def ensure_data(loaded: LoadedConfig) -> None:
 
 
 def run_pipeline(loaded: LoadedConfig, name: str, backend: Any = None) -> dict:
-    """The whole pipeline, quietly, in bench/out/<name>-<time>; `backend` None means Ray."""
+    """The whole pipeline, quietly, in bench/out/<name>-<time>; `backend` None means Ray. Returns
+    summary.json's contents."""
     from ups import pipeline
 
     opts = pipeline.PipelineOptions(name=f"{name}-{int(time.time())}", storage=str(OUT), quiet=True, backend=backend)
-    return pipeline.run(loaded, opts)
+    return pipeline.run(loaded, opts).to_dict()
 
 
 def read_rows(run: str | Path, stage: str) -> list[dict]:

@@ -9,7 +9,6 @@ sampler setting can be judged before a recipe spends its budget on it.
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
@@ -33,7 +32,7 @@ def main() -> None:
     root, name = args.run.rstrip("/").rsplit("/", 1)
     rundir = RunDir(Storage(root), name)
     cfg = rundir.config()
-    exports = load_exports(rundir, json.loads(rundir.dir.read_bytes("summary.json")))
+    exports = load_exports(rundir, rundir.summary())
     ev = {"corrector": args.corrector}
     if args.noise_scale is not None:
         ev["noise_scale"] = args.noise_scale
@@ -49,11 +48,11 @@ def main() -> None:
     model = build_surrogate(cfg, meta, exports, "cpu")
     if args.feedback is not None and model.corrector is not None:
         model.corrector.feedback = args.feedback == "on"
-    r = evaluate(model, tasks, args.split, cfg)
-    print(f"{args.split}: nRMSE {r['nRMSE']:.4f} with the {r['corrector']} corrector "
+    r = evaluate(model, tasks, args.split, cfg).metrics
+    print(f"{args.split}: nRMSE {r.nRMSE:.4f} with the {r.corrector} corrector "
           f"(noise_scale {cfg.eval.noise_scale}, {diff.sample_steps} steps, feedback "
           f"{model.corrector.feedback if model.corrector else '-'}) | operator alone "
-          f"{r['operator_nRMSE']:.4f}")  # fmt: skip
+          f"{r.scores['operator_nRMSE']:.4f}")  # fmt: skip
 
 
 if __name__ == "__main__":

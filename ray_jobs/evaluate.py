@@ -43,16 +43,13 @@ def main() -> int:
     rundir = RunDir(Storage(parent), name)
     if not rundir.dir.exists("summary.json"):
         raise ConfigError(f"--run {uri}: not a run folder (no summary.json)")
-    cfg, summary = rundir.config(), rundir.summary()
-    records = rundir.records(summary)
+    cfg, summary = rundir.config(), rundir.summary()  # summary.json's records checked as it is read
+    records = summary.stages
     for stage in ("autoencoder", "operator"):
         if stage not in records or not records[stage].completed:
             raise ConfigError(f"--run {uri}: stage {stage} has not completed; nothing to evaluate")
-    chosen = summary.get("eval", {}).get("corrector") if isinstance(summary.get("eval"), dict) else None
-    if chosen not in (None, "none", "diffusion", "consistency"):
-        raise ConfigError(f"--run {uri}: summary.json: eval.corrector {chosen!r} is not a corrector")
-    if cfg.eval.corrector == "auto" and chosen:  # the corrector the run chose on val
-        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"corrector": chosen})})
+    if cfg.eval.corrector == "auto" and summary.corrector:  # the corrector the run chose on val
+        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"corrector": summary.corrector})})
     exports = pipeline.load_exports(rundir, summary)
     infos = {p: views.check_file(p, cfg.data, rundir.dir.uri_of("config.yaml")) for p in cfg.data.paths}
     check_consistent(cfg, dict(infos), rundir.dir.uri_of("config.yaml"))
@@ -70,7 +67,7 @@ def main() -> int:
     tasks = views.load_tasks(cfg.data)
     meta = views.DataMeta.from_tasks(tasks, cfg.data.initial_step)
     result = pipeline.evaluate_run(backend, rundir, cfg, meta, tasks, exports, args.split, Console())
-    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}, indent=2))
+    print(json.dumps({k: v for k, v in result.to_dict().items() if not isinstance(v, (dict, list))}, indent=2))
     return 0
 
 

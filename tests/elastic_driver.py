@@ -58,7 +58,8 @@ def main(data: str, storage: str) -> None:
 
     def train() -> None:
         try:
-            out["summary"] = pipeline.run(loaded, pipeline.PipelineOptions(name="elastic", storage=storage, quiet=True))
+            opts = pipeline.PipelineOptions(name="elastic", storage=storage, quiet=True)
+            out["summary"] = pipeline.run(loaded, opts).to_dict()  # summary.json's contents
         except Exception as e:  # reported in the JSON line
             out["error"] = repr(e)
 

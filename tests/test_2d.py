@@ -79,17 +79,16 @@ def test_the_tiny_2d_recipe_trains_every_stage_and_reports_decoded_2d_metrics(ti
     trained = [n for n in registry.names() if getattr(loaded.cfg.stages, n).epochs > 0]
     assert set(trained) >= {"autoencoder", "operator", "diffusion_residual", "consistency_distill", "fno_baseline"}
     for name in trained:
-        rec = summary["stages"][name]
-        assert rec["status"] == "completed" and rec["epochs"] == getattr(loaded.cfg.stages, name).epochs
-        assert np.isfinite(rec["best"]["value"])
-    for split, key in (("val", "eval"), ("test", "eval_test")):
-        ev = summary[key]
-        assert ev["split"] == split
+        rec = summary.stages[name]
+        assert rec.status == "completed" and rec.epochs == getattr(loaded.cfg.stages, name).epochs
+        assert rec.best is not None and np.isfinite(rec.best.value)
+    for split, ev in (("val", summary.eval), ("test", summary.eval_test)):
+        assert ev is not None and ev.split == split
         for metric in ("nRMSE", "RMSE", "cRMSE", "bRMSE", "max_err", "fRMSE_low", "fRMSE_mid"):
-            assert np.isfinite(ev[metric]) and np.isfinite(ev[f"persistence_{metric}"])
+            assert np.isfinite(ev.scores[metric]) and np.isfinite(ev.scores[f"persistence_{metric}"])
         # PDEBench's high band is |k| >= 12: a 16 x 16 grid has radii up to 7 only, so it is empty.
-        assert np.isnan(ev["fRMSE_high"])
-        assert len(ev["horizon_nRMSE"]["model"]) == ev["horizon"] == 8 - loaded.cfg.data.initial_step
-        assert json.loads((run / "eval" / split / "metrics.json").read_text())["nRMSE"] == ev["nRMSE"]
+        assert np.isnan(ev.scores["fRMSE_high"])
+        assert len(ev.horizon_nRMSE["model"]) == ev.horizon == 8 - loaded.cfg.data.initial_step
+        assert json.loads((run / "eval" / split / "metrics.json").read_text())["nRMSE"] == ev.nRMSE
         for png in ("fields.png", "horizon.png"):
             assert (run / "eval" / split / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

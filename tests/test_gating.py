@@ -3,6 +3,8 @@ and decide() with fake measurements over a registry on a local disk."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -21,6 +23,7 @@ from torch import nn
 
 from ups import gating
 from ups.config import Config, GateConfig
+from ups.contracts import ChampionRecord, Decision, EvalMetrics, RunSummary, TrialRecord
 from ups.data.views import DataMeta, Normalizer, Task
 from ups.eval.rollout import Surrogate
 from ups.gating import (
@@ -39,8 +42,12 @@ from ups.storage import Storage
 PROTOCOL = {"split": "val", "samples": 4, "horizon": 5, "initial_step": 1}
 
 
-def metrics(nrmse: float, **kw: Any) -> dict[str, Any]:
-    return {"nRMSE": nrmse, "cRMSE": 1.0, "bRMSE": 1.0, "wall_clock": 0.01, "protocol": PROTOCOL, **kw}
+def metrics(nrmse: float | None, **kw: Any) -> EvalMetrics:
+    """A val evaluation's record; a metric that is not a number (None) is not measured."""
+    run = {"split": "val", "samples": 4, "horizon": 5, "initial_step": 1, "corrector": "none"}
+    return EvalMetrics.from_dict(
+        {**run, "nRMSE": nrmse, "cRMSE": 1.0, "bRMSE": 1.0, "wall_clock": 0.01, "protocol": PROTOCOL, **kw}
+    )
 
 
 def nrmse_only(**kw: Any) -> GateConfig:
@@ -58,9 +65,9 @@ def test_empty_registry_promotes_a_candidate_with_nrmse():
 @pytest.mark.parametrize("value", [None, math.nan, math.inf, True, "0.1"])
 def test_empty_registry_refuses_a_candidate_without_nrmse(value):
     cand = metrics(0.5)
-    cand["nRMSE"] = value
+    cand.scores["nRMSE"] = value  # what an edited or foreign record could hold
     assert gate(cand, None, GateConfig()) == (False, ["candidate has no nRMSE"])
-    del cand["nRMSE"]
+    del cand.scores["nRMSE"]
     assert gate(cand, None, GateConfig()) == (False, ["candidate has no nRMSE"])
 
 
@@ -105,9 +112,9 @@ def test_a_missing_metric_fails_its_gate(value, side):
     cand, champ = metrics(0.5), metrics(1.0)
     target = cand if side == "candidate" else champ
     if value == "absent":
-        del target["cRMSE"]
+        del target.scores["cRMSE"]
     else:
-        target["cRMSE"] = value
+        target.scores["cRMSE"] = value
     ok, why = gate(cand, champ, cfg)
     assert not ok
     assert why[1].startswith("cRMSE missing (candidate ") and why[2].startswith("bRMSE 1 <= ")  # the others still run
@@ -271,21 +278,25 @@ def fake_run(root: Path, name: str, weights: str, data: str = "data-1") -> Candi
     summary = {"stages": stages, "data_sha256": data, "config_digest": f"cfg-{name}"}
     (run / "summary.json").write_text(json.dumps(summary))
     (run / "config.yaml").write_text(f"# {name}\n")
-    return Candidate(name, str(run), summary, {"eval_nRMSE": 0.5})
+    return Candidate(name, str(run), RunSummary.read(Storage(str(run))), {"eval_nRMSE": 0.5})
+
+
+def entry(trial: str, sweep: str) -> Decision:
+    return Decision(at="2025-01-01T00:00:00Z", sweep=sweep, trial=trial, run=f"runs/{trial}")
 
 
 class Fakes:
     """Measurements from tables: metrics per (side, small), one timing record; calls are logged."""
 
-    def __init__(self, table: dict[tuple[str, bool], dict], timing: dict | None = None):
+    def __init__(self, table: dict[tuple[str, bool], EvalMetrics], timing: dict | None = None):
         self.table, self.timing_record, self.calls, self.bound = table, timing, [], []
 
-    def __call__(self, champion: dict | None) -> Measures:
+    def __call__(self, champion: ChampionRecord | None) -> Measures:
         self.bound.append(champion)
 
-        def metrics_of(side: str, small: bool) -> dict:
+        def metrics_of(side: str, small: bool) -> EvalMetrics:
             self.calls.append((side, small))
-            return dict(self.table[(side, small)])
+            return copy.deepcopy(self.table[(side, small)])
 
         def timing() -> dict:
             self.calls.append(("timing", None))
@@ -295,10 +306,13 @@ class Fakes:
         return Measures(metrics_of, timing if self.timing_record else None)
 
 
-def both_phases(cand: dict, champ: dict | None = None) -> dict:
-    table = {("candidate", s): {**cand, "protocol": {**PROTOCOL, "small": s}} for s in (True, False)}
+def both_phases(cand: EvalMetrics, champ: EvalMetrics | None = None) -> dict:
+    def on(m: EvalMetrics, small: bool) -> EvalMetrics:
+        return dataclasses.replace(copy.deepcopy(m), protocol={**PROTOCOL, "small": small})
+
+    table = {("candidate", s): on(cand, s) for s in (True, False)}
     if champ:
-        table.update({("champion", s): {**champ, "protocol": {**PROTOCOL, "small": s}} for s in (True, False)})
+        table.update({("champion", s): on(champ, s) for s in (True, False)})
     return table
 
 
@@ -314,7 +328,7 @@ def registry(tmp_path) -> Registry:
 def promote_first(tmp_path: Path, registry: Registry) -> Candidate:
     first = fake_run(tmp_path, "t1", "w1")
     d = decide(GateConfig(), registry, first, Fakes(both_phases(metrics(1.0))), sweep="s1")
-    assert d["passed"]
+    assert d.passed
     return first
 
 
@@ -322,10 +336,10 @@ def test_empty_registry_promotes_and_writes_champion_and_history(tmp_path, regis
     cand = fake_run(tmp_path, "t1", "w1")
     fakes, said = Fakes(both_phases(metrics(0.5))), []
     d = decide(GateConfig(), registry, cand, fakes, sweep="s1", say=said.append)
-    assert d["passed"] and d["reasons"][0].startswith("small: empty registry") and d["reasons"][1].startswith("full:")
+    assert d.passed and d.reasons[0].startswith("small: empty registry") and d.reasons[1].startswith("full:")
     assert fakes.bound == [None] and fakes.calls == [("candidate", True), ("candidate", False)]
     champ = json.loads(Path(registry.dir.path("champion.json")).read_text())
-    assert champ["trial"] == "t1" and champ["sweep"] == "s1" and champ == d["champion"]
+    assert champ["trial"] == "t1" and champ["sweep"] == "s1" and champ == d.champion.to_dict()
     assert champ["weights_sha256"] == {"autoencoder": "w1-autoencoder", "operator": "w1-operator"}
     assert set(champ["exports"]) == {"autoencoder", "operator"}  # only completed stages are copied
     assert Path(champ["exports"]["operator"]).read_bytes() == b"t1-operator"
@@ -342,9 +356,9 @@ def test_self_comparison_is_refused_without_measuring(tmp_path, registry):
     before = registry.champion()
     fakes = Fakes(both_phases(metrics(0.1), metrics(1.0)))
     d = decide(GateConfig(), registry, first, fakes, sweep="s2")
-    assert not d["passed"] and d["reasons"] == ["the candidate is the current champion (trial t1, same weights)"]
-    assert fakes.bound == [] and d["steps"] == {}
-    assert registry.champion() == before and d["champion"] == before
+    assert not d.passed and d.reasons == ["the candidate is the current champion (trial t1, same weights)"]
+    assert fakes.bound == [] and d.steps == {}
+    assert registry.champion() == before and d.champion == before
     assert [h["promoted"] for h in registry.history()] == [True, False]
 
 
@@ -353,35 +367,35 @@ def test_a_champion_of_other_data_is_refused(tmp_path, registry):
     other = fake_run(tmp_path, "t2", "w2", data="data-2")
     fakes = Fakes(both_phases(metrics(0.1), metrics(1.0)))
     d = decide(GateConfig(), registry, other, fakes, sweep="s2")
-    assert not d["passed"] and fakes.bound == []
-    assert d["reasons"] == [
+    assert not d.passed and fakes.bound == []
+    assert d.reasons == [
         "the champion was trained on other data (digest data-1); set gate.family to start a new family"
     ]
-    assert registry.champion()["trial"] == "t1"
+    assert registry.champion().trial == "t1"
 
 
 def test_a_failing_small_gate_stops_before_the_full_evaluation(tmp_path, registry):
     promote_first(tmp_path, registry)
     table = both_phases(metrics(0.5), metrics(1.0))
-    table[("candidate", True)]["nRMSE"] = 1.1  # worse on the small protocol
+    table[("candidate", True)].scores["nRMSE"] = 1.1  # worse on the small protocol
     fakes = Fakes(table, timing(0.001, 0.001))
     d = decide(GateConfig(), registry, fake_run(tmp_path, "t2", "w2"), fakes, sweep="s2")
-    assert not d["passed"] and set(d["steps"]) == {"small"}
+    assert not d.passed and set(d.steps) == {"small"}
     assert ("candidate", False) not in fakes.calls and ("champion", False) not in fakes.calls  # no full evaluation
-    assert d["reasons"][0].startswith("small: nRMSE 1.1 > ")
-    assert registry.champion()["trial"] == "t1" and registry.history()[-1]["reasons"] == d["reasons"]
+    assert d.reasons[0].startswith("small: nRMSE 1.1 > ")
+    assert registry.champion().trial == "t1" and registry.history()[-1]["reasons"] == d.reasons
 
 
 def test_a_better_candidate_replaces_the_champion(tmp_path, registry):
     promote_first(tmp_path, registry)
-    old_slot = Path(registry.champion()["checkpoint"])
+    old_slot = Path(registry.champion().checkpoint)
     fakes = Fakes(both_phases(metrics(0.5), metrics(1.0)), timing(0.001, 0.001))
     d = decide(GateConfig(), registry, fake_run(tmp_path, "t2", "w2"), fakes, sweep="s2")
-    assert d["passed"] and any(r.startswith("full: nRMSE 0.5 <= ") for r in d["reasons"])
-    assert fakes.bound[0]["trial"] == "t1"  # measured against the champion read under the lock
+    assert d.passed and any(r.startswith("full: nRMSE 0.5 <= ") for r in d.reasons)
+    assert fakes.bound[0].trial == "t1"  # measured against the champion read under the lock
     champ = registry.champion()
-    assert champ["trial"] == "t2" and champ["champion_before"] == {"trial": "t1", "sweep": "s1"}
-    assert not old_slot.exists() and Path(champ["checkpoint"]).exists()  # the old weights are dropped
+    assert champ.trial == "t2" and champ.champion_before == {"trial": "t1", "sweep": "s1"}
+    assert not old_slot.exists() and Path(champ.checkpoint).exists()  # the old weights are dropped
     assert [h["promoted"] for h in registry.history()] == [True, True]
 
 
@@ -391,10 +405,10 @@ def test_wall_clock_is_gated_on_the_interleaved_timing_not_the_evals_own(tmp_pat
     table = both_phases(metrics(0.5, wall_clock=0.00575), metrics(1.0, wall_clock=0.0025))
     fakes = Fakes(table, timing(0.0026, 0.0025))
     d = decide(GateConfig(), registry, fake_run(tmp_path, "t2", "w2"), fakes, sweep="s2")
-    assert d["passed"], d["reasons"]
+    assert d.passed, d.reasons
     assert fakes.calls.count(("timing", None)) == 1  # measured once, both phases gate on it
     for phase in ("small", "full"):
-        step = d["steps"][phase]
+        step = d.steps[phase]
         assert step["timing"]["candidate_s"] == 0.0026 and step["timing"]["repeats"] == 7
         assert step["candidate"]["wall_clock"] == 0.00575  # the eval's own number stays reported
         assert "wall_clock 0.0026 <= 2 x champion 0.0025" in step["reasons"]
@@ -404,7 +418,7 @@ def test_a_slower_candidate_fails_the_wall_clock_gate(tmp_path, registry):
     promote_first(tmp_path, registry)
     fakes = Fakes(both_phases(metrics(0.5), metrics(1.0)), timing(0.0075, 0.0025))
     d = decide(GateConfig(), registry, fake_run(tmp_path, "t2", "w2"), fakes, sweep="s2")
-    assert not d["passed"] and "small: wall_clock 0.0075 > 2 x champion 0.0025" in d["reasons"]
+    assert not d.passed and "small: wall_clock 0.0075 > 2 x champion 0.0025" in d.reasons
 
 
 def test_without_a_timing_the_wall_clock_gate_fails_as_missing(tmp_path, registry):
@@ -416,22 +430,22 @@ def test_without_a_timing_the_wall_clock_gate_fails_as_missing(tmp_path, registr
         Fakes(both_phases(metrics(0.5), metrics(1.0))),
         sweep="s2",
     )
-    assert not d["passed"] and "small: wall_clock missing (candidate None, champion None)" in d["reasons"]
+    assert not d.passed and "small: wall_clock missing (candidate None, champion None)" in d.reasons
     no_wall = GateConfig(ratios={"cRMSE": 1.25})  # not gated: no timing needed
     d = decide(
         no_wall, registry, fake_run(tmp_path, "t3", "w3"), Fakes(both_phases(metrics(0.5), metrics(1.0))), sweep="s3"
     )
-    assert d["passed"] and "timing" not in d["steps"]["full"]
+    assert d.passed and "timing" not in d.steps["full"]
 
 
 def test_best_trial_is_the_lowest_val_nrmse_among_completed_trials():
     trials = [
-        {"trial": "a", "status": "completed", "metrics": {"eval_nRMSE": 0.3}},
-        {"trial": "b", "status": "stopped", "metrics": {"eval_nRMSE": 0.1}},
-        {"trial": "c", "status": "completed", "metrics": {"eval_nRMSE": 0.2}},
-        {"trial": "d", "status": "completed", "metrics": {}},
+        TrialRecord("a", {}, "completed", 3, {"eval_nRMSE": 0.3}, "runs/a"),
+        TrialRecord("b", {}, "stopped", 1, {"eval_nRMSE": 0.1}, "runs/b"),
+        TrialRecord("c", {}, "completed", 3, {"eval_nRMSE": 0.2}, "runs/c"),
+        TrialRecord("d", {}, "completed", 3, {}, "runs/d"),
     ]
-    assert gating.best_trial(trials)["trial"] == "c"
+    assert gating.best_trial(trials).trial == "c"
     assert gating.best_trial(trials[1:2] + trials[3:]) is None
 
 
@@ -598,20 +612,20 @@ def test_a_promote_after_the_lease_was_lost_switches_nothing(tmp_path):
     with reg.lock(timeout_s=60):
         put_lease(reg, "other", 600)
         with pytest.raises(RegistryLockError, match="lost its lock to another driver"):
-            reg.promote(Storage(second.run), second.summary["stages"], {"trial": "t2", "sweep": "s2"})
-    assert reg.champion() == before and Path(before["checkpoint"]).exists()
-    assert [n for n in reg.dir.listdir() if n.startswith("champion-")] == [os.path.basename(before["checkpoint"])]
+            reg.promote(Storage(second.run), second.summary.stages, entry("t2", "s2"))
+    assert reg.champion() == before and Path(before.checkpoint).exists()
+    assert [n for n in reg.dir.listdir() if n.startswith("champion-")] == [os.path.basename(before.checkpoint)]
     with pytest.raises(RegistryLockError, match="without its lock"):  # and never without the lock at all
-        reg.promote(Storage(first.run), first.summary["stages"], {"trial": "t1", "sweep": "s1"})
+        reg.promote(Storage(first.run), first.summary.stages, entry("t1", "s1"))
 
 
 def test_decide_on_an_object_store_replaces_the_champion(tmp_path):
     reg = object_registry(tmp_path)
     promote_first(tmp_path, reg)
-    old_slot = Path(reg.champion()["checkpoint"])
+    old_slot = Path(reg.champion().checkpoint)
     fakes = Fakes(both_phases(metrics(0.5), metrics(1.0)), timing(0.001, 0.001))
     d = decide(GateConfig(), reg, fake_run(tmp_path, "t2", "w2"), fakes, sweep="s2")
-    assert d["passed"] and reg.champion()["trial"] == "t2" and not old_slot.exists()
+    assert d.passed and reg.champion().trial == "t2" and not old_slot.exists()
     assert [h["trial"] for h in reg.history()] == ["t1", "t2"]
     assert not os.path.exists(reg.dir.path(".lease"))
 
@@ -644,10 +658,10 @@ def test_promote_deletes_only_a_champion_slot_directly_in_the_registry(tmp_path,
         "dotdot": registry.dir.uri + "/champion-x/../..",
         "not a string": ["champion-1"],
     }[target]
-    tampered = {**registry.champion(), "checkpoint": points_at}
+    tampered = {**registry.champion().to_dict(), "checkpoint": points_at}
     registry.dir.write_json(tampered, "champion.json")
     second = fake_run(tmp_path, "t2", "w2")
-    champ = registry.promote(Storage(second.run), second.summary["stages"], {"trial": "t2", "sweep": "s2"})
+    champ = registry.promote(Storage(second.run), second.summary.stages, entry("t2", "s2"))
     assert (victim / "champion-1" / "keep").exists()
-    assert len(registry.history()) == 1 and registry.champion() == champ and Path(champ["checkpoint"]).exists()
+    assert len(registry.history()) == 1 and registry.champion() == champ and Path(champ.checkpoint).exists()
     assert Path(first.run).exists()

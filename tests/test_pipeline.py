@@ -24,7 +24,7 @@ def smoke_run(ray_session, smoke_data, tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
     loaded = load_config(ROOT / "configs" / "smoke.yaml", [f"data.path={smoke_data}"])
     summary = pipeline.run(loaded, pipeline.PipelineOptions(name="smoke", storage=str(storage), quiet=True))
-    return loaded, storage, summary
+    return loaded, storage, summary.to_dict()  # summary.json's contents, as they are written
 
 
 @pytest.mark.ray
@@ -78,7 +78,7 @@ def test_one_wandb_run_per_pipeline_run_and_rerun_skips_finished_stages(smoke_ru
         assert {f"train/{name}/train_loss", f"train/{name}/{registry.get(name).val_metric}"} <= only.history_keys
     assert only.summary["eval/nRMSE"] == pytest.approx(first["eval"]["nRMSE"])
     assert only.summary["test/nRMSE"] == pytest.approx(first["eval_test"]["nRMSE"])
-    again = pipeline.run(loaded, pipeline.PipelineOptions(name="smoke", storage=str(storage)))
+    again = pipeline.run(loaded, pipeline.PipelineOptions(name="smoke", storage=str(storage))).to_dict()
     out = capsys.readouterr().out
     for name in registry.names()[:4]:
         assert f"== {name}: completed earlier" in out

@@ -67,7 +67,7 @@ def test_a_bucket_object_reads_and_trains_like_the_local_file(bucket_data, in_bu
         opts = pipeline.PipelineOptions(
             name=name, storage=str(tmp_path / "runs"), quiet=True, backend=LocalBackend("cpu", say=lambda _: None)
         )
-        summary = pipeline.run(loaded, opts)
+        summary = pipeline.run(loaded, opts).to_dict()
         digests[name] = (summary["data_sha256"], {s: r.get("weights_sha256") for s, r in summary["stages"].items()})
     assert digests["local"][1]["operator"]
     assert digests["s3"] == digests["local"] == digests["s3-stream"]

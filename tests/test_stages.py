@@ -145,12 +145,16 @@ def test_the_fno_baseline_learns_and_is_scored_beside_the_surrogate(tiny):
     from ups.data import views
 
     tasks = views.load_tasks(cfg.data)
-    out = evaluate(build_surrogate(cfg, meta, exports), tasks, "val", cfg, baseline=build_baseline(cfg, meta, exports))
+    model, baseline = build_surrogate(cfg, meta, exports), build_baseline(cfg, meta, exports)
+    result = evaluate(model, tasks, "val", cfg, baseline=baseline)
+    out = result.metrics.scores
     for prefix in ("fno_", "recon_", "one_step_", "persistence_", ""):
         assert 0 < out[f"{prefix}nRMSE"] < 10
-    assert out["fno_nRMSE"] != out["nRMSE"] and len(out["horizon_nRMSE"]["fno"]) == out["horizon"]
+    assert out["fno_nRMSE"] != out["nRMSE"] and len(result.metrics.horizon_nRMSE["fno"]) == result.metrics.horizon
     # An untrained operator is persistence, so its one-step prediction is the decoded previous frame.
     assert out["one_step_nRMSE"] != out["recon_nRMSE"]
+    # The plots' arrays come back beside the metrics, never inside a record of them.
+    assert set(result.arrays) == {"truth", "pred", "persistence"} and "_arrays" not in result.metrics.to_dict()
 
 
 def test_fno_shapes_in_1d_and_2d():
@@ -232,16 +236,17 @@ def test_anchored_latent_trains_every_latent_stage_on_rollout_states(tiny):
     from ups.eval.selection import choose_corrector
 
     tasks = views.load_tasks(cfg.data)
-    auto = evaluate_split(cfg, meta, tasks, handoff, "val", "cpu")
-    assert auto["corrector"] == "consistency" and {"diffusion_nRMSE", "operator_nRMSE"} <= auto.keys()
+    auto = evaluate_split(cfg, meta, tasks, handoff, "val", "cpu").metrics
+    assert auto.corrector == "consistency" and {"diffusion_nRMSE", "operator_nRMSE"} <= auto.scores.keys()
     alone = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"corrector": "diffusion"})})
-    diffusion = evaluate_split(alone, meta, tasks, handoff, "val", "cpu")
-    assert diffusion["nRMSE"] == pytest.approx(auto["diffusion_nRMSE"], rel=1e-6)
-    assert diffusion["operator_nRMSE"] == pytest.approx(auto["operator_nRMSE"], rel=1e-6)
+    diffusion = evaluate_split(alone, meta, tasks, handoff, "val", "cpu").metrics
+    assert diffusion.nRMSE == pytest.approx(auto.scores["diffusion_nRMSE"], rel=1e-6)
+    assert diffusion.scores["operator_nRMSE"] == pytest.approx(auto.scores["operator_nRMSE"], rel=1e-6)
     choice = choose_corrector(auto)
     assert set(choice.scores) == {"consistency", "diffusion", "none"}
     assert choice.kind == min(choice.scores, key=lambda k: (choice.scores[k], k == "none"))
-    assert "diffusion_nRMSE" not in evaluate_split(cfg, meta, tasks, handoff, "test", "cpu")  # test selects nothing
+    test = evaluate_split(cfg, meta, tasks, handoff, "test", "cpu").metrics
+    assert "diffusion_nRMSE" not in test.scores  # test selects nothing
 
 
 def test_a_rollout_state_corrector_corrects_the_output_and_leaves_the_rollout_to_the_operator():

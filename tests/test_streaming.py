@@ -137,9 +137,9 @@ def test_the_tiny_2d_recipe_trains_the_same_weights_streamed_as_in_memory(data2d
             name=mode, storage=str(tmp_path / "runs"), quiet=True, backend=LocalBackend("cpu", say=said.append)
         )
         summary = pipeline.run(loaded, opts)
-        assert summary["data_mode"] == mode
-        digests[mode] = {s: r.get("weights_sha256") for s, r in summary["stages"].items()}
-        logs[mode] = summary["eval"]["nRMSE"]
+        assert summary.data_mode == mode and summary.eval is not None
+        digests[mode] = {s: r.weights_sha256 for s, r in summary.stages.items()}
+        logs[mode] = summary.eval.nRMSE
     assert digests["stream"]["autoencoder"] and digests["stream"]["diffusion_residual"]
     assert digests["stream"] == digests["memory"]
     assert logs["stream"] == logs["memory"]

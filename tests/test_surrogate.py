@@ -6,7 +6,6 @@ One tiny pipeline (autoencoder, operator and a diffusion corrector, without Ray)
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from ups import Surrogate
 from ups.artifact import LoadError, load_bundle
 from ups.backend.local_backend import LocalBackend
 from ups.config import load_config
+from ups.contracts import Decision, RunSummary
 from ups.data import pdebench, views
 from ups.eval.evaluate import evaluate_split
 from ups.storage import Storage
@@ -49,7 +49,7 @@ def evaluated(run: Path) -> tuple[np.ndarray, np.ndarray, int]:
     result = evaluate_split(cfg, meta, tasks, bundle.exports, "val", device="cpu")
     strided = {"t": slice(None, None, cfg.data.t_stride), "space": slice(None, None, cfg.data.x_stride)}
     u, _ = pdebench.read(cfg.data.paths[0], samples=slice(0, len(tasks[0].u)), **strided)
-    return result["_arrays"]["pred"], u[tasks[0].splits["val"]], meta.initial_step
+    return result.arrays["pred"], u[tasks[0].splits["val"]], meta.initial_step
 
 
 def test_the_run_folder_rolls_out_what_evaluate_scores_bit_for_bit(trained):
@@ -94,11 +94,11 @@ def test_a_promoted_champion_and_a_moved_run_load_and_match(trained, tmp_path):
     from ups.gating import Registry
 
     pred, raw, init = evaluated(trained)
-    summary = json.loads((trained / "summary.json").read_text())
+    summary = RunSummary.read(Storage(str(trained)))
     registry = Registry(Storage(str(tmp_path / "store")), "fam")
-    digests = {n: r["weights_sha256"] for n, r in summary["stages"].items() if r.get("status") == "completed"}
+    entry = Decision(at="now", sweep="s", trial="t", run=str(trained), weights_sha256=summary.weights_sha256())
     with registry.lock():
-        registry.promote(Storage(str(trained)), summary["stages"], {"trial": "t", "weights_sha256": digests})
+        registry.promote(Storage(str(trained)), summary.stages, entry)
     champ = Surrogate.load(tmp_path / "store" / "registry" / "fam", device="cpu")
     assert champ.meta.kind == "champion" and champ.meta.corrector == "diffusion"
     assert np.array_equal(champ.rollout(raw[:, :init]), pred[:, init:])

@@ -49,10 +49,10 @@ def test_first_sweep_promotes_best_trial_and_asha_stops_the_bad_one(first, stora
     assert first["best"]["trial"] == trials[2]["trial"] and first["promoted"] is True
     assert "empty registry" in first["gate"]["reasons"][0]
     champ = registry(storage, first).champion()
-    assert champ["trial"] == trials[2]["trial"]
-    assert Path(champ["checkpoint"]).is_relative_to(storage / "registry")  # weights copied into the registry
+    assert champ.trial == trials[2]["trial"]
+    assert Path(champ.checkpoint).is_relative_to(storage / "registry")  # weights copied into the registry
     for stage in ("autoencoder", "operator"):
-        assert Path(champ["exports"][stage]).exists()
+        assert Path(champ.exports[stage]).exists()
     assert first["champion_test"]["protocol"]["split"] == "test"  # reported, never used to select
     summary = json.loads((storage / "s1" / "sweep_summary.json").read_text())
     assert {"trials", "best", "gate", "promoted", "family"} <= summary.keys()
@@ -107,4 +107,4 @@ def test_interrupted_better_sweep_resumes_and_is_promoted(first, ray_session, sm
     assert summary["promoted"] is True, summary["gate"]
     assert any(r.startswith("full: nRMSE") for r in summary["gate"]["reasons"])
     reg = registry(storage, summary)
-    assert reg.champion()["sweep"] == "s2" and [h["promoted"] for h in reg.history()] == [True, False, True]
+    assert reg.champion().sweep == "s2" and [h["promoted"] for h in reg.history()] == [True, False, True]

@@ -1,7 +1,8 @@
 """The stage trainer without Ray: a toy stage registered here trains through the real trainer,
 its config section comes from the registry, auxiliary losses are logged, a stop mid-epoch
 checkpoints at the micro-batch and the resumed stage ends bit-identical to an uninterrupted one,
-and seeds follow stage names. Fast tier: no Ray, seconds."""
+even across an upgrade that added a defaulted key, and seeds follow stage names. Fast tier: no
+Ray, seconds."""
 
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ups import config as C
-from ups.contracts import BestMetric, StageRecord, StageResult, TrainJob
+from ups.contracts import BestMetric, ChampionRecord, EvalMetrics, RunSummary, StageRecord, StageResult, TrainJob
 from ups.data.views import DataMeta, Normalizer
 from ups.eval.selection import choose_corrector
 from ups.exports import ExportMismatch, read_export, write_export
+from ups.run import RunDir
 from ups.schema import NonNegInt, PosFloat, StageConfig
 from ups.stages import registry
 from ups.stages.base import Stage, Sums, task_sums
+from ups.storage import Storage
 from ups.train.context import LocalContext
 from ups.train.shard import Trajectories
 from ups.train.trainer import StageTrainer, read_result, stage_seed
@@ -68,17 +71,20 @@ class ToyStage(Stage):
     def build(self) -> nn.Module:
         return ToyObjective()
 
+    def target(self, z: torch.Tensor) -> torch.Tensor:
+        return self.stage_cfg.scale * z
+
     def batch(self, train: Trajectories, ids: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         assert train.z is not None
         z = train.z[ids // FRAMES, ids % FRAMES]
         noisy = z + 0.01 * torch.randn(z.shape, generator=gen)
-        return {"z": noisy, "target": self.stage_cfg.scale * z}
+        return {"z": noisy, "target": self.target(z)}
 
     @torch.no_grad()
     def validate(self, module: nn.Module, val: Trajectories, rows: torch.Tensor) -> Sums:
         assert val.z is not None
         z = val.z[rows]
-        err = (module.net(z) - self.stage_cfg.scale * z).pow(2).flatten(1).mean(1)
+        err = (module.net(z) - self.target(z)).pow(2).flatten(1).mean(1)
         return task_sums(self.val_metric, err, val.task[rows], self.meta.tasks)
 
     def export(self, module: nn.Module) -> dict:
@@ -108,11 +114,20 @@ def data(n: int, seed: int) -> Trajectories:
     )
 
 
-def job(tmp: Path, **stage: object) -> TrainJob:
-    tree = {"training": {"batch_size": 8, "ema_decay": 0.9}, "checkpoint": {"keep": 2},
+def tree(**stage: object) -> dict:
+    """What the user's config file says (everything else takes the schema's defaults)."""
+    return {"training": {"batch_size": 8, "ema_decay": 0.9}, "checkpoint": {"keep": 2},
             "stages": {"toy": {"epochs": 3, "optimizer": {"lr": 3e-2}, **stage}}}  # fmt: skip
-    cfg = C.validate(tree)
-    return TrainJob(stage="toy", cfg=C.to_dict(cfg), config_digest=C.digest(cfg), meta=meta().to_dict(),
+
+
+def job(tmp: Path, **stage: object) -> TrainJob:
+    cfg = C.validate(tree(**stage))
+    return job_of(cfg, C.digest(cfg), tmp)
+
+
+def job_of(cfg: C.Config, digest: str, tmp: Path) -> TrainJob:
+    """The stage's job as the pipeline makes it: the run's config digest (run.json) goes with it."""
+    return TrainJob(stage="toy", cfg=C.to_dict(cfg), config_digest=digest, meta=meta().to_dict(),
                     run_uri=str(tmp), export_uri=str(tmp / "stages" / "toy" / "export.pt"),
                     checkpoint_uri=str(tmp / "ray" / "toy"))  # fmt: skip
 
@@ -230,6 +245,81 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(toy, tmp_path):
     assert any(f"corrupt checkpoint skipped: {newest.name}" in s for s in said)
 
 
+# --- resuming across a package upgrade ---------------------------------------------------------
+
+
+class ToyConfigV2(ToyConfig):
+    """The toy stage's section as a later version ships it: one key more, whose default keeps the
+    old behaviour (and one existing default moved, when `scale` is given)."""
+
+    shift: float = 0.0
+
+
+class ToyStageV2(ToyStage):
+    config_cls = ToyConfigV2
+
+    def target(self, z: torch.Tensor) -> torch.Tensor:
+        return super().target(z) + self.stage_cfg.shift
+
+
+@pytest.fixture
+def upgrade(toy) -> Iterator:
+    """Swap in the toy stage of a later version (the schema is rebuilt from the registry, as at
+    import); the original is back after the test."""
+
+    def to(config_cls: type[ToyConfig] = ToyConfigV2) -> None:
+        registry.unregister("toy")
+        registry.register(type("ToyStageNext", (ToyStageV2,), {"config_cls": config_cls}))
+        C.rebuild_schema()
+
+    yield to
+    registry.unregister("toy")
+    registry.register(ToyStage)
+    C.rebuild_schema()
+
+
+def test_a_run_resumes_across_an_upgrade_that_adds_a_defaulted_key_and_ends_bit_identical(upgrade, tmp_path, capsys):
+    reference = StageTrainer(job(tmp_path / "a"), LocalContext(train_data())).fit()
+
+    rundir = RunDir(Storage(str(tmp_path)), "b")
+    info = rundir.open(C.validate(tree()))
+    first = StageTrainer(job_of(C.validate(tree()), info["config_digest"], tmp_path / "b"), StopAfter(0, train_data()))
+    assert first.fit().status == "interrupted"
+
+    upgrade()  # the package is upgraded; the same command runs again
+    cfg = C.validate(tree())
+    assert C.stage_config(cfg, "toy").shift == 0.0 and C.digest(cfg) != info["config_digest"]
+    rundir.check(cfg)  # not refused: the only difference is a key the run never had, at its default
+    assert rundir.open(cfg) == info  # resumed under the run's own digest, which its checkpoints carry
+    assert "keys added since it started keep their defaults (stages.toy.shift)" in capsys.readouterr().out
+    resumed = StageTrainer(job_of(cfg, info["config_digest"], tmp_path / "b"), LocalContext(train_data())).fit()
+    assert resumed.status == "completed" and resumed.restarts == 1
+    assert resumed.weights_sha256 == reference.weights_sha256
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"optimizer": {"lr": 1e-2}}, "stages.toy.optimizer.lr"),
+        ({"epochs": 4}, "stages.toy.epochs"),
+        ({"shift": 0.5}, "stages.toy.shift"),  # the new key, set away from its default
+        (None, "stages.toy.scale"),  # nothing set, but an existing default moved (2.0 -> 3.0)
+    ],
+)
+def test_a_change_to_what_the_run_computes_is_still_refused_after_an_upgrade(upgrade, tmp_path, change, key):
+    rundir = RunDir(Storage(str(tmp_path)), "r")
+    rundir.open(C.validate(tree()))
+    if change is None:
+        upgrade(type("ToyConfigV3", (ToyConfigV2,), {"__annotations__": {"scale": float}, "scale": 3.0}))
+        cfg = C.validate(tree())
+    else:
+        upgrade()
+        cfg = C.validate(tree(**change))
+    with pytest.raises(C.ConfigError, match=f"config differs from the stored run \\(changed: {key}\\)"):
+        rundir.check(cfg)
+    assert rundir.open(cfg, accept_change=True)["config_digest"] == C.digest(cfg)  # unless the user accepts it
+
+
 def test_a_stage_seed_follows_its_name_not_its_position():
     assert stage_seed(0, "operator") == stage_seed(0, "operator")
     assert stage_seed(0, "operator") != stage_seed(0, "diffusion_residual")
@@ -255,6 +345,39 @@ def test_contracts_round_trip():
     assert TrainJob.from_dict(j.to_dict()) == j
 
 
+def test_summary_and_registry_records_read_older_files_and_write_back_the_same_keys(tmp_path):
+    # summary.json as the first versions wrote it: an eval without wall_clock or protocol, a
+    # skipped stage with two keys only, a latent cache; and a champion.json.
+    ev = {"split": "val", "samples": 4, "horizon": 7, "initial_step": 1, "corrector": "diffusion",
+          "nRMSE": 0.2, "operator_nRMSE": 0.3, "persistence_nRMSE": 0.9, "fRMSE_high": float("nan"),
+          "horizon_nRMSE": {"model": [0.1, 0.3]}, "wall_time_s": 1.5}  # fmt: skip
+    rec = StageRecord.of(StageResult("autoencoder", "completed", 2, BestMetric("val_loss", 0.5, 2),
+                                     weights_sha256="ab"), export="e", checkpoint="c", wall_time_s=3.0)  # fmt: skip
+    old = {"name": "r", "stages": {"autoencoder": rec.to_dict(), "steady_prior": {"status": "skipped", "epochs": 0}},
+           "config_digest": "d", "data_sha256": "s", "latent_cache": {"uri": "u", "reused": False,
+           "rows": {"train": 3}, "encoder_sha256": "ab"}, "eval": ev}  # fmt: skip
+    (tmp_path / "summary.json").write_text(json.dumps(old))
+    summary = RunSummary.read(Storage(str(tmp_path)))
+    assert summary.stages["autoencoder"] == rec and not summary.stages["steady_prior"].completed
+    assert summary.corrector == "diffusion" and summary.eval is not None and summary.eval.nRMSE == 0.2
+    assert summary.eval.score("operator_nRMSE") == 0.3 and summary.eval.score("wall_clock") is None
+    assert summary.weights_sha256() == {"autoencoder": "ab"} and summary.eval_test is None
+    back = json.loads(json.dumps(summary.to_dict()))
+    assert back.keys() == old.keys() and back["eval"].keys() == ev.keys() and back["stages"] == old["stages"]
+    assert np.isnan(back["eval"].pop("fRMSE_high"))  # NaN (an empty band) stays NaN
+    assert back["eval"] == {k: v for k, v in ev.items() if k != "fRMSE_high"}
+    champ = {"at": "t", "sweep": "s1", "trial": "a", "run": "r", "config_digest": "d", "data_sha256": "s",
+             "weights_sha256": {"autoencoder": "ab"}, "promoted": True, "reasons": ["full: ok"],
+             "metrics": {"nRMSE": 0.2}, "champion_before": None, "checkpoint": "reg/champion-1",
+             "exports": {"autoencoder": "reg/champion-1/autoencoder/export.pt"}}  # fmt: skip
+    (tmp_path / "champion.json").write_text(json.dumps(champ))
+    record = ChampionRecord.read(Storage(str(tmp_path)))
+    assert record is not None and record.to_dict() == champ and record.trial == "a"
+    (tmp_path / "champion.json").write_text(json.dumps({"trial": "a"}))
+    with pytest.raises(C.ConfigError, match="champion.json: corrupt champion record"):
+        ChampionRecord.read(Storage(str(tmp_path)))
+
+
 @pytest.mark.parametrize(
     "val, kept",
     [
@@ -268,7 +391,8 @@ def test_contracts_round_trip():
     ],
 )
 def test_corrector_selection_on_val(val, kept):
-    choice = choose_corrector(val)
+    record = EvalMetrics.from_dict({"split": "val", "samples": 4, "horizon": 5, "initial_step": 1, **val})
+    choice = choose_corrector(record)
     assert choice.kind == kept
     assert choice.changed == (kept != val["corrector"])
     scored = {val["corrector"]} | {k for k in ("diffusion", "consistency") if f"{k}_nRMSE" in val}

@@ -35,7 +35,7 @@ import torch
 import yaml
 
 from ups.config import Config, ConfigError, YamlLoader, digest, to_yaml, validate
-from ups.contracts import stage_records
+from ups.contracts import ChampionRecord, RunSummary
 from ups.data import views
 from ups.data.views import DataMeta
 from ups.eval.evaluate import corrector_stages
@@ -83,7 +83,9 @@ def load_bundle(source: str) -> Bundle:
             return _from_run(where, shown, "run", None)
     except LoadError:
         raise
-    except (ConfigError, ValueError) as e:  # a path that escapes, a bad URI
+    except ConfigError as e:  # a damaged record (RunSummary, ChampionRecord): its line names the file
+        raise LoadError(str(e)) from None
+    except ValueError as e:  # a path that escapes, a bad URI
         raise LoadError(f"{shown}: {e}") from None
     except OSError as e:
         raise LoadError(f"{shown}: cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
@@ -133,37 +135,26 @@ def _needed(cfg: Config, completed: set[str]) -> list[str]:
     return [*SURROGATE_STAGES, *([extra] if extra else [])]
 
 
-def _metrics(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
+def _metrics(summary: RunSummary) -> dict[str, dict[str, float]]:
     out = {}
-    for key, split in (("eval", "val"), ("eval_test", "test")):
-        ev = summary.get(key)
-        if isinstance(ev, dict):
-            out[split] = {k: float(ev[k]) for k in METRIC_KEYS if isinstance(ev.get(k), (int, float))}
+    for split, ev in (("val", summary.eval), ("test", summary.eval_test)):
+        if ev is not None:
+            out[split] = {k: ev.scores[k] for k in METRIC_KEYS if k in ev.scores}
     return out
 
 
 def _from_run(where: Storage, shown: str, kind: str, digests: dict[str, Any] | None) -> Bundle:
     """A run folder (`stages/<stage>/export.pt`), or a champion slot (`<stage>/export.pt`, with the
     digests champion.json holds: `digests`)."""
-    summary = _json(where, shown, "summary.json")
-    if not isinstance(summary, dict) or not isinstance(summary.get("stages"), dict):
-        raise LoadError(f"{shown}/summary.json: corrupt, no 'stages' mapping")
-    try:
-        records = stage_records(summary)
-    except (TypeError, KeyError, ValueError, AttributeError) as e:
-        raise LoadError(f"{shown}/summary.json: corrupt stage record ({e})") from None
-    completed = {n for n, r in records.items() if r.completed}
-    if not (cfg_bytes := _read(where, shown, CONFIG_FILE)):
-        raise LoadError(f"{shown}/{CONFIG_FILE}: empty")
-    ev = summary.get("eval")
-    cfg = _with_corrector(_config(cfg_bytes, f"{shown}/{CONFIG_FILE}"),
-                          ev.get("corrector") if isinstance(ev, dict) else None, shown)  # fmt: skip
+    summary = RunSummary.read(where)
+    completed = {n for n, r in summary.stages.items() if r.completed}
+    cfg = _with_corrector(_config(_read(where, shown, CONFIG_FILE), f"{shown}/{CONFIG_FILE}"), summary.corrector, shown)
     exports: Exports = {}
     weights = {}
     for stage in _needed(cfg, completed):
         if stage not in completed:
             raise LoadError(f"{shown}: stage {stage} has not completed; there is no trained surrogate to load")
-        expected = (digests if digests is not None else {stage: records[stage].weights_sha256}).get(stage)
+        expected = (digests if digests is not None else {stage: summary.stages[stage].weights_sha256}).get(stage)
         if not expected:
             raise LoadError(f"{shown}: stage {stage} has no recorded weights digest; refusing to load it unverified")
         parts = (*(("stages",) if digests is None else ()), stage, EXPORT_FILE)
@@ -179,19 +170,18 @@ def _from_run(where: Storage, shown: str, kind: str, digests: dict[str, Any] | N
     meta = _run_meta(where, shown, cfg, summary)
     return Bundle(
         cfg=cfg, meta=meta, exports=exports, source=shown, kind=kind, metrics=_metrics(summary),
-        digests={"config": summary.get("config_digest") or digest(cfg), "data": summary.get("data_sha256"),
-                 "weights": weights},
-        provenance={"run": summary.get("name"), "stages": summary.get("stages"), "trained_with": summary.get("command"),
-                    "data_paths": [redact(p) for p in cfg.data.paths]},
+        digests={"config": summary.config_digest or digest(cfg), "data": summary.data_sha256, "weights": weights},
+        provenance={"run": summary.name, "stages": {n: r.to_dict() for n, r in summary.stages.items()},
+                    "trained_with": summary.command, "data_paths": [redact(p) for p in cfg.data.paths]},
     )  # fmt: skip
 
 
-def _run_meta(where: Storage, shown: str, cfg: Config, summary: dict[str, Any]) -> DataMeta:
+def _run_meta(where: Storage, shown: str, cfg: Config, summary: RunSummary) -> DataMeta:
     """The data's metadata as the run recorded it (meta.json, verified by its digest in summary.json);
     a run from before meta.json rebuilds it from its data files, checked against the data digest."""
     if where.exists(META_FILE):
         data = _read(where, shown, META_FILE)
-        want = summary.get("meta_sha256")
+        want = summary.meta_sha256
         if want and hashlib.sha256(data).hexdigest() != want:
             raise LoadError(f"{shown}/{META_FILE}: does not match the digest in summary.json (altered)")
         return _meta(data, f"{shown}/{META_FILE}")
@@ -199,7 +189,7 @@ def _run_meta(where: Storage, shown: str, cfg: Config, summary: dict[str, Any]) 
         tasks = views.load_tasks(cfg.data)
     except (ConfigError, OSError, ValueError) as e:
         raise LoadError(f"{shown}: no {META_FILE} (an older run) and its data cannot be read: {e}") from None
-    if summary.get("data_sha256") and views.data_digest(tasks) != summary["data_sha256"]:
+    if summary.data_sha256 and views.data_digest(tasks) != summary.data_sha256:
         raise LoadError(f"{shown}: no {META_FILE} (an older run), and its data files changed since it trained")
     return views.DataMeta.from_tasks(tasks, cfg.data.initial_step)
 
@@ -219,15 +209,13 @@ def _read(where: Storage, shown: str, *parts: str) -> bytes:
 
 
 def _from_champion(family: Storage, shown: str) -> Bundle:
-    champ = _json(family, shown, "champion.json")
-    slot_uri = champ.get("checkpoint") if isinstance(champ, dict) else None
-    digests = champ.get("weights_sha256") if isinstance(champ, dict) else None
-    if not isinstance(slot_uri, str) or not isinstance(digests, dict):
-        raise LoadError(f"{shown}/champion.json: corrupt, no champion slot or weights digests")
-    slot = posixpath.basename(slot_uri.partition("?")[0].rstrip("/"))
-    if not slot.startswith("champion-") or family.uri_of(slot).partition("?")[0] != slot_uri.partition("?")[0]:
+    champ = ChampionRecord.read(family)
+    if champ is None or not champ.checkpoint or not champ.weights_sha256:
+        raise LoadError(f"{shown}/champion.json: no champion slot or weights digests")
+    slot = posixpath.basename(champ.checkpoint.partition("?")[0].rstrip("/"))
+    if not slot.startswith("champion-") or family.uri_of(slot).partition("?")[0] != champ.checkpoint.partition("?")[0]:
         raise LoadError(f"{shown}/champion.json: the champion's slot is not a champion-* folder of this family")
-    bundle = _from_run(family.sub(slot), f"{shown}/{slot}", "champion", digests)
+    bundle = _from_run(family.sub(slot), f"{shown}/{slot}", "champion", dict(champ.weights_sha256))
     bundle.source = shown
     return bundle
 

@@ -6,17 +6,37 @@
   finished even if the driver died before recording it.
 - `StageRecord`: one stage's entry in `summary.json`.
 - `BestMetric`: the best validation metric of a stage.
+- `EvalMetrics`: one decoded evaluation (`eval/<split>/metrics.json`, summary.json's `eval`,
+  `eval_test`); `EvalResult` is what an evaluation returns: those metrics and, apart, the arrays
+  its plots are drawn from (they never land in a record).
+- `RunSummary`: a run's `summary.json`, read and written by `RunSummary.read` / `write` only.
+- `TrialRecord`: one Tune trial of a sweep (`sweep_summary.json`'s `trials`).
+- `Decision` / `ChampionRecord`: a gating decision (the registry's history) and the registry's
+  `champion.json` (the promoting decision plus where the champion's weights are).
 
-Each has `to_dict`/`from_dict` and is read and written through them only.
+Each record that lands in a file has `to_dict`/`from_dict` and is read and written through them
+only (`EvalResult` only crosses a process boundary, pickled by Ray). The on-disk field names
+are those earlier versions wrote, so every older file still reads; keys a record does not declare
+(written by a newer version) are dropped on reading.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from ups.schema import ConfigError, CorrectorKind
+from ups.storage import Storage, redact
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Status = Literal["completed", "interrupted", "skipped"]
+TrialStatus = Literal["completed", "stopped", "error"]
+CORRECTORS = ("none", *get_args(CorrectorKind))  # what an evaluation's `corrector` may be
+SUMMARY_FILE, CHAMPION_FILE = "summary.json", "champion.json"
 
 
 def _fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
@@ -155,6 +175,278 @@ class StageRecord:
         return cls(**kw)
 
 
-def stage_records(summary: dict[str, Any]) -> dict[str, StageRecord]:
-    """summary.json's `stages`, typed."""
-    return {name: StageRecord.from_dict(rec) for name, rec in summary.get("stages", {}).items()}
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclass
+class EvalMetrics:
+    """One decoded evaluation of a run on one split (ups/eval/evaluate.py).
+
+    `scores` holds PDEBench's metrics (ups/eval/metrics.py `KEYS`) of the model under their own
+    names ("nRMSE") and those of everything scored beside it under its prefix ("operator_",
+    "persistence_", "fno_", "recon_", "one_step_", a rival corrector's "diffusion_"...): the flat
+    keys the JSON has always had, so `score` answers any key a gate names."""
+
+    split: str
+    samples: int  # trajectories evaluated
+    horizon: int  # frames predicted after the initial ones
+    initial_step: int
+    corrector: str  # what the model used: "none" (the operator alone) or a CorrectorKind
+    scores: dict[str, float] = field(default_factory=dict)
+    horizon_nRMSE: dict[str, list[float]] = field(default_factory=dict)  # predictor -> nRMSE per frame
+    per_task: dict[str, dict[str, float]] | None = None  # task -> {"nRMSE", "<prefix>nRMSE"} (several tasks)
+    wall_time_s: float | None = None
+    wall_clock: float | None = None  # seconds per trajectory, every predictor together
+    protocol: dict[str, Any] | None = None  # what two evaluations must share to be compared (gating)
+    corrector_selection: dict[str, float] | None = None  # val nRMSE per corrector kept or not (auto)
+
+    @property
+    def nRMSE(self) -> float:
+        """The model's nRMSE (every evaluation has it)."""
+        return self.scores["nRMSE"]
+
+    @property
+    def persistence_nRMSE(self) -> float:
+        """The nRMSE of repeating the last given frame (every evaluation has it)."""
+        return self.scores["persistence_nRMSE"]
+
+    def score(self, key: str) -> float | None:
+        """A metric by its flat key ("nRMSE", "operator_nRMSE", "wall_clock"); None when not measured."""
+        return self.wall_clock if key == "wall_clock" else self.scores.get(key)
+
+    def scalars(self) -> dict[str, Any]:
+        """What a record of it keeps (a gate's steps, the champion's test metrics): its numbers and
+        strings, and the protocol; not the curves."""
+        return {k: v for k, v in self.to_dict().items() if isinstance(v, (int, float, str)) or k == "protocol"}
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"split": self.split, "samples": self.samples, "horizon": self.horizon,
+                             "initial_step": self.initial_step, "corrector": self.corrector, **self.scores}  # fmt: skip
+        rest = {
+            "per_task": self.per_task,
+            "horizon_nRMSE": self.horizon_nRMSE,
+            "wall_time_s": self.wall_time_s,
+            "wall_clock": self.wall_clock,
+            "protocol": self.protocol,
+            "corrector_selection": self.corrector_selection,
+        }
+        d.update({k: v for k, v in rest.items() if v is not None})  # older records lack some: absent, not null
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvalMetrics:
+        """ValueError (or KeyError, TypeError) on a damaged record; its readers name the file."""
+        if not isinstance(d, dict):
+            raise ValueError(f"not a mapping but {type(d).__name__}")
+        if d.get("corrector") not in CORRECTORS:
+            raise ValueError(f"corrector {d.get('corrector')!r} is not one of {', '.join(CORRECTORS)}")
+        for key, kind in (("split", str), ("samples", int), ("horizon", int), ("initial_step", int)):
+            if not isinstance(d.get(key), kind):
+                raise ValueError(f"{key!r} missing or not {kind.__name__}")
+        scores = {k: float(v) for k, v in d.items() if k not in _EVAL_FIELDS and _is_number(v)}
+        return cls(**{k: v for k, v in _fields(cls, d).items() if k != "scores"}, scores=scores)
+
+
+_EVAL_FIELDS = {f.name for f in dataclasses.fields(EvalMetrics)}
+
+
+@dataclass
+class EvalResult:
+    """What an evaluation returns: its metrics, and apart from them the arrays its plots are drawn
+    from (truth, pred, persistence: (B, T, X[, Y], C) each), which no record carries."""
+
+    metrics: EvalMetrics
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class LatentCacheRecord:
+    """summary.json's `latent_cache`: the Parquet cache of encoded trajectories the latent stages read."""
+
+    uri: str
+    reused: bool
+    rows: dict[str, int]  # split -> rows
+    encoder_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatentCacheRecord:
+        return cls(**_fields(cls, d))
+
+
+@dataclass
+class RunSummary:
+    """A run's `summary.json`: each stage's record, the data it read, and its evaluations.
+
+    The pipeline writes it after every worker group and after evaluation; `read` is how anything
+    else (evaluation, gating, a deployed surrogate) learns what a run holds: `stages` (each one's
+    status, export and weights digest), `eval` (val, which selected the corrector: `corrector`) and
+    `eval_test` (the report split)."""
+
+    name: str = ""
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+    config_digest: str | None = None  # the run's (run.json), which its checkpoints and exports carry
+    data_sha256: str | None = None
+    data_mode: str | None = None  # "memory" or "stream"
+    meta_sha256: str | None = None  # of meta.json: the data's metadata a deployed surrogate needs
+    command: str | None = None  # the command line that trained the run (URIs redacted), for its model card
+    latent_cache: LatentCacheRecord | None = None
+    eval: EvalMetrics | None = None  # val
+    eval_test: EvalMetrics | None = None
+
+    @property
+    def corrector(self) -> str | None:
+        """The corrector the surrogate runs with, as the val evaluation chose it ("none": the operator
+        alone); None before the run was evaluated."""
+        return self.eval.corrector if self.eval else None
+
+    def weights_sha256(self) -> dict[str, str | None]:
+        """Each completed stage's weights digest: what identifies a trained stack (gating)."""
+        return {n: r.weights_sha256 for n, r in self.stages.items() if r.completed}
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "stages": {n: r.to_dict() for n, r in self.stages.items()}}
+        rest = {
+            "config_digest": self.config_digest,
+            "data_sha256": self.data_sha256,
+            "data_mode": self.data_mode,
+            "meta_sha256": self.meta_sha256,
+            "command": self.command,
+            "latent_cache": self.latent_cache.to_dict() if self.latent_cache else None,
+            "eval": self.eval.to_dict() if self.eval else None,
+            "eval_test": self.eval_test.to_dict() if self.eval_test else None,
+        }
+        d.update({k: v for k, v in rest.items() if v is not None})
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> RunSummary:
+        """ValueError naming the damaged entry when `d` is not a summary (`read` makes it one line)."""
+        if not isinstance(d, dict) or "stages" not in d:
+            raise ValueError("no 'stages' entry")
+        if not isinstance(d["stages"], dict):
+            raise ValueError("'stages' is not a mapping")
+        kw = _fields(cls, d)
+        kw["stages"] = {}
+        for name, rec in d["stages"].items():
+            try:
+                kw["stages"][name] = StageRecord.from_dict(rec)
+            except (TypeError, KeyError, ValueError, AttributeError) as e:
+                raise ValueError(f"stage record {name!r} ({e})") from None
+        for key, parse in (("latent_cache", LatentCacheRecord.from_dict), ("eval", EvalMetrics.from_dict),
+                           ("eval_test", EvalMetrics.from_dict)):  # fmt: skip
+            try:
+                kw[key] = parse(d[key]) if d.get(key) else None
+            except (TypeError, KeyError, ValueError, AttributeError) as e:
+                raise ValueError(f"{key} record ({e})") from None
+        return cls(**kw)
+
+    @classmethod
+    def read(cls, run: Storage) -> RunSummary:
+        """The summary.json of the run folder `run`; ConfigError, one line naming the file and what
+        is wrong, when it is missing or was damaged (edited, truncated, replaced)."""
+        where = redact(run.uri_of(SUMMARY_FILE))
+        try:
+            raw = run.read_bytes(SUMMARY_FILE)
+        except FileNotFoundError:
+            raise ConfigError(f"{where}: missing (not a run folder, or one that has not started)") from None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{where}: corrupt, not JSON ({str(e).splitlines()[0]})") from None
+        try:
+            return cls.from_dict(data)
+        except ValueError as e:
+            raise ConfigError(f"{where}: corrupt, {e}") from None
+
+    def write(self, run: Storage) -> None:
+        run.write_json(self.to_dict(), SUMMARY_FILE)
+
+
+@dataclass
+class TrialRecord:
+    """One Tune trial of a sweep, as `sweep_summary.json` lists it."""
+
+    trial: str  # Tune's trial id
+    config: dict[str, Any]  # the sampled keys
+    status: TrialStatus  # completed, stopped (by the scheduler) or error
+    epochs: int | None  # the last reported epoch
+    metrics: dict[str, float]  # what it reported last: val_* of the watched stage, eval_nRMSE, ...
+    run: str  # URI of the trial's run folder
+    error: str | None = None
+
+    @property
+    def eval_nRMSE(self) -> float | None:
+        """The val nRMSE of the trial's evaluation (only a trial that finished has one)."""
+        return self.metrics.get("eval_nRMSE")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialRecord:
+        return cls(**_fields(cls, d))
+
+
+@dataclass(kw_only=True)
+class Decision:
+    """One gating decision: an entry of a registry's history (ups/gating.py `decide`)."""
+
+    at: str  # UTC, ISO 8601
+    sweep: str
+    trial: str
+    run: str  # URI of the candidate's run folder
+    config_digest: str | None = None
+    data_sha256: str | None = None
+    weights_sha256: dict[str, str | None] = field(default_factory=dict)  # completed stage -> digest
+    promoted: bool = False
+    reasons: list[str] = field(default_factory=list)  # one per gate and phase
+    metrics: dict[str, Any] = field(default_factory=dict)  # the full evaluation's scalars, else the trial's
+    champion_before: dict[str, str] | None = None  # {"trial", "sweep"} of the champion it was measured against
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Decision:
+        return cls(**_fields(cls, d))
+
+
+@dataclass(kw_only=True)
+class ChampionRecord(Decision):
+    """A registry's `champion.json`: the decision that promoted it, and the copies of its weights,
+    config and summary in the registry's own `champion-*` folder (`checkpoint`)."""
+
+    checkpoint: str | None  # None: an edited record whose checkpoint is no string names no folder
+    exports: dict[str, str]  # stage -> URI of its export.pt in that folder
+
+    @classmethod
+    def of(cls, entry: Decision, *, checkpoint: str, exports: dict[str, str]) -> ChampionRecord:
+        return cls(**{f.name: getattr(entry, f.name) for f in dataclasses.fields(Decision)},
+                   checkpoint=checkpoint, exports=exports)  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ChampionRecord:
+        kw = _fields(cls, d)
+        if not isinstance(kw.get("checkpoint"), str):
+            kw["checkpoint"] = None
+        return cls(**kw)
+
+    @classmethod
+    def read(cls, registry: Storage) -> ChampionRecord | None:
+        """The champion of the registry folder `registry` (None while it has none); ConfigError, one
+        line, when champion.json was damaged."""
+        if not registry.exists(CHAMPION_FILE):
+            return None
+        where = redact(registry.uri_of(CHAMPION_FILE))
+        try:
+            return cls.from_dict(json.loads(registry.read_bytes(CHAMPION_FILE).decode("utf-8")))
+        except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as e:
+            raise ConfigError(f"{where}: corrupt champion record ({str(e).splitlines()[0]})") from None
+
+    def write(self, registry: Storage) -> None:
+        """One whole-file write: the switch from one champion to the next."""
+        registry.write_json(self.to_dict(), CHAMPION_FILE)

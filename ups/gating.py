@@ -19,6 +19,7 @@ binds them to Ray tasks, tests to fakes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -37,6 +38,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
 from ups import names
 from ups.config import Config, GateConfig
+from ups.contracts import ChampionRecord, Decision, EvalMetrics, RunSummary, StageRecord, TrialRecord
 from ups.data.views import DataMeta
 from ups.schema import ConfigError
 from ups.storage import Storage
@@ -75,19 +77,20 @@ def _number(v: Any) -> float | None:
     return float(v)
 
 
-def gate(candidate: dict[str, Any], champion: dict[str, Any] | None, cfg: GateConfig) -> tuple[bool, list[str]]:
+def gate(candidate: EvalMetrics, champion: EvalMetrics | None, cfg: GateConfig) -> tuple[bool, list[str]]:
     """Improvement gate on nRMSE and ratio gates; returns (passed, reasons), one reason per gate."""
     if champion is None:
-        if _number(candidate.get("nRMSE")) is None:
+        first = _number(candidate.score("nRMSE"))
+        if first is None:
             return False, ["candidate has no nRMSE"]
-        return True, [f"empty registry: the first candidate is promoted (nRMSE {candidate['nRMSE']:.4g})"]
-    if candidate.get("protocol") != champion.get("protocol"):
-        return False, [f"protocols differ: {candidate.get('protocol')} vs {champion.get('protocol')}"]
+        return True, [f"empty registry: the first candidate is promoted (nRMSE {first:.4g})"]
+    if candidate.protocol != champion.protocol:
+        return False, [f"protocols differ: {candidate.protocol} vs {champion.protocol}"]
     passed, reasons = True, []
-    c, b = _number(candidate.get("nRMSE")), _number(champion.get("nRMSE"))
+    c, b = _number(candidate.score("nRMSE")), _number(champion.score("nRMSE"))
     if c is None or b is None:
         passed = False
-        reasons.append(f"nRMSE missing (candidate {candidate.get('nRMSE')}, champion {champion.get('nRMSE')})")
+        reasons.append(f"nRMSE missing (candidate {candidate.score('nRMSE')}, champion {champion.score('nRMSE')})")
     else:
         need = b * (1 - cfg.min_improvement)
         if cfg.min_delta is not None:
@@ -97,10 +100,10 @@ def gate(candidate: dict[str, Any], champion: dict[str, Any] | None, cfg: GateCo
         margin = f"{cfg.min_improvement:.0%}" + (f" and {cfg.min_delta:g}" if cfg.min_delta is not None else "")
         reasons.append(f"nRMSE {c:.4g} {'<=' if ok else '>'} {need:.4g} needed (champion {b:.4g}, margin {margin})")
     for key, ratio in cfg.ratios.items():
-        c, b = _number(candidate.get(key)), _number(champion.get(key))
+        c, b = _number(candidate.score(key)), _number(champion.score(key))
         if c is None or b is None:
             passed = False
-            reasons.append(f"{key} missing (candidate {candidate.get(key)}, champion {champion.get(key)})")
+            reasons.append(f"{key} missing (candidate {candidate.score(key)}, champion {champion.score(key)})")
             continue
         limit = b * ratio if abs(b) > 1e-12 else b + 1e-9
         ok = c <= limit
@@ -231,10 +234,10 @@ def time_rollouts(
 # The policy: best trial -> small evaluation + gate -> full evaluation + gate -> promote.
 
 
-def best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+def best_trial(trials: list[TrialRecord]) -> TrialRecord | None:
     """The completed trial with the lowest val nRMSE (trials never see the test split)."""
-    done = [t for t in trials if t["status"] == "completed" and "eval_nRMSE" in t["metrics"]]
-    return min(done, key=lambda t: t["metrics"]["eval_nRMSE"]) if done else None
+    done = [(nrmse, t) for t in trials if t.status == "completed" and (nrmse := t.eval_nRMSE) is not None]
+    return min(done, key=lambda pair: pair[0])[1] if done else None
 
 
 @dataclass
@@ -243,58 +246,65 @@ class Candidate:
 
     trial: str
     run: str  # URI of the trial's run folder (its stages/*/export.pt, config.yaml, summary.json)
-    summary: dict[str, Any]
-    metrics: dict[str, Any]  # the trial's own metrics, recorded when no full evaluation ran
+    summary: RunSummary
+    metrics: dict[str, float]  # the trial's own metrics, recorded when no full evaluation ran
 
     @property
-    def weights_sha256(self) -> dict[str, Any]:
-        return {n: r.get("weights_sha256") for n, r in self.summary["stages"].items() if r.get("status") == "completed"}
+    def weights_sha256(self) -> dict[str, str | None]:
+        return self.summary.weights_sha256()
+
+
+@dataclass
+class Verdict:
+    """What `decide` did: whether the candidate passed (and so was promoted), one reason per gate
+    and phase, each phase's metrics, timing and verdict, the history entry, and the champion
+    standing afterwards."""
+
+    passed: bool
+    reasons: list[str]
+    steps: dict[str, Any]  # phase ("small", "full") -> candidate, champion, timing, passed, reasons
+    entry: Decision
+    champion: ChampionRecord | None
 
 
 @dataclass
 class Measures:
     """How a decision measures, bound to one champion: sweep.py runs these on Ray, tests pass fakes."""
 
-    metrics: Callable[[Side, bool], dict[str, Any]]  # (side, small) -> val metrics; small: gate.small's protocol
+    metrics: Callable[[Side, bool], EvalMetrics]  # (side, small) -> val metrics; small: gate.small's protocol
     timing: Callable[[], dict[str, Any]] | None = None  # both sides timed in turns: time_interleaved's record
 
 
-def scalars(d: dict[str, Any] | None) -> dict[str, Any]:
-    """The metrics worth recording: numbers, strings and the protocol (not curves or arrays)."""
-    return {k: v for k, v in (d or {}).items() if isinstance(v, (int, float, str)) or k == "protocol"}
-
-
-def _timed(metrics: dict[str, Any], timing: dict[str, Any] | None, side: Side) -> dict[str, Any]:
+def _timed(metrics: EvalMetrics, timing: dict[str, Any] | None, side: Side) -> EvalMetrics:
     """The metrics the gate sees: wall-clock from the interleaved timing (missing without one)."""
-    return {**metrics, WALL_CLOCK: timing[f"{side}_s"] if timing else None}
+    return dataclasses.replace(metrics, wall_clock=timing[f"{side}_s"] if timing else None)
 
 
 def decide(
     cfg: GateConfig,
     registry: Registry,
     candidate: Candidate,
-    measure: Callable[[dict[str, Any] | None], Measures],
+    measure: Callable[[ChampionRecord | None], Measures],
     *,
     sweep: str,
     say: Callable[[str], None] = lambda _: None,
-) -> dict[str, Any]:
+) -> Verdict:
     """Refuse self-comparison and a champion of other data, else gate small then full, and promote
     on a pass; all under the registry's lock, with the decision appended to its history.
 
     `measure(champion)` binds the measurements to the champion read under the lock (None on an
-    empty registry). Returns passed, reasons, steps (per phase: metrics, timing, verdict), the
-    history entry and the champion standing afterwards.
+    empty registry).
     """
     with registry.lock():
         champ = registry.champion()
         steps: dict[str, Any] = {}
         passed, reasons = True, []
-        if champ and champ.get("weights_sha256") == candidate.weights_sha256:
-            passed, reasons = False, [f"the candidate is the current champion (trial {champ['trial']}, same weights)"]
-        elif champ and champ.get("data_sha256") != candidate.summary.get("data_sha256"):
+        if champ and champ.weights_sha256 == candidate.weights_sha256:
+            passed, reasons = False, [f"the candidate is the current champion (trial {champ.trial}, same weights)"]
+        elif champ and champ.data_sha256 != candidate.summary.data_sha256:
             passed = False
             reasons = [
-                f"the champion was trained on other data (digest {champ.get('data_sha256')})"
+                f"the champion was trained on other data (digest {champ.data_sha256})"
                 f"; set gate.family to start a new family"
             ]
         else:
@@ -303,7 +313,7 @@ def decide(
             for phase, small in (("small", True), ("full", False)):
                 cand = m.metrics("candidate", small)
                 champ_m = m.metrics("champion", small) if champ else None
-                step: dict[str, Any] = {"candidate": scalars(cand), "champion": scalars(champ_m) if champ_m else None}
+                step: dict[str, Any] = {"candidate": cand.scalars(), "champion": champ_m.scalars() if champ_m else None}
                 if champ_m is not None and WALL_CLOCK in cfg.ratios:
                     if timing is None and m.timing is not None:
                         timing = m.timing()  # once per decision; both phases gate on the same measurement
@@ -316,26 +326,26 @@ def decide(
                 if not ok:
                     passed = False
                     break
-        entry = {
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "sweep": sweep,
-            "trial": candidate.trial,
-            "run": candidate.run,
-            "config_digest": candidate.summary.get("config_digest"),
-            "data_sha256": candidate.summary.get("data_sha256"),
-            "weights_sha256": candidate.weights_sha256,
-            "promoted": passed,
-            "reasons": reasons,
-            "metrics": steps.get("full", {}).get("candidate") or candidate.metrics,
-            "champion_before": champ and {"trial": champ["trial"], "sweep": champ["sweep"]},
-        }
+        entry = Decision(
+            at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            sweep=sweep,
+            trial=candidate.trial,
+            run=candidate.run,
+            config_digest=candidate.summary.config_digest,
+            data_sha256=candidate.summary.data_sha256,
+            weights_sha256=candidate.weights_sha256,
+            promoted=passed,
+            reasons=reasons,
+            metrics=steps.get("full", {}).get("candidate") or candidate.metrics,
+            champion_before={"trial": champ.trial, "sweep": champ.sweep} if champ else None,
+        )
         if passed:
-            champ = registry.promote(Storage(candidate.run), candidate.summary["stages"], entry)
+            champ = registry.promote(Storage(candidate.run), candidate.summary.stages, entry)
             say(f"promoted trial {candidate.trial} to champion of {registry.family}")
         else:
             say(f"not promoted: {'; '.join(reasons)}")
-        registry.record(entry)
-    return {"passed": passed, "reasons": reasons, "steps": steps, "entry": entry, "champion": champ}
+        registry.record(entry.to_dict())
+    return Verdict(passed, reasons, steps, entry, champ)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -416,8 +426,8 @@ class Registry:
         self.dir = storage.sub(REGISTRY, family)
         self._held = threading.local()  # the _Lease this thread holds, for promote's fence
 
-    def champion(self) -> dict[str, Any] | None:
-        return self.dir.read_json("champion.json") if self.dir.exists("champion.json") else None
+    def champion(self) -> ChampionRecord | None:
+        return ChampionRecord.read(self.dir)
 
     def history(self) -> list[dict[str, Any]]:
         """Every decision, oldest first: a legacy history.jsonl (older registries), then history/ by name."""
@@ -526,28 +536,28 @@ class Registry:
             return None
         return name
 
-    def promote(self, run: Storage, stages: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    def promote(self, run: Storage, stages: dict[str, StageRecord], entry: Decision) -> ChampionRecord:
         """Copy the candidate's weights and config into a new slot, then point champion.json at them
         and drop the old champion's slot; both of the last two are fenced."""
         slot = f"champion-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         exports = {}
         for name, rec in stages.items():
-            if rec.get("status") != "completed":
+            if not rec.completed:
                 continue
             self.dir.write_bytes(run.read_bytes("stages", name, "export.pt"), slot, name, "export.pt")
             exports[name] = self.dir.uri_of(slot, name, "export.pt")
         for f in ("config.yaml", "summary.json", "meta.json"):  # meta.json: what ups.Surrogate needs of the data
             if f != "meta.json" or run.exists(f):  # runs from before meta.json have none
                 self.dir.write_bytes(run.read_bytes(f), slot, f)
-        champion = {**entry, "checkpoint": self.dir.uri_of(slot), "exports": exports}
+        champion = ChampionRecord.of(entry, checkpoint=self.dir.uri_of(slot), exports=exports)
         old = self.champion()
         try:
             self._fence()
         except RegistryLockError:
             self.dir.delete_dir(slot)  # ours alone: nothing points at it
             raise
-        self.dir.write_json(champion, "champion.json")  # the switch: one whole-file write
-        old_slot = self._slot_of(old.get("checkpoint")) if old else None
+        champion.write(self.dir)  # the switch: one whole-file write
+        old_slot = self._slot_of(old.checkpoint) if old else None
         if old_slot and old_slot != slot:
             self.dir.delete_dir(old_slot)
         return champion

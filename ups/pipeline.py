@@ -28,7 +28,15 @@ from ups import config as C
 from ups.backend import Backend, Preempted
 from ups.config import Config
 from ups.console import Console
-from ups.contracts import StageRecord, StageResult, TrainJob
+from ups.contracts import (
+    EvalMetrics,
+    EvalResult,
+    LatentCacheRecord,
+    RunSummary,
+    StageRecord,
+    StageResult,
+    TrainJob,
+)
 from ups.data import views
 from ups.data.pdebench import FileInfo
 from ups.eval.selection import choose_corrector
@@ -58,7 +66,7 @@ class PipelineOptions:
     lock: bool = True  # hold the run's lock (ups/runlock.py): one driver per run name
 
 
-def run(loaded: C.LoadedConfig, opts: PipelineOptions) -> dict[str, Any]:
+def run(loaded: C.LoadedConfig, opts: PipelineOptions) -> RunSummary:
     """Train every active stage (resuming what a previous driver left), evaluate, summarise."""
     infos = preflight(loaded, ray=opts.backend is None or opts.backend.name == "ray")
     storage = Storage(opts.storage)
@@ -76,15 +84,14 @@ def run(loaded: C.LoadedConfig, opts: PipelineOptions) -> dict[str, Any]:
 
 def _run(
     loaded: C.LoadedConfig, opts: PipelineOptions, infos: dict[str, FileInfo | None], rundir: RunDir
-) -> dict[str, Any]:
+) -> RunSummary:
     cfg = loaded.cfg
     info = rundir.open(cfg, restart=opts.restart, accept_change=opts.accept_config_change)
     summary = rundir.summary()  # read (and refused if damaged) before any Ray resource is used
-    records = rundir.records(summary)
     wandb = RunLogger(wandb_settings(cfg, info, rundir), rundir.dir, config=C.to_dict(cfg))
     console = Console(quiet=opts.quiet, wandb=wandb)
     try:
-        return _stages_and_eval(cfg, opts, infos, rundir, info, summary, records, console)
+        return _stages_and_eval(cfg, opts, infos, rundir, info, summary, console)
     finally:
         console.close()
         wandb.finish()
@@ -92,8 +99,8 @@ def _run(
 
 def _stages_and_eval(
     cfg: Config, opts: PipelineOptions, infos: dict[str, FileInfo | None], rundir: RunDir, info: dict[str, Any],
-    summary: dict[str, Any], records: dict[str, StageRecord], console: Console,
-) -> dict[str, Any]:  # fmt: skip
+    summary: RunSummary, console: Console,
+) -> RunSummary:  # fmt: skip
     say = console.say
     say(f"run {opts.name} -> {rundir.dir.shown}")
     backend = opts.backend or _ray_backend(say)
@@ -112,8 +119,10 @@ def _stages_and_eval(
             f"worker shards spill to {spill}")  # fmt: skip
     meta_json = json.dumps(meta.to_dict()).encode()  # what a Surrogate needs of the data (ups/artifact.py)
     rundir.dir.write_bytes(meta_json, "meta.json")
-    summary.update(name=opts.name, config_digest=info["config_digest"], data_sha256=data_sha, data_mode=mode,
-                   meta_sha256=hashlib.sha256(meta_json).hexdigest(), command=_command())  # fmt: skip
+    summary.name, summary.config_digest, summary.data_sha256, summary.data_mode = (
+        opts.name, info["config_digest"], data_sha, mode)  # fmt: skip
+    summary.meta_sha256, summary.command = hashlib.sha256(meta_json).hexdigest(), _command()
+    records = summary.stages
 
     latents: Any = None
     for folder, *group in _groups(cfg, rundir, records, say):
@@ -128,8 +137,8 @@ def _stages_and_eval(
                 with console.phase("latent cache"):
                     cache, reused = build_or_reuse(rundir.dir, tasks, meta, cfg, ae.export, ae.weights_sha256,
                                                    data_sha, use_ray=backend.name == "ray", say=say)  # fmt: skip
-                summary["latent_cache"] = {"uri": cache.uri, "reused": reused, "rows": cache.manifest["rows"],
-                                           "encoder_sha256": ae.weights_sha256}  # fmt: skip
+                summary.latent_cache = LatentCacheRecord(cache.uri, reused, cache.manifest["rows"],
+                                                         ae.weights_sha256)  # fmt: skip
                 say(f"   latent cache {'reused' if reused else 'built'} at {redact(cache.uri)}")
                 latents = backend.latent_data(cache, stream=streamed(tasks))
             data = latents
@@ -144,7 +153,6 @@ def _stages_and_eval(
         with console.watch(f"{'+'.join(group)} working"):
             results, checkpoint = backend.train(folder, jobs, data, cfg, callbacks)
         _record(results, time.perf_counter() - t0, rundir, checkpoint, records)
-        summary["stages"] = {n: r.to_dict() for n, r in records.items()}
         rundir.write_summary(summary)
         stopped = [r.stage for r in results if r.status == "interrupted"]
         if stopped:
@@ -154,18 +162,19 @@ def _stages_and_eval(
 
     backend.check_stop("evaluation")
     exports = load_exports(rundir, summary)
-    summary["eval"] = evaluate_run(backend, rundir, cfg, meta, tasks, exports, "val", console)
-    if cfg.eval.corrector == "auto" and summary["eval"]["corrector"] != "none":
-        choice = choose_corrector(summary["eval"])
+    val = evaluate_run(backend, rundir, cfg, meta, tasks, exports, "val", console)
+    if cfg.eval.corrector == "auto" and val.corrector != "none":
+        choice = choose_corrector(val)
         scores = ", ".join(f"{k} {v:.4g}" for k, v in sorted(choice.scores.items(), key=lambda kv: kv[1]))
         say(f"== eval: val nRMSE by corrector: {scores}; keeping {choice.kind}"
             + (" (the operator alone)" if choice.kind == "none" else ""))  # fmt: skip
         if choice.changed:
             cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"corrector": choice.kind})})
-            summary["eval"] = evaluate_run(backend, rundir, cfg, meta, tasks, exports, "val", console)
-        summary["eval"]["corrector_selection"] = choice.scores
+            val = evaluate_run(backend, rundir, cfg, meta, tasks, exports, "val", console)
+        val.corrector_selection = choice.scores
+    summary.eval = val
     if cfg.eval.test if opts.eval_test is None else opts.eval_test:
-        summary["eval_test"] = evaluate_run(backend, rundir, cfg, meta, tasks, exports, "test", console)
+        summary.eval_test = evaluate_run(backend, rundir, cfg, meta, tasks, exports, "test", console)
     rundir.write_summary(summary)
     assert console.wandb is not None
     console.wandb.log_eval(summary, _plots(rundir, cfg))
@@ -271,12 +280,12 @@ def _record(
         )  # fmt: skip
 
 
-def load_exports(rundir: RunDir, summary: dict[str, Any]) -> Exports:
+def load_exports(rundir: RunDir, summary: RunSummary) -> Exports:
     """Every completed stage's export tensors, verified against the digests in summary.json.
 
     A missing, unreadable or altered export is a ConfigError naming it: nothing unverified is used."""
     exports: Exports = {}
-    for n, rec in rundir.records(summary).items():
+    for n, rec in summary.stages.items():
         if not (rec.completed and rec.export):
             continue
         if not rec.weights_sha256:
@@ -297,7 +306,7 @@ def load_exports(rundir: RunDir, summary: dict[str, Any]) -> Exports:
 def evaluate_exports(
     cfg: Config, meta: views.DataMeta, tasks: list[views.Task], exports: Exports, split: str, *,
     max_samples: int | None = None, horizon: int | None = None, backend: Backend | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> EvalResult:  # fmt: skip
     """Decoded evaluation of stage exports (on Ray unless a backend is given)."""
     backend = backend or _ray_backend(lambda _: None)
     return backend.evaluate(cfg, meta, tasks, exports, split, max_samples=max_samples, horizon=horizon)
@@ -306,21 +315,21 @@ def evaluate_exports(
 def evaluate_run(
     backend: Backend, rundir: RunDir, cfg: Config, meta: views.DataMeta, tasks: list[views.Task],
     exports: Exports, split: str, console: Console,
-) -> dict[str, Any]:  # fmt: skip
+) -> EvalMetrics:  # fmt: skip
     """The run's evaluation on a split: metrics, plots and eval/{split}/ files."""
     from ups.eval import plots
 
     with console.phase(f"evaluating {split}"):
         result = backend.evaluate(cfg, meta, tasks, exports, split)
-    arrays = result.pop("_arrays")
-    rundir.dir.write_json(result, "eval", split, "metrics.json")
+    m, arrays = result.metrics, result.arrays
+    rundir.dir.write_json(m.to_dict(), "eval", split, "metrics.json")
     if cfg.eval.plots:
         rundir.dir.write_bytes(plots.fields_png(arrays["truth"], arrays["pred"], meta.initial_step),
                                "eval", split, "fields.png")  # fmt: skip
-        rundir.dir.write_bytes(plots.horizon_png(result["horizon_nRMSE"], meta.initial_step),
+        rundir.dir.write_bytes(plots.horizon_png(m.horizon_nRMSE, meta.initial_step),
                                "eval", split, "horizon.png")  # fmt: skip
     console.say(
-        f"== eval ({split}): nRMSE={result['nRMSE']:.4g}  persistence={result['persistence_nRMSE']:.4g}"
-        f"  ({result['samples']} trajectories, {result['horizon']} steps, corrector={result['corrector']})"
+        f"== eval ({split}): nRMSE={m.nRMSE:.4g}  persistence={m.persistence_nRMSE:.4g}"
+        f"  ({m.samples} trajectories, {m.horizon} steps, corrector={m.corrector})"
     )
-    return result
+    return m

@@ -3,17 +3,15 @@ time, then the evaluation lines."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from ups.contracts import stage_records
+from ups.contracts import RunSummary
 from ups.stages import registry
 
 # What each evaluation also scores, beside the surrogate (ups/eval/evaluate.py).
 RIVALS = (("FNO baseline", "fno"), ("autoencoder reconstruction", "recon"), ("one step", "one_step"))
 
 
-def summary_table(summary: dict[str, Any]) -> str:
-    records = stage_records(summary)
+def summary_table(summary: RunSummary) -> str:
+    records = summary.stages
     lines = [f"{'stage':<22}{'status':<11}{'epochs':>7}  {'best validation metric':<34}{'wall s':>8}"]
     for name in registry.names():
         rec = records.get(name)
@@ -23,22 +21,20 @@ def summary_table(summary: dict[str, Any]) -> str:
         status = rec.status if rec else "-"
         epochs = (rec.epochs if rec else 0) or 0
         lines.append(f"{name:<22}{status:<11}{epochs:>7}  {metric:<34}{wall if wall is not None else '-':>8}")
-    for key in ("eval", "eval_test"):
-        ev = summary.get(key)
+    for key, ev in (("eval", summary.eval), ("eval_test", summary.eval_test)):
         if ev:
+            operator = ev.score("operator_nRMSE")
             lines.append(
-                f"{key} [{ev['split']}]: nRMSE {ev['nRMSE']:.4g} | operator "
-                f"{ev.get('operator_nRMSE', ev['nRMSE']):.4g} | persistence {ev['persistence_nRMSE']:.4g}"
-                f" | cRMSE {ev['cRMSE']:.3g} bRMSE {ev['bRMSE']:.3g} fRMSE_high {ev['fRMSE_high']:.3g}"
+                f"{key} [{ev.split}]: nRMSE {ev.nRMSE:.4g} | operator "
+                f"{ev.nRMSE if operator is None else operator:.4g} | persistence {ev.persistence_nRMSE:.4g}"
+                f" | cRMSE {ev.scores['cRMSE']:.3g} bRMSE {ev.scores['bRMSE']:.3g}"
+                f" fRMSE_high {ev.scores['fRMSE_high']:.3g}"
             )
-            shown = " | ".join(
-                f"{label} {ev[f'{prefix}_nRMSE']:.4g}"
-                for label, prefix in RIVALS
-                if ev.get(f"{prefix}_nRMSE") is not None
-            )
+            rivals = {label: ev.score(f"{prefix}_nRMSE") for label, prefix in RIVALS}
+            shown = " | ".join(f"{label} {score:.4g}" for label, score in rivals.items() if score is not None)
             if shown:
                 lines.append(f"{' ' * len(key)}  nRMSE of {shown}")
-            if ev.get("corrector_selection"):
-                sel = " | ".join(f"{k} {v:.4g}" for k, v in ev["corrector_selection"].items())
+            if ev.corrector_selection:
+                sel = " | ".join(f"{k} {v:.4g}" for k, v in ev.corrector_selection.items())
                 lines.append(f"{' ' * len(key)}  corrector (val selects; none = operator alone): {sel}")
     return "\n".join(lines)

@@ -1,8 +1,23 @@
 """A run's folder `{storage}/{name}/`: its resolved config, identity and summary.
 
-Re-running the same command with the same name continues the run. A run whose stored config
-digest differs from the new one is refused with one line, unless the user asks to start over
-(the old folder is moved aside, not deleted) or to continue under the new config.
+Re-running the same command with the same name continues the run. A run whose config changed is
+refused with one line, unless the user asks to start over (the old folder is moved aside, not
+deleted) or to continue under the new config.
+
+What counts as a change survives package upgrades. `run.json` keeps the digest of the config the
+run started with (its checkpoints and exports carry the same one), and `config.yaml` that whole
+resolved config. A new config whose digest differs is compared with the stored config *validated
+under today's schema*: validation fills every key the stored file lacks (one a newer version
+added) with its schema default, so the two agree exactly when the only differences are keys the
+run never had, left at their defaults. Such a run resumes under its stored digest, so its
+checkpoints still match and it ends bit-identical. A value that differs, a new key set away from
+its default, or an existing key whose default moved (the stored file holds the old value) is a
+change, refused as before.
+
+Why not digest only what the user set, plus a schema version: a changed default would then go
+unseen unless someone remembered to bump the version; the stored resolved config catches it by
+itself. The one promise asked of whoever adds a key is the usual one: its default keeps the old
+behaviour (a default that does not is a change no stored config can reveal).
 """
 
 from __future__ import annotations
@@ -16,11 +31,11 @@ from typing import Any
 import yaml
 
 from ups import config as C
-from ups.contracts import StageRecord, stage_records
+from ups.contracts import SUMMARY_FILE, RunSummary
 from ups.names import check_name
 from ups.storage import Storage, redact
 
-CONFIG_FILE, RUN_FILE, SUMMARY_FILE = "config.yaml", "run.json", "summary.json"
+CONFIG_FILE, RUN_FILE = "config.yaml", "run.json"
 
 
 def utc_stamp() -> str:
@@ -29,6 +44,16 @@ def utc_stamp() -> str:
 
 def default_name(config_name: str) -> str:
     return f"{config_name}-{utc_stamp()}"
+
+
+def _keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    """Every dotted key of a config tree, sections included."""
+    out = []
+    for k, v in tree.items():
+        out.append(prefix + str(k))
+        if isinstance(v, dict):
+            out += _keys(v, f"{prefix}{k}.")
+    return out
 
 
 class RunDir:
@@ -41,18 +66,19 @@ class RunDir:
         """Everything `open` would refuse, found without writing anything: run before the run's lock
         is taken, so a refused command leaves no trace."""
         if self._stored(cfg, restart, accept_change) != "restart":
-            self.records(self.summary())
+            self.summary()
 
     def _stored(self, cfg: C.Config, restart: bool, accept_change: bool) -> str:
-        """What to do with the folder: "new", "same" (resume), "accept" (continue under the changed
-        config) or "restart" (move it aside); ConfigError when none applies."""
+        """What to do with the folder: "new", "same" (resume: the config is the stored one, up to
+        keys it lacks at their defaults), "accept" (continue under the changed config) or "restart"
+        (move it aside); ConfigError when none applies."""
         if not self.dir.exists(RUN_FILE):
             return "new"
         try:
             info = self._read_json(RUN_FILE, ("config_digest", "wandb_id"))
-            if info["config_digest"] == C.digest(cfg):
+            if info["config_digest"] == C.digest(cfg) or C.digest(self.config()) == C.digest(cfg):
                 return "same"
-            changes = self._changes(cfg)  # also refuses a stored config that cannot be read
+            changes = self._changes(cfg)
         except C.ConfigError:
             if restart:
                 return "restart"  # unreadable: --restart moves it aside like a changed one
@@ -71,7 +97,12 @@ class RunDir:
         digest = C.digest(cfg)
         action = self._stored(cfg, restart, accept_change)
         if action == "same":
-            return self._read_json(RUN_FILE)
+            info = self._read_json(RUN_FILE)
+            added = self._added_keys(cfg) if info["config_digest"] != digest else []
+            if added:  # resumed under its own digest: its checkpoints still match
+                shown = ", ".join(added[:4]) + (f" and {len(added) - 4} more" if len(added) > 4 else "")
+                print(f"run {self.name}: resuming; keys added since it started keep their defaults ({shown})")
+            return info
         if action == "accept":
             info = self._read_json(RUN_FILE)
             print(f"run {self.name}: continuing under a changed config ({self._changes(cfg)})")
@@ -98,6 +129,11 @@ class RunDir:
         shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
         return f"changed: {shown}" if keys else "changed"
 
+    def _added_keys(self, cfg: C.Config) -> list[str]:
+        """Dotted keys of `cfg` that the stored config.yaml does not have (a newer schema's)."""
+        stored = set(_keys(self._stored_tree()))
+        return [k for k in _keys(C.to_dict(cfg)) if k not in stored and k.rpartition(".")[0] in stored | {""}]
+
     def _write(self, cfg: C.Config, info: dict[str, Any]) -> None:
         self.dir.write_text(C.to_yaml(cfg), CONFIG_FILE)
         self.dir.write_json(info, RUN_FILE)
@@ -115,26 +151,19 @@ class RunDir:
             raise C.ConfigError(f"{redact(self.dir.uri_of(file))}: corrupt, no '{missing[0]}' entry")
         return data
 
-    def summary(self) -> dict[str, Any]:
-        if self.dir.exists(SUMMARY_FILE):
-            summary = self._read_json(SUMMARY_FILE, ("stages",))
-            if not isinstance(summary["stages"], dict):
-                raise C.ConfigError(f"{redact(self.dir.uri_of(SUMMARY_FILE))}: corrupt, 'stages' is not a mapping")
-            return summary
-        return {"name": self.name, "stages": {}}
+    def summary(self) -> RunSummary:
+        """summary.json (an empty one before the first stage finished); one line when damaged."""
+        return RunSummary.read(self.dir) if self.dir.exists(SUMMARY_FILE) else RunSummary(name=self.name)
 
-    def records(self, summary: dict[str, Any]) -> dict[str, StageRecord]:
-        """summary.json's stage records, typed; a damaged entry is one line naming the stage."""
-        try:
-            return stage_records(summary)
-        except (TypeError, KeyError, ValueError, AttributeError) as e:
-            raise C.ConfigError(f"{redact(self.dir.uri_of(SUMMARY_FILE))}: corrupt stage record ({e})") from None
-
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        self.dir.write_json(summary, SUMMARY_FILE)
+    def write_summary(self, summary: RunSummary) -> None:
+        summary.write(self.dir)
 
     def config(self) -> C.Config:
-        """The run's stored, resolved config (validated again: the file may have been edited)."""
+        """The run's stored, resolved config, validated again under today's schema (the file may have
+        been edited; keys added since it was written take their defaults)."""
+        return C.validate(self._stored_tree(), default_source=redact(self.dir.uri_of(CONFIG_FILE)))
+
+    def _stored_tree(self) -> dict[str, Any]:
         where = redact(self.dir.uri_of(CONFIG_FILE))
         if not self.dir.exists(CONFIG_FILE):
             raise C.ConfigError(f"{where}: missing (not a complete run folder)")
@@ -144,4 +173,4 @@ class RunDir:
             raise C.ConfigError(f"{where}: corrupt, not YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(tree, dict):
             raise C.ConfigError(f"{where}: corrupt, not a mapping of keys")
-        return C.validate(tree, default_source=where)
+        return tree

@@ -23,6 +23,7 @@ import yaml
 from ups import config as C
 from ups import gating
 from ups.config import Config, ConfigError
+from ups.contracts import ChampionRecord, EvalMetrics, TrialRecord
 from ups.data import files, views
 from ups.exports import read_export
 from ups.gating import Registry, family_of
@@ -162,14 +163,15 @@ def _trial(params: dict, *, base: dict, trials_uri: str, sweep: str, stage: str)
             stage_callbacks={stage: [_EpochReports.make(metric)]},
         ),
     )
-    rec = summary["stages"][stage]
+    rec, ev = summary.stages[stage], summary.eval
+    assert rec.best is not None and ev is not None, f"trial {trial_id}: no best metric of {stage}, or no evaluation"
     ray.tune.report(
         {
-            "epoch": rec["epochs"] + 1,
-            metric: rec["best"]["value"],
+            "epoch": rec.epochs + 1,
+            metric: rec.best.value,
             "final": True,
-            "eval_nRMSE": summary["eval"]["nRMSE"],
-            "eval_persistence_nRMSE": summary["eval"]["persistence_nRMSE"],
+            "eval_nRMSE": ev.nRMSE,
+            "eval_persistence_nRMSE": ev.persistence_nRMSE,
         }
     )
 
@@ -265,30 +267,29 @@ def run(loaded: C.LoadedConfig, name: str, storage: str, quiet: bool = False) ->
     tasks = views.load_tasks(cfg.data)
     meta = views.DataMeta.from_tasks(tasks, cfg.data.initial_step)
     decision = decide(cfg, meta, tasks, root, name, trials, say)
-    summary = {"sweep": name, "metric": metric, "trials": trials, **decision}
+    summary = {"sweep": name, "metric": metric, "trials": [t.to_dict() for t in trials], **decision}
     sweep_dir.write_json(redact_all(summary), "sweep_summary.json")  # trial and champion URIs, no credentials
     _wandb_table(cfg, name, trials)
     return summary
 
 
-def _trials(grid, sweep_dir: Storage) -> list[dict[str, Any]]:
+def _trials(grid, sweep_dir: Storage) -> list[TrialRecord]:
     out = []
     for r in grid:
         trial_id = r.path.rstrip("/").rsplit("/", 1)[-1]  # trial dirs are named by trial id
         m = r.metrics or {}
-        status = "error" if r.error else ("completed" if m.get("final") else "stopped")
         out.append(
-            {
-                "trial": trial_id,
-                "config": r.config,
-                "status": status,
-                "epochs": m.get("epoch"),
-                "metrics": {k: v for k, v in m.items() if k.startswith(("eval_", "val_"))},
-                "run": sweep_dir.uri_of("trials", f"trial-{trial_id}"),
-                "error": repr(r.error)[:500] if r.error else None,
-            }
+            TrialRecord(
+                trial=trial_id,
+                config=r.config,
+                status="error" if r.error else ("completed" if m.get("final") else "stopped"),
+                epochs=m.get("epoch"),
+                metrics={k: v for k, v in m.items() if k.startswith(("eval_", "val_"))},
+                run=sweep_dir.uri_of("trials", f"trial-{trial_id}"),
+                error=repr(r.error)[:500] if r.error else None,
+            )
         )
-    return sorted(out, key=lambda t: str(t["trial"]))
+    return sorted(out, key=lambda t: str(t.trial))
 
 
 def decide(
@@ -297,7 +298,7 @@ def decide(
     tasks: list[views.Task],
     root: Storage,
     sweep: str,
-    trials: list[dict[str, Any]],
+    trials: list[TrialRecord],
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     """The gating policy (ups/gating.py) on the best trial, its measurements bound to Ray tasks;
@@ -318,20 +319,19 @@ def decide(
     if best is None:
         out["gate"]["reasons"] = ["no trial completed"]
         return out
-    out["best"] = best
-    run_root, run_name = best["run"].rsplit("/", 1)
+    out["best"] = best.to_dict()
+    run_root, run_name = best.run.rsplit("/", 1)
     cand_run = RunDir(Storage(run_root), run_name)
     cand_summary = cand_run.summary()
     cand_cfg = cand_run.config()
     cand_exports = pipeline.load_exports(cand_run, cand_summary)
 
-    def evaluate(c: Config, exports: dict[str, dict], small: bool) -> dict[str, Any]:
+    def evaluate(c: Config, exports: dict[str, dict], small: bool) -> EvalMetrics:
         max_samples, horizon = (cfg.gate.small.max_samples, cfg.gate.small.horizon) if small else (None, None)
         r = pipeline.evaluate_exports(c, meta, tasks, exports, "val", max_samples=max_samples, horizon=horizon)
-        r.pop("_arrays")
-        return r
+        return r.metrics
 
-    def measure(champ: dict[str, Any] | None) -> gating.Measures:
+    def measure(champ: ChampionRecord | None) -> gating.Measures:
         """Measurements bound to the champion the policy read under the registry's lock."""
         sides = {"candidate": (cand_cfg, cand_exports)}
         metrics = lambda side, small: evaluate(*sides[side], small)
@@ -342,31 +342,31 @@ def decide(
             metrics, lambda: _time_inference(cfg, meta, tasks, sides["candidate"], sides["champion"])
         )
 
-    candidate = gating.Candidate(best["trial"], best["run"], cand_summary, best["metrics"])
+    candidate = gating.Candidate(best.trial, best.run, cand_summary, best.metrics)
     d = gating.decide(cfg.gate, Registry(root, family), candidate, measure, sweep=sweep, say=say)
-    champ = d["champion"]
+    champ = d.champion
     test = None
     if champ:  # the champion's test metrics are reported; they never select anything
         r = pipeline.evaluate_exports(_champion_config(champ), meta, tasks, _champion_exports(champ), "test")
-        r.pop("_arrays")
-        test = gating.scalars(r)
+        test = r.metrics.scalars()
     out.update(
-        gate={"passed": d["passed"], "reasons": d["reasons"], "steps": d["steps"]},
-        promoted=d["passed"],
-        champion={k: champ[k] for k in ("trial", "sweep", "checkpoint")} if champ else None,
+        gate={"passed": d.passed, "reasons": d.reasons, "steps": d.steps},
+        promoted=d.passed,
+        champion={"trial": champ.trial, "sweep": champ.sweep, "checkpoint": champ.checkpoint} if champ else None,
         champion_test=test,
     )
     return out
 
 
-def _champion_config(champ: dict[str, Any]) -> Config:
-    return C.validate(yaml.safe_load(Storage(champ["checkpoint"]).read_text("config.yaml")))
+def _champion_config(champ: ChampionRecord) -> Config:
+    if champ.checkpoint is None:
+        raise ConfigError(f"registry champion {champ.trial}: its record names no checkpoint folder")
+    return C.validate(yaml.safe_load(Storage(champ.checkpoint).read_text("config.yaml")))
 
 
-def _champion_exports(champ: dict[str, Any]) -> dict[str, dict]:
+def _champion_exports(champ: ChampionRecord) -> dict[str, dict]:
     """The champion's weights, verified against the digests its record holds."""
-    digests = champ.get("weights_sha256") or {}
-    return {n: read_export(uri, digests.get(n)) for n, uri in champ["exports"].items()}
+    return {n: read_export(uri, champ.weights_sha256.get(n)) for n, uri in champ.exports.items()}
 
 
 def _time_inference(
@@ -423,7 +423,7 @@ def _timing_job(
     return gating.time_rollouts(cand, champ, tasks, samples, horizon)
 
 
-def _wandb_table(cfg: Config, sweep: str, trials: list[dict]) -> None:
+def _wandb_table(cfg: Config, sweep: str, trials: list[TrialRecord]) -> None:
     from ups.tracking import WandbRun
 
     w = cfg.logging.wandb
@@ -447,9 +447,7 @@ def _wandb_table(cfg: Config, sweep: str, trials: list[dict]) -> None:
         cols: list[str | int] = ["trial", "status", "epochs", "eval_nRMSE", "config"]
         table = wandb.Table(
             columns=cols,
-            data=[
-                [t["trial"], t["status"], t["epochs"], t["metrics"].get("eval_nRMSE"), str(t["config"])] for t in trials
-            ],
+            data=[[t.trial, t.status, t.epochs, t.eval_nRMSE, str(t.config)] for t in trials],
         )
         run.run.log({"trials": table})
     run.finish()

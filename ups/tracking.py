@@ -20,6 +20,7 @@ from ups.storage import Storage
 
 if TYPE_CHECKING:
     from ups.config import Config
+    from ups.contracts import RunSummary
     from ups.run import RunDir
 
 METRICS_FILE = "metrics.jsonl"
@@ -179,13 +180,15 @@ class RunLogger:
     def _save(self) -> None:
         self.folder.write_json({"next": self.step, "epochs": self.logged}, STEP_FILE)
 
-    def log_eval(self, summary: dict[str, Any], images: dict[str, bytes]) -> None:
+    def log_eval(self, summary: RunSummary, images: dict[str, bytes]) -> None:
         """The evaluation's scalars (val under eval/, test under test/) and its plots."""
         run = self.wandb.run
         if run is None:
             return
-        flat = {f"eval/{k}": v for k, v in summary.get("eval", {}).items() if isinstance(v, (int, float))}
-        flat.update({f"test/{k}": v for k, v in summary.get("eval_test", {}).items() if isinstance(v, (int, float))})
+        flat: dict[str, Any] = {}
+        for prefix, ev in (("eval", summary.eval), ("test", summary.eval_test)):
+            if ev is not None:
+                flat.update({f"{prefix}/{k}": v for k, v in ev.to_dict().items() if isinstance(v, (int, float))})
         self.wandb.summary(flat)
         if images:
             import io

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ups.config import Config, GenerateConfig
-from ups.contracts import StageResult, TrainJob
+from ups.contracts import EvalResult, StageResult, TrainJob
 from ups.data.views import DataMeta, Task
 from ups.events import Emit
 from ups.exports import Exports
@@ -50,7 +50,7 @@ class Backend(Protocol):
     def evaluate(
         self, cfg: Config, meta: DataMeta, tasks: list[Task], exports: Exports, split: str,
         max_samples: int | None = None, horizon: int | None = None,
-    ) -> dict[str, Any]: ...  # fmt: skip
+    ) -> EvalResult: ...  # fmt: skip
 
     def check_stop(self, next_step: str) -> None:
         """Raise Preempted if a stop was requested before `next_step`."""

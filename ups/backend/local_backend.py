@@ -17,7 +17,7 @@ import torch
 
 from ups.backend import Preempted, eval_config
 from ups.config import Config, GenerateConfig
-from ups.contracts import StageResult, TrainJob
+from ups.contracts import EvalResult, StageResult, TrainJob
 from ups.data.views import DataMeta, Task
 from ups.events import Emit, ignore
 from ups.exports import Exports
@@ -81,7 +81,7 @@ class LocalBackend:
     def evaluate(
         self, cfg: Config, meta: DataMeta, tasks: list[Task], exports: Exports, split: str,
         max_samples: int | None = None, horizon: int | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> EvalResult:  # fmt: skip
         from ups.eval.evaluate import evaluate_split
 
         return evaluate_split(eval_config(cfg, max_samples, horizon), meta, tasks, exports, split, self.device)

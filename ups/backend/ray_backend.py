@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ups import config as C
 from ups.backend import Preempted, eval_config
 from ups.config import Config, GenerateConfig
-from ups.contracts import StageResult, TrainJob
+from ups.contracts import EvalResult, StageResult, TrainJob
 from ups.data.views import DataMeta, Task
 from ups.events import Emit, ignore
 from ups.exports import Exports
@@ -125,7 +125,7 @@ class RayBackend:
     def evaluate(
         self, cfg: Config, meta: DataMeta, tasks: list[Task], exports: Exports, split: str,
         max_samples: int | None = None, horizon: int | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> EvalResult:  # fmt: skip
         """Decoded evaluation as a Ray task (see `task_options`)."""
         import ray
 
@@ -147,7 +147,7 @@ def task_options(cfg: Config) -> dict[str, Any]:
 
 def _evaluate_job(
     cfg_dict: dict[str, Any], meta_dict: dict[str, Any], exports: Exports, tasks: list[Task], split: str
-) -> dict[str, Any]:
+) -> EvalResult:
     from ups.eval.evaluate import evaluate_split
 
     return evaluate_split(C.from_dict(cfg_dict), DataMeta.from_dict(meta_dict), tasks, exports, split)

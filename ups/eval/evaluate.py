@@ -9,12 +9,13 @@ baseline u(t) = u(t0) is scored beside it, and so is the bare operator when a co
 from __future__ import annotations
 
 import time
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import torch
 
 from ups.config import Config
+from ups.contracts import EvalMetrics, EvalResult
 from ups.data.views import DataMeta, Task
 from ups.eval.metrics import pdebench_metrics
 from ups.eval.rollout import Corrector, Surrogate
@@ -86,12 +87,13 @@ def evaluate(
     seed: int = 0,
     baseline: FNO | None = None,
     rivals: dict[CorrectorKind, Corrector] | None = None,
-) -> dict[str, Any]:
+) -> EvalResult:
     """Metrics on `split`, overall and per task, of the model and of what bounds or rivals it:
     the bare operator (when a corrector is used), persistence, the FNO baseline (when trained),
     the stack with each other corrector in `rivals` (`diffusion_`, `consistency_`), and two floors
     under every rollout: `recon_` (each true frame encoded and decoded: the autoencoder's error)
-    and `one_step_` (each frame predicted from the true previous one)."""
+    and `one_step_` (each frame predicted from the true previous one). The arrays the plots are
+    drawn from come back beside the metrics, never inside them."""
     t_start = time.perf_counter()
     meta, init = model.meta, model.meta.initial_step
     steps = meta.frames - init if cfg.eval.horizon is None else min(cfg.eval.horizon, meta.frames - init)
@@ -132,13 +134,8 @@ def evaluate(
     truth_all = torch.cat(truths).numpy()
     task_all = torch.cat(task_ids).numpy()
     lx = meta.lengths[0]
-    out: dict[str, Any] = {
-        "split": split,
-        "samples": int(len(truth_all)),
-        "horizon": steps,
-        "initial_step": init,
-        "corrector": model.corrector.kind if model.corrector else "none",
-    }
+    scores: dict[str, float] = {}
+    per_task: dict[str, dict[str, float]] = {}
     curves: dict[str, list[float]] = {}
     for name, p in preds.items():
         if not p:
@@ -147,23 +144,28 @@ def evaluate(
         prefix = "" if name == "model" else f"{name}_"
         layout_pred, layout_truth = _pdebench_layout(pred_all), _pdebench_layout(truth_all)
         for k, v in pdebench_metrics(layout_pred, layout_truth, init, Lx=lx).items():
-            out[prefix + k] = v
+            scores[prefix + k] = v
         curves[name] = pdebench_metrics(layout_pred, layout_truth, init, Lx=lx, per_time=True)["nRMSE"].tolist()
         if len(tasks) > 1:
             for ti, t in enumerate(tasks):
                 m = task_all == ti
                 r = pdebench_metrics(_pdebench_layout(pred_all[m]), _pdebench_layout(truth_all[m]), init, Lx=lx)
-                out.setdefault("per_task", {}).setdefault(t.name, {})[prefix + "nRMSE"] = r["nRMSE"]
-    out["horizon_nRMSE"] = curves
-    out["wall_time_s"] = round(time.perf_counter() - t_start, 3)
-    out["wall_clock"] = out["wall_time_s"] / max(len(truth_all), 1)  # seconds per trajectory, all predictors
-    out["protocol"] = {"split": split, "samples": int(len(truth_all)), "horizon": steps, "initial_step": init}
-    out["_arrays"] = {
+                per_task.setdefault(t.name, {})[prefix + "nRMSE"] = r["nRMSE"]
+    samples = int(len(truth_all))
+    wall = round(time.perf_counter() - t_start, 3)
+    metrics = EvalMetrics(
+        split=split, samples=samples, horizon=steps, initial_step=init,
+        corrector=model.corrector.kind if model.corrector else "none",
+        scores=scores, horizon_nRMSE=curves, per_task=per_task or None, wall_time_s=wall,
+        wall_clock=wall / max(samples, 1),  # seconds per trajectory, all predictors
+        protocol={"split": split, "samples": samples, "horizon": steps, "initial_step": init},
+    )  # fmt: skip
+    arrays = {
         "truth": truth_all,
         "pred": torch.cat(preds["model"]).numpy(),
         "persistence": torch.cat(preds["persistence"]).numpy(),
     }
-    return out
+    return EvalResult(metrics, arrays)
 
 
 @torch.no_grad()
@@ -190,7 +192,7 @@ def build_baseline(cfg: Config, meta: DataMeta, exports: dict[str, dict], device
 
 def evaluate_split(
     cfg: Config, meta: DataMeta, tasks: list[Task], exports: dict[str, dict], split: str, device: str | None = None
-) -> dict[str, Any]:
+) -> EvalResult:
     """Build the stack from exports and evaluate it on a split, in this process (the local
     backend calls it directly, the Ray backend inside a task)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -8,8 +8,9 @@ operator alone. The test split follows the same choice, so it still selects noth
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import get_args
 
+from ups.contracts import EvalMetrics
 from ups.schema import CorrectorKind
 
 
@@ -25,17 +26,18 @@ class CorrectorChoice:
         return self.kind != self.evaluated
 
 
-def choose_corrector(val: dict[str, Any]) -> CorrectorChoice:
+def choose_corrector(val: EvalMetrics) -> CorrectorChoice:
     """From a val evaluation: the corrector with the lowest nRMSE, if it is <= the operator's alone
     (a tie keeps the corrector); rivals scored beside the model count as candidates too."""
-    kind = val["corrector"]
-    if kind == "none" and "operator_nRMSE" not in val:
-        return CorrectorChoice("none", {"none": val["nRMSE"]}, "none")
-    scores = {"none": val["operator_nRMSE"]}
+    kind = val.corrector
+    if kind == "none" and val.score("operator_nRMSE") is None:
+        return CorrectorChoice("none", {"none": val.nRMSE}, "none")
+    scores = {"none": val.scores["operator_nRMSE"]}  # scored beside any corrector or rival
     if kind != "none":
-        scores[kind] = val["nRMSE"]
+        scores[kind] = val.nRMSE
     for k in get_args(CorrectorKind):
-        if f"{k}_nRMSE" in val:
-            scores[k] = val[f"{k}_nRMSE"]
+        rival = val.score(f"{k}_nRMSE")
+        if rival is not None:
+            scores[k] = rival
     best = min(scores, key=lambda k: (scores[k], k == "none"))
     return CorrectorChoice(best, scores, kind)
