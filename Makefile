@@ -23,6 +23,7 @@ check: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports  # imports point down the layers (pyproject.toml [tool.importlinter])
 	$(PY) -m pytest -q -m "not ray"
 
 # The end-to-end tests on one shared local Ray session.

@@ -205,7 +205,8 @@ def synthetic_handoff(stage: str, cfg: Config, meta: DataMeta, folder: str | Pat
     from ups.models import factory
     from ups.stages import registry
 
-    makers = {"autoencoder": lambda: {r: factory.build(r, cfg, meta).state_dict() for r in ("encoder", "decoder")}}
+    build = lambda role: factory.build(role, cfg.model, meta, cfg.latent).state_dict()
+    makers = {"autoencoder": lambda: {r: build(r) for r in ("encoder", "decoder")}}
     out = {}
     torch.manual_seed(0)
     for need in registry.get(stage).needs:

@@ -15,14 +15,19 @@ All three must end with the same weights.
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, emit, ensure_data, smoke
+# This process's job client talks to the cluster's token-auth head; Ray reads the mode once, when it
+# is first imported, so it is set before anything can import ray.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
-from ups.local_cluster import LocalCluster
+from _common import ROOT, emit, ensure_data, smoke  # noqa: E402
+
+from ups.local_cluster import LocalCluster  # noqa: E402
 
 TINY = ["--config", "tests/configs/tiny.yaml", "--set", "scaling.resources={UPS_WORKER: 1}"]
 EPOCH_1_DONE = "[operator] epoch 1/4  train_loss"

@@ -23,6 +23,9 @@ for _k, _v in {
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30",
     "WANDB_MODE": "offline",
     "WANDB_SILENT": "true",
+    # Ray 2.59+ heads (the session's, and the local autoscaling cluster's) require a token, and Ray
+    # reads the mode once, when it is first imported.
+    "RAY_AUTH_MODE": "token",
 }.items():
     os.environ.setdefault(_k, _v)
 os.environ.pop("RAY_ADDRESS", None)
@@ -97,7 +100,6 @@ def tiny_reference(ray_session, smoke_data, tmp_path_factory) -> SubmittedRun:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     runs = tmp_path_factory.mktemp("submitted")
-    os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray 2.59+ local heads require the token
     jobs = JobSubmissionClient(f"http://{get_dashboard_url()}")
     # The job's interpreter is this virtualenv's; on a cluster it is the image's `python`.
     entry = (

@@ -2,19 +2,23 @@
 
 Shift-equivariance is the point of the design (periodic Burgers is translation-symmetric), the
 decoder must read the grid exactly and interpolate between nodes, the untrained operator must be
-persistence, and a latent that does not match the grid must be refused by name.
+persistence, and a latent that does not match the grid must be refused by name. The factory builds
+every network from its own `model.<role>` section and the latent alone; a number that belongs to
+another component (the consistency student's sigma_min) comes from the caller.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from ups import config as C
+from ups.data.views import DataMeta, Normalizer
 from ups.models import factory
 from ups.models.grid import ConvDecoder, ConvEncoder, SpectralTrunk, sample_periodic
 from ups.models.latent import LatentOperator
-from ups.schema import DecoderConfig, EncoderConfig, OperatorNetConfig
+from ups.schema import DecoderConfig, EncoderConfig, LatentConfig, ModelConfig, OperatorNetConfig
 
 
 def grid1d(n: int) -> torch.Tensor:
@@ -95,5 +99,46 @@ def _cfg(**model: dict) -> C.Config:
     ],
 )
 def test_shape_errors_name_the_key(model: dict, tokens: int, key: str | None) -> None:
-    errors = factory.shape_errors(_cfg(**model), (32,))
+    cfg = _cfg(**model)
+    errors = factory.shape_errors(cfg.model, cfg.latent, (32,))
     assert [k for k, _ in errors] == ([key] if key else [])
+
+
+def _meta(cells: int = 32) -> DataMeta:
+    norm = Normalizer(np.zeros(1, np.float32), np.ones(1, np.float32))
+    return DataMeta(tasks=["t"], dts=[0.05], grid=grid1d(cells).numpy(), lengths=[1.0], normalizers=[norm],
+                    frames=6, initial_step=2)  # fmt: skip
+
+
+@pytest.mark.parametrize("anchored", [False, True])
+def test_factory_builds_every_role_from_the_model_and_latent_sections_alone(anchored: bool) -> None:
+    """No builder reads beyond its own section (the config's other components are not even given)."""
+    model = ModelConfig.model_validate(
+        {"encoder": {"arch": "conv", "patch_size": 4}, "decoder": {"arch": "conv"}, "operator": {"arch": "spectral"},
+         "denoiser": {"arch": "spectral", "modes": 4}} if anchored else {}
+    )  # fmt: skip
+    latent, meta = LatentConfig(tokens=8, dim=4), _meta()
+    assert factory.shape_errors(model, latent, meta.spatial_shape) == []
+    z = factory.build("encoder", model, meta, latent)(torch.randn(2, 32, 1))
+    assert z.shape == (2, 8, 4)
+    assert factory.build("decoder", model, meta, latent)(z, torch.rand(1, 5, 1)).shape == (2, 5, 1)
+    assert factory.build("operator", model, meta, latent)(z, torch.full((2,), 0.05)).shape == z.shape
+    assert factory.build("steady", model, meta, latent)(z).shape == z.shape
+    assert factory.build("baseline", model, meta, latent)(torch.randn(2, 2, 32, 1)).shape == (2, 32, 1)
+
+
+def test_consistency_student_takes_sigma_min_from_its_caller() -> None:
+    """The student's boundary condition f(x, sigma_min) = x holds at the sigma_min its caller passes
+    (the diffusion stage's), and a student without one is refused rather than given a default."""
+    torch.manual_seed(0)
+    model, latent, meta = ModelConfig(), LatentConfig(tokens=8, dim=4), _meta()
+    x, cond = torch.randn(3, 8, 4), torch.randn(3, 8, 4)
+    for sigma_min, other in ((0.002, 0.05), (0.05, 0.002)):
+        student = factory.build("denoiser", model, meta, latent, consistency=True, sigma_min=sigma_min)
+        for p in student.parameters():  # a trained student, not the zero-output one a build starts as
+            torch.nn.init.normal_(p, std=0.1)
+        with torch.no_grad():
+            torch.testing.assert_close(student(x, torch.full((3,), sigma_min), cond), x)
+            assert (student(x, torch.full((3,), other), cond) - x).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="sigma_min"):
+        factory.build("denoiser", model, meta, latent, consistency=True)

@@ -21,8 +21,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ValidationError, create_model, model_validator
 
+from ups.eval.metrics import KEYS
+from ups.models import factory
 from ups.schema import (  # noqa: F401  (re-exported: the schema's names are part of ups.config)
     CheckpointConfig,
+    ConfigBase,
     ConfigError,
     DataConfig,
     Decay,
@@ -56,43 +59,15 @@ from ups.schema import (  # noqa: F401  (re-exported: the schema's names are par
 )
 from ups.stages import registry
 
+if TYPE_CHECKING:
+    from ups.schema import StagesSection
 
-class ConfigBase(Section):
-    """Every section but `stages`, and the checks that span sections."""
 
-    data: DataConfig = DataConfig()
-    latent: LatentConfig = LatentConfig()
-    model: ModelConfig = ModelConfig()
-    training: TrainingConfig = TrainingConfig()
-    scaling: ScalingConfig = ScalingConfig()
-    ray: RayConfig = RayConfig()
-    checkpoint: CheckpointConfig = CheckpointConfig()
-    eval: EvalConfig = EvalConfig()
-    logging: LoggingConfig = LoggingConfig()
-    sweep: SweepConfig = SweepConfig()
-    gate: GateConfig = GateConfig()
+class _Registered(ConfigBase):
+    """The checks of names that registries define: architectures, metrics, stages."""
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> ConfigBase:
-        from ups.models import factory
-
-        if not isinstance(self.data.path, str) and self.data.generate is not None:
-            raise KeyedError("data.generate", "can only create a single file, but data.path is a list")
-        tr = self.training
-        batches = {"training.batch_size": tr.batch_size}
-        stages = getattr(self, "stages", None)  # the section the stage registry adds (Config)
-        for name in type(stages).model_fields if stages is not None else ():
-            b = getattr(stages, name).batch_size
-            if b is not None:
-                batches[f"stages.{name}.batch_size"] = b
-        for key, b in batches.items():
-            for world in self.scaling.world_sizes:
-                if b % (world * tr.accum_steps):
-                    raise KeyedError(
-                        key,
-                        f"{b} is not divisible by world size {world} x accum_steps {tr.accum_steps}",
-                        also=("scaling.num_workers", "training.accum_steps"),
-                    )
+    def _registered(self) -> _Registered:
         for role in factory.ROLES:
             arch = getattr(self.model, role).arch
             if arch not in factory.archs(role):
@@ -100,8 +75,6 @@ class ConfigBase(Section):
                     f"model.{role}.arch",
                     f"unknown architecture {arch!r} (registered: {', '.join(factory.archs(role))})",
                 )
-        from ups.eval.metrics import KEYS
-
         gated = (*KEYS, "wall_clock")  # wall_clock: gating's interleaved timing
         for metric in self.gate.ratios:
             if metric not in gated:
@@ -117,17 +90,15 @@ class ConfigBase(Section):
 def _assemble() -> tuple[type[BaseModel], type[BaseModel]]:
     fields: dict[str, Any] = {name: (cls.config_cls, cls.config_cls()) for name, cls in registry.stages().items()}
     stages = create_model("StagesConfig", __base__=Section, **fields)
-    config = create_model("Config", __base__=ConfigBase, stages=(stages, stages()))
+    config = create_model("Config", __base__=_Registered, stages=(stages, stages()))
     config.__doc__ = "The whole resolved config of a run (ups/schema.py + one section per registered stage)."
     return stages, config
 
 
 if TYPE_CHECKING:
+    StagesConfig = StagesSection
 
-    class StagesConfig(Section):
-        def __getattr__(self, name: str) -> Any: ...
-
-    class Config(ConfigBase):
+    class Config(_Registered):
         stages: StagesConfig
 
 else:

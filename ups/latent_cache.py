@@ -147,7 +147,7 @@ class Encode:
     ) -> None:
         cfg_, meta_ = C.from_dict(cfg), DataMeta.from_dict(meta)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.encoder = factory.build("encoder", cfg_, meta_)
+        self.encoder = factory.build("encoder", cfg_.model, meta_, cfg_.latent)
         self.encoder.load_state_dict(read_export(export_uri, export_sha256)["encoder"])
         self.encoder.to(self.device).eval()
         self.out = Storage(out_uri)

@@ -34,11 +34,6 @@ from typing import Any
 
 import yaml
 
-# The cluster's head has token auth (Ray 2.59+; the token in ~/.ray/auth_token), and this process's
-# job client must send it: Ray reads the mode once, when it is first imported, so it is set here,
-# before anything imports ray.
-os.environ.setdefault("RAY_AUTH_MODE", "token")
-
 HEAD_TYPE = "ray.head.default"  # the fake provider's fixed name for the head's type
 STATE_FILE = "cluster.json"
 # Environment of every process of the cluster. The autoscaler looks every second (a cloud head's
@@ -324,6 +319,11 @@ class LocalCluster:
             raise ClusterError(f"ray job submit {submission_id}: {(r.stderr or r.stdout).strip()[-2000:]}")
 
     def _jobs(self) -> Any:
+        # The cluster's head has token auth (Ray 2.59+; the token in ~/.ray/auth_token), and this
+        # process's job client must send it. Ray reads the mode once, when it is first imported: a
+        # process that imported ray already must have had RAY_AUTH_MODE=token in its environment
+        # (tests/conftest.py sets it at import, as the README's `export` does for a shell).
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
         from ray.job_submission import JobSubmissionClient
 
         return JobSubmissionClient(self.info.dashboard_url)

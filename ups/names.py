@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from ups.schema import ConfigError
+from ups.errors import ConfigError
 
 MAX_LEN = 100  # leaves room under the usual 255-byte segment limit for suffixes like `.replaced-<stamp>`
 RULE = (

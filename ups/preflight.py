@@ -62,7 +62,7 @@ def preflight(loaded: C.LoadedConfig, *, ray: bool = True, trials: int = 0) -> d
             f"{where('model.encoder.patch_size')}: model.encoder.patch_size={p} does not divide "
             f"the grid {grid} (after data.x_stride={cfg.data.x_stride})"
         )
-    shape_errors = factory.shape_errors(cfg, grid)
+    shape_errors = factory.shape_errors(cfg.model, cfg.latent, grid)
     if shape_errors:
         key, message = shape_errors[0]
         raise ConfigError(f"{where(key)}: {message}")

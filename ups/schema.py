@@ -3,21 +3,20 @@ optimizers, schedules, training, scaling, checkpoints, evaluation, sweeps, gates
 
 Stage-specific sections live with their stage (`ups/stages/<stage>.py`) and `ups/config.py`
 assembles the whole schema from the stage registry. This module sits on the bottom floor: models,
-data and stages import it; it imports nothing of the project.
+data and stages import it; it imports only the leaf modules whose rules its checks apply (errors,
+names, storage's URI redaction).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A bad config, include, override or data file; the message is one line for the user."""
-
+from ups.errors import ConfigError, KeyedError  # noqa: F401  (ConfigError re-exported: readers of the schema catch it)
+from ups.names import name_problem
 
 # ----------------------------------------------------------------------------------------------
 # Schema. Sections own their keys; defaults make a tiny file a complete config.
@@ -73,6 +72,9 @@ class GenerateConfig(Section):
         return (self.resolution,) * (2 if self.pde == "advection2d" else 1)
 
 
+REMOTE_SCHEMES = ("s3", "gs", "gcs")  # object stores `data.path` may name (read by ups.data.files); file:// is local
+
+
 class DataConfig(Section):
     # One HDF5 file, or a list (multi-task): a local path, a file:// URI, or s3:// / gs:// (ups.data.files).
     path: Union[str, list[str]] = "data/burgers_nu0.001.h5"
@@ -103,7 +105,6 @@ class DataConfig(Section):
             raise ValueError("must name at least one HDF5 file")
         from urllib.parse import urlsplit
 
-        from ups.data.files import REMOTE_SCHEMES
         from ups.storage import redact
 
         for p in paths:
@@ -388,8 +389,6 @@ class GateConfig(Section):
     @classmethod
     def _family(cls, v: str | None) -> str | None:
         """The family is a folder, `{storage}/registry/{family}/`; empty or unset means derived."""
-        from ups.names import name_problem  # here, not at the top: ups.names imports this module
-
         if v and (problem := name_problem(v)):
             raise KeyedError("gate.family", f"{problem} (got {v!r})")
         return v
@@ -416,10 +415,54 @@ class LoggingConfig(Section):
     wandb: WandbConfig = WandbConfig()
 
 
-class KeyedError(ValueError):
-    """A cross-field error that knows which dotted key to blame."""
+# ----------------------------------------------------------------------------------------------
+# The whole config but the stages' own sections. `ups/config.py` adds `stages` (one section per
+# registered stage) and the checks against the registries; code below it (stages, models) is
+# typed against this class and never imports the assembled `Config`.
 
-    def __init__(self, key: str, msg: str, also: tuple[str, ...] = ()) -> None:
-        super().__init__(msg)
-        self.key, self.msg = key, msg
-        self.also = also  # other keys that take part: the one set last is named as the source
+
+if TYPE_CHECKING:
+
+    class StagesSection(Section):
+        """`stages.<name>`: one section per registered stage (each of its stage's config class)."""
+
+        def __getattr__(self, name: str) -> Any: ...
+
+
+class ConfigBase(Section):
+    """Every section but `stages`, and the checks that span sections and need nothing but the schema."""
+
+    data: DataConfig = DataConfig()
+    latent: LatentConfig = LatentConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    ray: RayConfig = RayConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    eval: EvalConfig = EvalConfig()
+    logging: LoggingConfig = LoggingConfig()
+    sweep: SweepConfig = SweepConfig()
+    gate: GateConfig = GateConfig()
+    if TYPE_CHECKING:
+        stages: StagesSection  # added by ups.config from the stage registry
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ConfigBase:
+        if not isinstance(self.data.path, str) and self.data.generate is not None:
+            raise KeyedError("data.generate", "can only create a single file, but data.path is a list")
+        tr = self.training
+        batches = {"training.batch_size": tr.batch_size}
+        stages = getattr(self, "stages", None)  # the section the stage registry adds (ups.config.Config)
+        for name in type(stages).model_fields if stages is not None else ():
+            b = getattr(stages, name).batch_size
+            if b is not None:
+                batches[f"stages.{name}.batch_size"] = b
+        for key, b in batches.items():
+            for world in self.scaling.world_sizes:
+                if b % (world * tr.accum_steps):
+                    raise KeyedError(
+                        key,
+                        f"{b} is not divisible by world size {world} x accum_steps {tr.accum_steps}",
+                        also=("scaling.num_workers", "training.accum_steps"),
+                    )
+        return self

@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from ups.schema import ConfigError
+from ups.errors import ConfigError
 
 # The schemes pyarrow.fs.FileSystem.from_uri understands (it is case-sensitive), less its test-only `mock`.
 SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")

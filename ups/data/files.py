@@ -20,7 +20,8 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-REMOTE_SCHEMES = ("s3", "gs", "gcs")  # what pyarrow.fs reads; file:// is a local path
+from ups.schema import REMOTE_SCHEMES  # what pyarrow.fs reads here; file:// is a local path
+
 READ_AHEAD = 4 << 20
 
 

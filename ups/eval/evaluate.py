@@ -44,7 +44,9 @@ def build_corrector(
         raise ValueError(f"eval.corrector={kind} but stage {stage} was not trained")
     ex = exports[stage]
     diff = cfg.stages.diffusion_residual
-    net = factory.build("denoiser", cfg, meta, consistency=kind == "consistency")
+    net = factory.build(
+        "denoiser", cfg.model, meta, cfg.latent, consistency=kind == "consistency", sigma_min=diff.sigma_min
+    )
     net.load_state_dict(ex[registry.get(stage).export_keys[0]])
     return Corrector(kind, net.to(device).eval(), float(ex["residual_scale"]), diff.sigma_min, diff.sigma_max,
                      diff.sample_steps, cfg.eval.noise_scale, feedback=diff.states == "true")  # fmt: skip
@@ -54,10 +56,11 @@ def build_surrogate(cfg: Config, meta: DataMeta, exports: Exports, device: torch
     """The stack from stage exports; the corrector follows `eval.corrector` ("auto": the one of the
     latest trained corrector stage, the cheapest to run; the val evaluation then scores every trained
     corrector beside it and the pipeline keeps the best, or none if none beats the operator alone)."""
-    enc, dec = factory.build("encoder", cfg, meta), factory.build("decoder", cfg, meta)
+    enc = factory.build("encoder", cfg.model, meta, cfg.latent)
+    dec = factory.build("decoder", cfg.model, meta, cfg.latent)
     enc.load_state_dict(exports["autoencoder"]["encoder"])
     dec.load_state_dict(exports["autoencoder"]["decoder"])
-    op = factory.build("operator", cfg, meta)
+    op = factory.build("operator", cfg.model, meta, cfg.latent)
     op.load_state_dict(exports["operator"]["operator"])
     requested = cfg.eval.corrector
     kind: CorrectorKind | None
@@ -185,7 +188,7 @@ def build_baseline(cfg: Config, meta: DataMeta, exports: dict[str, dict], device
     """The FNO baseline from its export, if the run trained one."""
     if "fno_baseline" not in exports:
         return None
-    net = cast(FNO, factory.build("baseline", cfg, meta))
+    net = cast(FNO, factory.build("baseline", cfg.model, meta, cfg.latent))
     net.load_state_dict(exports["fno_baseline"]["fno"])
     return net.to(device).eval()
 

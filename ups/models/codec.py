@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ups.models import factory
 from ups.models.layers import MLP, Block, CrossBlock, fourier_dim, fourier_features
+from ups.models.registry import LatentSpace, register
 from ups.schema import DecoderConfig, EncoderConfig
 
 if TYPE_CHECKING:
-    from ups.config import Config
     from ups.data.views import DataMeta
 
 
@@ -80,11 +79,11 @@ class AnyPointDecoder(nn.Module):
 # -- Registered builders (`model.<role>.arch`) --------------------------------------------------
 
 
-@factory.register("encoder", "patch_attention")
-def _encoder(cfg: Config, meta: DataMeta) -> GridEncoder:
-    return GridEncoder(torch.as_tensor(meta.grid), meta.channels, cfg.latent.tokens, cfg.latent.dim, cfg.model.encoder)
+@register("encoder", "patch_attention")
+def _encoder(cfg: EncoderConfig, meta: DataMeta, latent: LatentSpace) -> GridEncoder:
+    return GridEncoder(torch.as_tensor(meta.grid), meta.channels, latent.tokens, latent.dim, cfg)
 
 
-@factory.register("decoder", "cross_attention")
-def _decoder(cfg: Config, meta: DataMeta) -> AnyPointDecoder:
-    return AnyPointDecoder(meta.grid.shape[-1], meta.channels, cfg.latent.dim, cfg.model.decoder)
+@register("decoder", "cross_attention")
+def _decoder(cfg: DecoderConfig, meta: DataMeta, latent: LatentSpace) -> AnyPointDecoder:
+    return AnyPointDecoder(meta.grid.shape[-1], meta.channels, latent.dim, cfg)

@@ -1,104 +1,74 @@
 """Networks by role and architecture: `model.<role>.arch` in the config picks the class.
 
-A new architecture is a new class plus one `@register("operator", "my_arch")` builder next to it;
-nothing else changes. Builders take the whole config and the data's metadata, so every network
-is built the same way in stages, evaluation, the latent cache and benchmarks.
+A new architecture is a new class plus one `@register("operator", "my_arch")` builder next to it
+(ups/models/registry.py); nothing else changes. Every network is built here, the same way in
+stages, evaluation, the latent cache and benchmarks: `build(role, cfg.model, meta, cfg.latent)`.
+The builder gets its own `model.<role>` section only; numbers that belong to another component
+(a consistency student's sigma_min, which is the diffusion stage's) are passed by the caller.
 
 Roles: encoder (fields -> latent tokens), decoder (tokens -> fields at any point), operator
 (one latent time step), denoiser (the residual corrector and its consistency student), steady
-(the steady prior).
+(the steady prior), baseline (the FNO on the grid).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from ups.models import codec, fno, grid  # noqa: F401  (the built-in networks register on import)
+from ups.models import latent as _latent  # noqa: F401
+from ups.models.registry import ANCHORED, NEEDS_ANCHORED, ROLES, LatentSpace, archs, builder, register
+
 if TYPE_CHECKING:
-    from ups.config import Config
     from ups.data.views import DataMeta
+    from ups.schema import LatentConfig, ModelConfig
 
-ROLES = ("encoder", "decoder", "operator", "denoiser", "steady", "baseline")
-Builder = Callable[..., nn.Module]
-TokenRule = Callable[["Config", tuple[int, ...]], int]
-_BUILDERS: dict[tuple[str, str], Builder] = {}
-_TOKENS: dict[str, TokenRule] = {}  # encoders whose token count the grid fixes (anchored latents)
-_NEEDS_ANCHORED: set[tuple[str, str]] = set()  # networks that read tokens as a grid
+__all__ = ["ROLES", "LatentSpace", "archs", "build", "latent_space", "register", "shape_errors"]
 
 
-def register(
-    role: str, arch: str, *, tokens: TokenRule | None = None, needs_anchored: bool = False
-) -> Callable[[Builder], Builder]:
-    """Register `builder(cfg, meta, **options) -> nn.Module` as architecture `arch` for `role`.
-
-    `tokens` (encoders): the token count this encoder produces on a grid, which `latent.tokens`
-    must then equal. `needs_anchored` (other roles): the network reshapes tokens into the latent
-    grid, so it only works behind an encoder registered with `tokens`.
-    """
-    if role not in ROLES:
-        raise ValueError(f"unknown model role {role!r} (roles: {', '.join(ROLES)})")
-
-    def add(builder: Builder) -> Builder:
-        if (role, arch) in _BUILDERS:
-            raise ValueError(f"architecture {arch!r} is already registered for {role}")
-        _BUILDERS[(role, arch)] = builder
-        if tokens is not None:
-            _TOKENS[arch] = tokens
-        if needs_anchored:
-            _NEEDS_ANCHORED.add((role, arch))
-        return builder
-
-    return add
+def latent_space(model: ModelConfig, latent: LatentConfig, spatial_shape: tuple[int, ...]) -> LatentSpace:
+    """The latent the encoder of `model` makes on this grid (`latent.tokens` x `latent.dim`, and the
+    latent grid when the encoder is anchored)."""
+    enc = model.encoder
+    if enc.arch not in ANCHORED:
+        return LatentSpace(latent.tokens, latent.dim)
+    p = enc.patch_size
+    return LatentSpace(latent.tokens, latent.dim, p, tuple(n // p for n in spatial_shape))
 
 
-def shape_errors(cfg: Config, spatial_shape: tuple[int, ...]) -> list[tuple[str, str]]:
+def shape_errors(model: ModelConfig, latent: LatentConfig, spatial_shape: tuple[int, ...]) -> list[tuple[str, str]]:
     """(key, message) for every network that cannot work with this latent on this grid."""
-    _load_builtin()
     errors = []
-    enc = cfg.model.encoder.arch
-    rule = _TOKENS.get(enc)
-    if rule is not None and rule(cfg, spatial_shape) != cfg.latent.tokens:
-        p = cfg.model.encoder.patch_size
+    enc = model.encoder.arch
+    space = latent_space(model, latent, spatial_shape)
+    if space.grid is not None and math.prod(space.grid) != latent.tokens:
         errors.append(
             (
                 "latent.tokens",
-                f"latent.tokens={cfg.latent.tokens}, but model.encoder.arch={enc} makes one token per patch: "
-                f"{rule(cfg, spatial_shape)} on the grid {spatial_shape} with patch_size={p}",
+                f"latent.tokens={latent.tokens}, but model.encoder.arch={enc} makes one token per patch: "
+                f"{math.prod(space.grid)} on the grid {spatial_shape} with patch_size={space.patch_size}",
             )
         )
     for role in ROLES:
-        arch = getattr(cfg.model, role).arch
-        if (role, arch) in _NEEDS_ANCHORED and rule is None:
+        arch = getattr(model, role).arch
+        if (role, arch) in NEEDS_ANCHORED and space.grid is None:
             errors.append(
                 (
                     f"model.{role}.arch",
                     f"model.{role}.arch={arch} reads the latent as a grid; it needs an anchored encoder "
-                    f"(model.encoder.arch: {' or '.join(sorted(_TOKENS))}), not {enc}",
+                    f"(model.encoder.arch: {' or '.join(sorted(ANCHORED))}), not {enc}",
                 )
             )
     return errors
 
 
-def archs(role: str) -> list[str]:
-    """The architectures registered for a role (what `model.<role>.arch` may name)."""
-    _load_builtin()
-    return sorted(a for r, a in _BUILDERS if r == role)
+def build(role: str, model: ModelConfig, meta: DataMeta, latent: LatentConfig, **options: Any) -> nn.Module:
+    """A freshly initialised network for `role`, of the architecture `model.<role>.arch` names.
 
-
-def build(role: str, cfg: Config, meta: DataMeta, **options: Any) -> nn.Module:
-    """A freshly initialised network for `role`, of the architecture the config names."""
-    _load_builtin()
-    arch = getattr(cfg.model, role).arch
-    try:
-        builder = _BUILDERS[(role, arch)]
-    except KeyError:
-        raise ValueError(f"model.{role}.arch={arch!r} is not registered (known: {', '.join(archs(role))})") from None
-    return builder(cfg, meta, **options)
-
-
-def _load_builtin() -> None:
-    # The built-in networks register on import; importing them here keeps the factory usable
-    # from modules that the model modules themselves import.
-    from ups.models import codec, fno, grid, latent  # noqa: F401
+    `options` go to the builder as they are (the denoiser's `consistency` and `sigma_min`)."""
+    section = getattr(model, role)
+    make = builder(role, section.arch)
+    return make(section, meta, latent_space(model, latent, meta.spatial_shape), **options)

@@ -8,13 +8,16 @@ Written here (not imported from neuraloperator) so the baseline has no extra dep
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from ups.models import factory
+from ups.models.registry import LatentSpace, register
 from ups.schema import FNOConfig
+
+if TYPE_CHECKING:
+    from ups.data.views import DataMeta
 
 
 class SpectralConv(nn.Module):
@@ -77,6 +80,6 @@ class FNO(nn.Module):
         return torch.stack(out, dim=1)
 
 
-@factory.register("baseline", "fno")
-def _fno(cfg: Any, meta: Any) -> FNO:
-    return FNO(torch.as_tensor(meta.grid), meta.channels, meta.initial_step, cfg.model.baseline)
+@register("baseline", "fno")
+def _fno(cfg: FNOConfig, meta: DataMeta, latent: LatentSpace) -> FNO:
+    return FNO(torch.as_tensor(meta.grid), meta.channels, meta.initial_step, cfg)  # on the grid: no latent

@@ -22,13 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ups.models import factory
 from ups.models.fno import SpectralConv
 from ups.models.latent import LatentOperator, ResidualDenoiser
-from ups.schema import DecoderConfig, EncoderConfig
+from ups.models.registry import LatentSpace, register
+from ups.schema import DecoderConfig, DenoiserNetConfig, EncoderConfig, OperatorNetConfig
 
 if TYPE_CHECKING:
-    from ups.config import Config
     from ups.data.views import DataMeta
 
 KERNEL = 5  # odd: a periodic 'same' convolution
@@ -184,36 +183,38 @@ class SpectralTrunk(nn.Module):
 # -- Registered builders (`model.<role>.arch`) --------------------------------------------------
 
 
-def _tokens(cfg: Config, spatial_shape: tuple[int, ...]) -> int:
-    return math.prod(latent_shape(spatial_shape, cfg.model.encoder.patch_size))
+@register("encoder", "conv", anchored=True)
+def _encoder(cfg: EncoderConfig, meta: DataMeta, latent: LatentSpace) -> ConvEncoder:
+    return ConvEncoder(meta.spatial_shape, meta.channels, latent.dim, cfg)
 
 
-@factory.register("encoder", "conv", tokens=_tokens)
-def _encoder(cfg: Config, meta: DataMeta) -> ConvEncoder:
-    return ConvEncoder(meta.spatial_shape, meta.channels, cfg.latent.dim, cfg.model.encoder)
+@register("decoder", "conv", needs_anchored=True)
+def _decoder(cfg: DecoderConfig, meta: DataMeta, latent: LatentSpace) -> ConvDecoder:
+    return ConvDecoder(torch.as_tensor(meta.grid), meta.channels, latent.dim, cfg, _anchored(latent)[1])
 
 
-@factory.register("decoder", "conv", needs_anchored=True)
-def _decoder(cfg: Config, meta: DataMeta) -> ConvDecoder:
-    return ConvDecoder(
-        torch.as_tensor(meta.grid), meta.channels, cfg.latent.dim, cfg.model.decoder, cfg.model.encoder.patch_size
-    )
+@register("operator", "spectral", needs_anchored=True)
+def _operator(cfg: OperatorNetConfig, meta: DataMeta, latent: LatentSpace) -> LatentOperator:
+    trunk = SpectralTrunk(_anchored(latent)[0], latent.dim, latent.dim, cfg.hidden, cfg.depth, cfg.modes)
+    return LatentOperator(latent.tokens, latent.dim, cfg, len(meta.tasks), trunk=trunk)
 
 
-@factory.register("operator", "spectral", needs_anchored=True)
-def _operator(cfg: Config, meta: DataMeta) -> LatentOperator:
-    c = cfg.model.operator
-    trunk = SpectralTrunk(_grid(cfg, meta), cfg.latent.dim, cfg.latent.dim, c.hidden, c.depth, c.modes)
-    return LatentOperator(cfg.latent.tokens, cfg.latent.dim, c, len(meta.tasks), trunk=trunk)
+@register("denoiser", "spectral", needs_anchored=True)
+def _denoiser(
+    cfg: DenoiserNetConfig,
+    meta: DataMeta,
+    latent: LatentSpace,
+    *,
+    consistency: bool = False,
+    sigma_min: float | None = None,
+) -> ResidualDenoiser:
+    dim = latent.dim
+    trunk = SpectralTrunk(_anchored(latent)[0], 2 * dim, dim, cfg.hidden, cfg.depth, cfg.modes)
+    return ResidualDenoiser(latent.tokens, dim, cfg, consistency=consistency, sigma_min=sigma_min, trunk=trunk)
 
 
-@factory.register("denoiser", "spectral", needs_anchored=True)
-def _denoiser(cfg: Config, meta: DataMeta, *, consistency: bool = False) -> ResidualDenoiser:
-    c, dim = cfg.model.denoiser, cfg.latent.dim
-    trunk = SpectralTrunk(_grid(cfg, meta), 2 * dim, dim, c.hidden, c.depth, c.modes)
-    sigma_min = cfg.stages.diffusion_residual.sigma_min
-    return ResidualDenoiser(cfg.latent.tokens, dim, c, consistency=consistency, sigma_min=sigma_min, trunk=trunk)
-
-
-def _grid(cfg: Config, meta: DataMeta) -> tuple[int, ...]:
-    return latent_shape(meta.spatial_shape, cfg.model.encoder.patch_size)
+def _anchored(latent: LatentSpace) -> tuple[tuple[int, ...], int]:
+    """The latent grid and the patch size (preflight refuses these networks behind other encoders)."""
+    if latent.grid is None or latent.patch_size is None:
+        raise ValueError("this network reads the latent as a grid: it needs an anchored encoder (model.encoder.arch)")
+    return latent.grid, latent.patch_size

@@ -8,12 +8,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ups.models import factory
 from ups.models.layers import MLP, TokenTransformer, sinusoidal_embedding
+from ups.models.registry import LatentSpace, register
 from ups.schema import DenoiserNetConfig, OperatorNetConfig, SteadyNetConfig
 
 if TYPE_CHECKING:
-    from ups.config import Config
     from ups.data.views import DataMeta
 
 
@@ -59,15 +58,19 @@ class ResidualDenoiser(nn.Module):
         cfg: DenoiserNetConfig,
         *,
         consistency: bool = False,
-        sigma_min: float = 0.002,
+        sigma_min: float | None = None,
         trunk: nn.Module | None = None,
     ) -> None:
+        """`sigma_min` (consistency only): the lowest noise level, where f(x, sigma_min) = x; the
+        caller passes its diffusion's (stages.diffusion_residual.sigma_min)."""
+        if consistency and sigma_min is None:
+            raise ValueError("a consistency denoiser needs sigma_min (the lowest noise level of its diffusion)")
         super().__init__()
         self.noise_embed = MLP(cfg.hidden, cfg.hidden)
         self.trunk = trunk or TokenTransformer(
             tokens, 2 * dim, dim, cfg.hidden, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.hidden
         )
-        self.hidden, self.consistency, self.sigma_min = cfg.hidden, consistency, sigma_min
+        self.hidden, self.consistency, self.sigma_min = cfg.hidden, consistency, sigma_min or 0.0
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         s = sigma.to(x.dtype)[:, None, None]
@@ -123,22 +126,23 @@ class SteadyPrior(nn.Module):
 # -- Registered builders (`model.<role>.arch`) --------------------------------------------------
 
 
-@factory.register("operator", "transformer")
-def _operator(cfg: Config, meta: DataMeta) -> LatentOperator:
-    return LatentOperator(cfg.latent.tokens, cfg.latent.dim, cfg.model.operator, len(meta.tasks))
+@register("operator", "transformer")
+def _operator(cfg: OperatorNetConfig, meta: DataMeta, latent: LatentSpace) -> LatentOperator:
+    return LatentOperator(latent.tokens, latent.dim, cfg, len(meta.tasks))
 
 
-@factory.register("denoiser", "transformer")
-def _denoiser(cfg: Config, meta: DataMeta, *, consistency: bool = False) -> ResidualDenoiser:
-    return ResidualDenoiser(
-        cfg.latent.tokens,
-        cfg.latent.dim,
-        cfg.model.denoiser,
-        consistency=consistency,
-        sigma_min=cfg.stages.diffusion_residual.sigma_min,
-    )
+@register("denoiser", "transformer")
+def _denoiser(
+    cfg: DenoiserNetConfig,
+    meta: DataMeta,
+    latent: LatentSpace,
+    *,
+    consistency: bool = False,
+    sigma_min: float | None = None,
+) -> ResidualDenoiser:
+    return ResidualDenoiser(latent.tokens, latent.dim, cfg, consistency=consistency, sigma_min=sigma_min)
 
 
-@factory.register("steady", "transformer")
-def _steady(cfg: Config, meta: DataMeta) -> SteadyPrior:
-    return SteadyPrior(cfg.latent.tokens, cfg.latent.dim, cfg.model.steady)
+@register("steady", "transformer")
+def _steady(cfg: SteadyNetConfig, meta: DataMeta, latent: LatentSpace) -> SteadyPrior:
+    return SteadyPrior(latent.tokens, latent.dim, cfg)

@@ -51,8 +51,8 @@ class AutoencoderStage(Stage[Autoencoder, AutoencoderStageConfig]):
 
     def build(self) -> Autoencoder:
         grid = torch.as_tensor(self.meta.grid)
-        encoder = factory.build("encoder", self.cfg, self.meta)
-        decoder = factory.build("decoder", self.cfg, self.meta)
+        encoder = factory.build("encoder", self.cfg.model, self.meta, self.cfg.latent)
+        decoder = factory.build("decoder", self.cfg.model, self.meta, self.cfg.latent)
         self.points = grid.reshape(1, -1, grid.shape[-1]).to(self.device)
         return Autoencoder(encoder, decoder)
 

@@ -12,17 +12,14 @@ stage object and are used while building batches and validating, outside DDP.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 from torch import nn
 
 from ups.data.views import DataMeta
-from ups.schema import CorrectorKind, StageConfig
+from ups.schema import ConfigBase, CorrectorKind, StageConfig
 from ups.train.shard import Trajectories
-
-if TYPE_CHECKING:
-    from ups.config import Config
 
 # (sum, count) pairs that the loop all-reduces across ranks before dividing.
 Sums = dict[str, tuple[float, float]]
@@ -47,7 +44,11 @@ class Stage(Generic[ModuleT, ConfigT]):
     export_keys: ClassVar[tuple[str, ...]] = ()  # what `export()` returns (checked when it is written)
     corrector: ClassVar[CorrectorKind | None] = None  # the `eval.corrector` kind this stage's export provides
 
-    def __init__(self, cfg: Config, meta: DataMeta, handoff: dict[str, dict[str, Any]], device: torch.device) -> None:
+    def __init__(
+        self, cfg: ConfigBase, meta: DataMeta, handoff: dict[str, dict[str, Any]], device: torch.device
+    ) -> None:
+        """`cfg`: the run's whole config (ups.config.Config), known here by its stage-independent part
+        (ups.schema.ConfigBase), so that stages sit below the config that is assembled from them."""
         missing = [n for n in self.needs if n not in handoff]
         if missing:
             raise RuntimeError(f"stage {self.name} needs the output of {missing}, which was not handed over")

@@ -61,11 +61,13 @@ class ConsistencyDistillStage(Stage[StudentObjective, ConsistencyStageConfig]):
     def build(self) -> StudentObjective:
         cfg, diff = self.cfg, self.cfg.stages.diffusion_residual
         self.operator = frozen_operator(self)
-        self.teacher = factory.build("denoiser", cfg, self.meta)
+        self.teacher = factory.build("denoiser", cfg.model, self.meta, cfg.latent)
         self.teacher.load_state_dict(self.handoff["diffusion_residual"]["denoiser"])
         self.teacher.to(self.device).eval().requires_grad_(False)
         self.scale = float(self.handoff["diffusion_residual"]["residual_scale"])
-        student = factory.build("denoiser", cfg, self.meta, consistency=True)
+        student = factory.build(
+            "denoiser", cfg.model, self.meta, cfg.latent, consistency=True, sigma_min=diff.sigma_min
+        )
         student.load_state_dict(self.teacher.state_dict())
         self.target = copy.deepcopy(student).to(self.device).eval().requires_grad_(False)
         # Ascending noise levels σ_0 = σ_min < ... < σ_{N-1} = σ_max.

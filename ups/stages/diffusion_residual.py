@@ -127,7 +127,7 @@ class Residuals:
 
 
 def frozen_operator(stage: Stage[Any, Any]) -> nn.Module:
-    op = factory.build("operator", stage.cfg, stage.meta)
+    op = factory.build("operator", stage.cfg.model, stage.meta, stage.cfg.latent)
     op.load_state_dict(stage.handoff["operator"]["operator"])
     return op.to(stage.device).eval().requires_grad_(False)
 
@@ -158,7 +158,7 @@ class DiffusionResidualStage(Stage[DenoiserObjective, DiffusionStageConfig]):
 
     def build(self) -> DenoiserObjective:
         self.operator = frozen_operator(self)
-        return DenoiserObjective(factory.build("denoiser", self.cfg, self.meta))
+        return DenoiserObjective(factory.build("denoiser", self.cfg.model, self.meta, self.cfg.latent))
 
     def setup(self, train: Trajectories, val: Trajectories, reduce_sum: ReduceSum) -> None:
         self.train_res = residuals(self, self.operator, train)

@@ -61,7 +61,7 @@ class FNOBaselineStage(Stage[FNOObjective, FNOStageConfig]):
 
     def build(self) -> FNOObjective:
         # Any `model.baseline.arch` must offer FNO's interface: forward(frames) and rollout(given, steps).
-        fno = cast(FNO, factory.build("baseline", self.cfg, self.meta))
+        fno = cast(FNO, factory.build("baseline", self.cfg.model, self.meta, self.cfg.latent))
         return FNOObjective(fno, self.meta.initial_step)
 
     def batch(self, train: Trajectories, ids: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:

@@ -60,8 +60,8 @@ class OperatorStage(Stage[OperatorObjective, OperatorStageConfig]):
         return max(frames - stage_cfg.rollout_horizon, 0)  # windows of H+1 frames
 
     def build(self) -> OperatorObjective:
-        op = factory.build("operator", self.cfg, self.meta)
-        self.decoder = factory.build("decoder", self.cfg, self.meta)
+        op = factory.build("operator", self.cfg.model, self.meta, self.cfg.latent)
+        self.decoder = factory.build("decoder", self.cfg.model, self.meta, self.cfg.latent)
         self.decoder.load_state_dict(self.handoff["autoencoder"]["decoder"])
         self.decoder.to(self.device).eval().requires_grad_(False)
         return OperatorObjective(op, self.stage_cfg.lambda_rollout)

@@ -42,7 +42,7 @@ class SteadyPriorStage(Stage[PriorObjective, SteadyStageConfig]):
         return frames - 1  # every state before the terminal one
 
     def build(self) -> PriorObjective:
-        return PriorObjective(factory.build("steady", self.cfg, self.meta))
+        return PriorObjective(factory.build("steady", self.cfg.model, self.meta, self.cfg.latent))
 
     def batch(self, train: Trajectories, ids: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         traj, t = pair_index(ids, self.meta.frames - 1)

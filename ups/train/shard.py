@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 
 if TYPE_CHECKING:
-    from ups.train.spill import DiskArray
+    from ups.train.diskarray import DiskArray
 
 Rows = Union[torch.Tensor, "DiskArray"]  # in memory, or spilled to local disk (data.mode: stream)
 
