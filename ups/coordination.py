@@ -101,11 +101,17 @@ class Lease:
         self.stop, self.lost = threading.Event(), threading.Event()
         self._mutex = threading.Lock()  # a renewal and our own fence never interleave
         self._thread: threading.Thread | None = None
+        self.acquired = False
 
-    # What each store implements.
     def try_acquire(self) -> Claim | None:
         """Take the lock now, or raise Busy. Returns the dead holder's claim that was taken over
         (None when the lock was free)."""
+        before = self._acquire()
+        self.acquired = True
+        return before
+
+    # What each store implements.
+    def _acquire(self) -> Claim | None:
         raise NotImplementedError
 
     def _renew(self) -> bool:
@@ -144,7 +150,7 @@ class Lease:
     def held(self) -> bool:
         """The fence: True while the lease is still ours (checked at the store)."""
         with self._mutex:
-            return not self.lost.is_set() and self._ours()
+            return self.acquired and not self.lost.is_set() and self._ours()
 
     def release(self) -> None:
         """Stop renewing, then delete the lease only if it is still ours (never a successor's).
@@ -152,8 +158,9 @@ class Lease:
         self.stop.set()
         if self._thread:
             self._thread.join(timeout=60)  # a renewal in flight finishes before the lease is deleted
-        with self._mutex, contextlib.suppress(OSError):
-            self._delete_if_ours()
+        if self.acquired:  # an attempt that never claimed leaves its record to expire (see TimedLease)
+            with self._mutex, contextlib.suppress(OSError):
+                self._delete_if_ours()
 
 
 def acquire(lease: Lease, timeout_s: float) -> Claim | None:
@@ -190,7 +197,7 @@ class FlockLease(Lease):
             return None
         return self.fmt.decode(raw) if raw.strip() else None  # empty: released cleanly
 
-    def try_acquire(self) -> Claim | None:
+    def _acquire(self) -> Claim | None:
         self.store.makedirs()
         # Held open while held (the flock lives with the open file); not inherited by children (PEP 446).
         f = open(self.store.path(self.file), "a+b")  # noqa: SIM115
@@ -243,7 +250,7 @@ class TimedLease(Lease):
     def _write(self) -> None:
         self.store.write_bytes(self.fmt.encode(self.token), self.file)
 
-    def try_acquire(self) -> Claim | None:
+    def _acquire(self) -> Claim | None:
         t0 = time.monotonic()
         before = self._read()
         if before is not None and before.expires_at > time.time():
@@ -314,7 +321,7 @@ class ConditionalLease(Lease):
         self.etag, self.expires_at = r["ETag"], self.fmt.decode(body).expires_at
         return True
 
-    def try_acquire(self) -> Claim | None:
+    def _acquire(self) -> Claim | None:
         for _ in range(3):  # the object changed between our read and write: read it again
             before, etag = self._get()
             mine = before is not None and before.token == self.token
