@@ -358,7 +358,10 @@ class ConditionalLease(Lease):
         # A store without conditional deletes: a live lease of ours is only replaced after it
         # expires, so checking then deleting is safe while we hold it.
         if self._ours():
-            self.client.delete_object(Bucket=self.bucket, Key=self.key)
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=self.key)
+            except Exception as e:
+                raise _oserror("DeleteObject", e) from None
 
 
 _clients: dict[str, Any] = {}
