@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import math
 import posixpath
-import random
 import re
 import statistics
 import threading
@@ -34,9 +32,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
-from ups import names
+from ups import coordination, names
 from ups.config import Config, GateConfig
 from ups.contracts import ChampionRecord, Decision, EvalMetrics, RunSummary, StageRecord, TrialRecord
 from ups.data.views import DataMeta
@@ -51,7 +49,6 @@ REGISTRY = "registry"
 WALL_CLOCK = "wall_clock"  # the ratio gate that uses the interleaved timing, not the eval's own number
 
 Side = Literal["candidate", "champion"]
-T = TypeVar("T")
 
 
 def family_of(cfg: Config, meta: DataMeta) -> str:
@@ -371,46 +368,6 @@ def _stamp() -> str:
     return (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=us)).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
-class _Lease:
-    """This driver's hold on an object-store lease: a daemon thread rewrites `expires_at` every
-    lease_s / 3, so the lease never expires while held; `check` is the fence before a critical write."""
-
-    def __init__(self, registry: Registry, token: str) -> None:
-        self.registry, self.token = registry, token
-        self.mutex = threading.Lock()  # our renewal and our own reads of the lease never interleave
-        self.stop, self.lost = threading.Event(), threading.Event()
-        self.thread = threading.Thread(target=self._renew, name=f"lease-{registry.family}", daemon=True)
-        self.thread.start()
-
-    def ours(self) -> bool:
-        lease = self.registry._read_lease()
-        return lease is not None and lease[0] == self.token and lease[1] > time.time()
-
-    def _renew(self) -> None:
-        while not self.stop.wait(self.registry.lease_s / 3):
-            with self.mutex:
-                try:
-                    if not self.ours():  # expired or taken over: never renew what is not (or no longer) ours
-                        self.lost.set()
-                        return
-                    self.registry._write_lease(self.token)
-                except OSError:
-                    pass  # retried next period; a lease that expires meanwhile fails the fence
-
-    def check(self) -> None:
-        with self.mutex:
-            if self.lost.is_set() or not self.ours():
-                raise RegistryLockError(f"registry {self.registry.dir.root}: lost its lock to another driver")
-
-    def release(self) -> None:
-        """Stop renewing, then delete the lease only if it still carries our token."""
-        self.stop.set()
-        self.thread.join()
-        with contextlib.suppress(OSError):  # unreachable store: the lease expires by itself
-            if self.ours():
-                self.registry.dir.fs.delete_file(self.registry.dir.path(LEASE))
-
-
 class Registry:
     """`{storage}/registry/{family}/`: champion.json, history/ (one object per decision),
     champion-*/ (the champion's weights), .lock or .lease.
@@ -424,7 +381,7 @@ class Registry:
             raise ValueError(f"the lease must outlast 3 write delays (lease_s {lease_s:g}, delay_s {delay_s:g})")
         self.family, self.lease_s, self.delay_s = family, lease_s, delay_s
         self.dir = storage.sub(REGISTRY, family)
-        self._held = threading.local()  # the _Lease this thread holds, for promote's fence
+        self._held = threading.local()  # the Lease this thread holds, for promote's fence
 
     def champion(self) -> ChampionRecord | None:
         return ChampionRecord.read(self.dir)
@@ -444,31 +401,27 @@ class Registry:
     def lock(self, timeout_s: float = 600) -> Iterator[None]:
         """An exclusive lock across drivers, or RegistryLockError after `timeout_s`.
 
-        Local disk: flock, polled so the timeout holds; the kernel drops it if its holder dies.
-        Object stores: Fischer's timed mutual exclusion on a lease object {holder, expires_at}. An
-        acquirer that finds no live lease writes its own, waits `delay_s`, reads it back and holds
-        the lock only if its token is still there; an attempt whose read-to-write took over `delay_s`
-        on its own clock does not claim. A daemon thread renews the lease while it is held; a dead
-        holder's lease expires and is taken over; release deletes the lease only while it is ours.
-
-        Guarantee: at most one driver holds the lock at a time, given whole-object writes with strong
-        read-after-write consistency (S3, GCS), wall clocks that agree to well under `lease_s`, and a
-        holder that reaches the store at least every 2/3 `lease_s` (so a renewal lands before expiry).
-        Fischer's own bound (a lease written within `delay_s` of the read that found it free) is not
-        assumed: each acquirer checks it on its own clock. Should an assumption fail anyway, a driver
-        whose token is no longer in the lease is stopped by the fence in `promote` before it switches
-        champion.json or deletes weights.
+        A lease of ups/coordination.py (which states each kind's guarantee): on a local disk an
+        flock on `.lock`, polled so the timeout holds, that the kernel drops if its holder dies; on
+        object stores a lease object `.lease` {holder, expires_at} that a daemon thread renews every
+        `lease_s / 3` while held and that a dead holder leaves to expire. On S3 it is created and
+        taken over with conditional writes (If-None-Match / If-Match); elsewhere with Fischer's timed
+        exclusion with `delay_s` and a read-to-write check. Release deletes the lease only while it is
+        ours. Should the lease be lost anyway (a holder silent past `lease_s`), the fence in `promote`
+        stops this driver before it switches champion.json or deletes weights.
         """
         self.dir.makedirs()
-        if self.dir.local:
-            with open(self.dir.path(".lock"), "a") as f:
-                self._poll(lambda: _try_flock(f), timeout_s)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(f, fcntl.LOCK_UN)
-            return
-        lease = _Lease(self, self._poll(self._try_lease, timeout_s))
+        fmt = coordination.Format(self._encode_lease, _decode_lease)
+        lease = coordination.lease_for(
+            self.dir, ".lock" if self.dir.local else LEASE, fmt, uuid.uuid4().hex, settle_s=self.delay_s
+        )
+        try:
+            coordination.acquire(lease, timeout_s)
+        except coordination.Busy:
+            raise RegistryLockError(
+                f"registry {self.dir.root} is locked by another driver (waited {timeout_s:g} s)"
+            ) from None
+        lease.keep_alive(self.lease_s / 3)
         self._held.lease = lease
         try:
             yield
@@ -476,55 +429,18 @@ class Registry:
             self._held.lease = None
             lease.release()
 
-    def _poll(self, attempt: Callable[[], T | None], timeout_s: float) -> T:
-        """Call `attempt` until it returns something, at jittered intervals, for at most `timeout_s`."""
-        end, pause = time.monotonic() + timeout_s, 0.05 if self.dir.local else min(1.0, self.delay_s)
-        while (got := attempt()) is None:
-            if time.monotonic() >= end:
-                raise RegistryLockError(
-                    f"registry {self.dir.root} is locked by another driver (waited {timeout_s:g} s)"
-                )
-            time.sleep(pause * random.uniform(0.5, 1.5))
-        return got
-
-    def _try_lease(self) -> str | None:
-        """One round of Fischer's protocol: our new token if we now hold the lease, else None."""
-        t0 = time.monotonic()
-        lease = self._read_lease()
-        if lease is not None and lease[1] > time.time():
-            return None
-        token = uuid.uuid4().hex
-        self._write_lease(token)
-        if time.monotonic() - t0 > self.delay_s:  # too slow to trust: a faster rival may already be in
-            return None
-        time.sleep(self.delay_s)  # any rival that also saw the lease free has written by now
-        lease = self._read_lease()
-        return token if lease is not None and lease[0] == token else None
-
-    def _read_lease(self) -> tuple[str, float] | None:
-        """(holder, expires_at), or None without a lease; one that cannot be read counts as held
-        forever (never as free): delete it by hand if no driver runs."""
-        try:
-            raw = self.dir.read_bytes(LEASE)
-        except FileNotFoundError:  # pyarrow's answer for a missing file or key, on every filesystem
-            return None
-        try:
-            d = json.loads(raw)
-            return str(d["holder"]), float(d["expires_at"])
-        except (ValueError, KeyError, TypeError):
-            return "", math.inf
-
-    def _write_lease(self, token: str) -> None:
-        self.dir.write_json({"holder": token, "expires_at": time.time() + self.lease_s}, LEASE)
+    def _encode_lease(self, token: str) -> bytes:
+        return (json.dumps({"holder": token, "expires_at": time.time() + self.lease_s}, indent=2) + "\n").encode()
 
     def _fence(self) -> None:
-        """Before a write only the holder may make: on object stores, our token must still be in the lease."""
+        """Before a write only the holder may make: on object stores, the lease must still be ours."""
         if self.dir.local:
             return  # flock cannot be lost while its file is open
-        lease: _Lease | None = getattr(self._held, "lease", None)
+        lease: coordination.Lease | None = getattr(self._held, "lease", None)
         if lease is None:
             raise RegistryLockError(f"registry {self.dir.root}: written to without its lock")
-        lease.check()
+        if not lease.held():
+            raise RegistryLockError(f"registry {self.dir.root}: lost its lock to another driver")
 
     def _slot_of(self, checkpoint: object) -> str | None:
         """The champion-* folder directly in this registry that `checkpoint` names, else None: the
@@ -563,9 +479,11 @@ class Registry:
         return champion
 
 
-def _try_flock(f: IO[str]) -> bool | None:
+def _decode_lease(raw: bytes) -> coordination.Claim:
+    """(holder, expires_at); a lease that cannot be read counts as held forever (never as free):
+    delete it by hand if no driver runs."""
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return None
-    return True
+        d = json.loads(raw)
+        return coordination.Claim(str(d["holder"]), float(d["expires_at"]))
+    except (ValueError, KeyError, TypeError):
+        return coordination.Claim("", math.inf)
