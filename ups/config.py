@@ -507,8 +507,8 @@ def _known_keys(dotted_parent: str) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # The resolved config, as saved with every run.
 
-# Keys that change how a run is watched, not what it computes: they do not enter the digest.
-_NOT_DIGESTED = ("logging", "sweep", "gate")
+# Keys that change how a run is watched or checked, not what it computes: they do not enter the digest.
+_NOT_DIGESTED = ("logging", "sweep", "gate", "scaling.allow_large")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -517,6 +517,7 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 def digest(cfg: Config) -> str:
     d = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_DIGESTED}
+    d["scaling"] = {k: v for k, v in d["scaling"].items() if f"scaling.{k}" not in _NOT_DIGESTED}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
