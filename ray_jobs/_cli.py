@@ -12,7 +12,7 @@ from collections.abc import Callable
 from ups.config import ConfigError, LoadedConfig, load_config
 from ups.names import MAX_LEN, check_name, slug
 from ups.run import default_name
-from ups.storage import check_storage
+from ups.storage import check_storage, redact
 
 
 def parser(job: str, description: str, *, run_flags: bool = True) -> argparse.ArgumentParser:
@@ -68,7 +68,8 @@ def load(args: argparse.Namespace) -> tuple[LoadedConfig, str]:
         from ups.gating import REGISTRY
 
         if name == REGISTRY:
-            raise ConfigError(f"--name {name}: reserved for the champions' registry ({{storage}}/{REGISTRY}/)")
+            where = f"{redact(args.storage)}/{REGISTRY}/" if hasattr(args, "storage") else f"{{storage}}/{REGISTRY}/"
+            raise ConfigError(f"--name {name}: reserved for the champions' registry ({where})")
     loaded = load_config(args.config, args.overrides)
     if name is not None:
         return loaded, name

@@ -325,8 +325,9 @@ def check_model_size(cfg: Config, dims: int, channels: int, where: Where) -> Non
         role = max(sizes, key=lambda r: sizes[r])
         net = getattr(cfg.model, role)
         shape = f"width {net.width}" if role == "baseline" else f"hidden {net.hidden}"
+        key = f"model.{role}.{'width' if role == 'baseline' else 'hidden'}"
         raise ConfigError(
-            f"{where(f'model.{role}')}: model.{role}: about {sizes[role]:.2g} parameters ({shape}, depth {net.depth}, "
+            f"{where(key)}: model.{role}: about {sizes[role]:.2g} parameters ({shape}, depth {net.depth}, "
             f"latent {cfg.latent.tokens} x {cfg.latent.dim}); training the model needs about {human(need)} "
             f"({BYTES_PER_PARAMETER} bytes a parameter), this machine has {human(memory)}; "
             f"set scaling.allow_large: true if the workers have more"

@@ -60,32 +60,37 @@ def check_space(loaded: C.LoadedConfig, infos: dict[str, FileInfo | None]) -> No
         if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in key.split(".")):
             raise ConfigError(f"{where}: sweep.space: {key!r} is not a dotted config key")
         kind, args = next(iter(spec.items()))
-        values = list(args) if kind in ("choice", "grid") else [args[0], args[1]]
-        if kind in ("uniform", "loguniform"):
-            values.append(math.nextafter(float(args[0]), float(args[1])))  # what a draw looks like: not an integer
-        for value in values:
+        values = [(v, "") for v in (args if kind in ("choice", "grid") else args[:2])]
+        if kind in ("uniform", "loguniform"):  # what a draw looks like: not an integer
+            values.append((math.nextafter(float(args[0]), float(args[1])), f" (a draw from {kind} {args})"))
+        for value, note in values:
             try:
                 check_config(trial_config(base, {key: value}, "check"), infos, lambda _: where)
             except ConfigError as e:
                 raise ConfigError(
-                    f"{where}: sweep.space.{key}: value {_short(value)}: {str(e).split(': ', 1)[-1]}"
+                    f"{where}: sweep.space.{key}: value {_short(value)}{note}: {str(e).split(': ', 1)[-1]}"
                 ) from None
     sc = cfg.sweep.scheduler
     epochs = getattr(cfg.stages, sc.stage).epochs
+    src = lambda key: C.source_of(key, loaded.sources, str(loaded.path))
     if epochs == 0:
-        raise ConfigError(f"{where}: sweep.scheduler.stage: {sc.stage} has 0 epochs, nothing to watch")
+        raise ConfigError(
+            f"{src('sweep.scheduler.stage')}: sweep.scheduler.stage: {sc.stage} has 0 epochs, nothing to watch"
+        )
     if sc.name == "asha":
         max_t = epochs + 1  # what `run` gives ASHA: the watched stage's epochs, then the final report
+        key = "sweep.scheduler.grace_period"
         if sc.grace_period > max_t:
             raise ConfigError(
-                f"{where}: sweep.scheduler.grace_period: {sc.grace_period} epochs is more than stages.{sc.stage} "
-                f"runs ({epochs} epochs); ASHA needs grace_period <= epochs + 1"
+                f"{src(key)}: {key}: {sc.grace_period} epochs is more than stages.{sc.stage} runs "
+                f"({epochs} epochs); ASHA needs grace_period <= epochs + 1"
             )
+        key = "sweep.scheduler.reduction_factor"
         rungs = math.log(max_t / sc.grace_period) / math.log(sc.reduction_factor)
         if rungs > MAX_RUNGS:
             raise ConfigError(
-                f"{where}: sweep.scheduler.reduction_factor: {sc.reduction_factor:g} makes {rungs:.3g} ASHA rungs "
-                f"over {max_t} epochs (at most {MAX_RUNGS}); use 2 to 4"
+                f"{src(key)}: {key}: {sc.reduction_factor} makes {rungs:.3g} ASHA rungs over {max_t} epochs "
+                f"(at most {MAX_RUNGS}); use 2 to 4"
             )
 
 
