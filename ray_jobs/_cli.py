@@ -12,7 +12,7 @@ from collections.abc import Callable
 from ups.config import ConfigError, LoadedConfig, load_config
 from ups.names import MAX_LEN, check_name, slug
 from ups.run import default_name
-from ups.storage import check_storage
+from ups.storage import check_storage, redact
 
 
 def parser(job: str, description: str, *, run_flags: bool = True) -> argparse.ArgumentParser:
@@ -45,15 +45,31 @@ def parser(job: str, description: str, *, run_flags: bool = True) -> argparse.Ar
     return p
 
 
+def environment() -> None:
+    """The environment variables every job reads, put right or refused before anything uses them:
+    WANDB_MODE in W&B's own spelling (`OFFLINE` -> offline, empty -> unset), RAY_ADDRESS well-formed."""
+    from ups.runtime import check_address
+    from ups.tracking import normalise_env
+
+    normalise_env()
+    check_address()
+
+
 def load(args: argparse.Namespace) -> tuple[LoadedConfig, str]:
     """The config and the run name, after the flags that become paths are checked (before Ray, before writes)."""
     if getattr(args, "verbose", False):
         os.environ["UPS_VERBOSE"] = "1"  # read by ups.runtime when it starts or joins Ray
+    environment()
     name = getattr(args, "name", None)
     if hasattr(args, "storage"):
         check_storage(args.storage)
     if name is not None:  # `--name ''` is a bad name, not "no name"
         check_name("--name", name)
+        from ups.gating import REGISTRY
+
+        if name == REGISTRY:
+            where = f"{redact(args.storage)}/{REGISTRY}/" if hasattr(args, "storage") else f"{{storage}}/{REGISTRY}/"
+            raise ConfigError(f"--name {name}: reserved for the champions' registry ({where})")
     loaded = load_config(args.config, args.overrides)
     if name is not None:
         return loaded, name
@@ -78,6 +94,7 @@ def validated(lines: list[str]) -> int:
 
 def run_folder(run: str) -> tuple[str, str]:
     """`--run {storage}/{name}` as (storage, name), both checked like --storage and --name are."""
+    environment()
     base, sep, query = run.partition("?")  # a cloud URI's query (region, endpoint) belongs to the storage
     parent, name = posixpath.split(base.rstrip("/"))
     storage = (parent or ".") + sep + query

@@ -32,6 +32,11 @@ def main() -> int:
         raise ConfigError(f"{loaded.path}: data.path: {out} cannot be replaced (a folder, or not writable)")
     check_creatable_parent(f"{loaded.path}: data.path {out}", out)
     g = cfg.data.generate
+    from ups.config import source_of
+    from ups.preflight import check_generate_size
+
+    where = lambda key: source_of(key, loaded.sources, str(loaded.path))
+    check_generate_size(g, out, where, allow_large=cfg.scaling.allow_large)  # TiBs are refused, not attempted
     if args.validate_only:
         cells = "x".join(map(str, g.spatial_shape))
         return validated([

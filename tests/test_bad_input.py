@@ -197,6 +197,69 @@ HELD: list = []
 RUN = ["--name", "r", "--storage", "runs"]
 EVAL = ["--run", "runs/r"]
 
+
+# --- hostile input: sizes declared, not written; YAML that expands; names of special files ------
+
+# Ten levels of nine aliases each: under 700 bytes, 9^10 (3.5e9) keys once expanded.
+LAUGHS = "a: &a {a: 1, b: 1, c: 1, d: 1, e: 1, f: 1, g: 1, h: 1, i: 1}\n" + "".join(
+    f"{y}: &{y} {{{', '.join(f'{k}: *{x}' for k in 'abcdefghi')}}}\n" for x, y in zip("abcdefghi", "bcdefghij")
+)
+DEEP = "[" * 5000 + "]" * 5000
+
+
+def declared(n: int) -> Callable[[Path], None]:
+    """`bad.h5` declaring `n` trajectories of the usual frames and grid, none of them written: a
+    chunked dataset costs nothing on disk until written, so the file is tiny whatever `n` says."""
+
+    def build(p: Path) -> None:
+        _, c = fields()
+        with h5py.File(p, "w") as f:
+            f.create_dataset("tensor", shape=(n, T, X), dtype="f4", chunks=(1, T, X))
+            f["x-coordinate"], f["t-coordinate"] = c["x"], c["t"]
+
+    return build
+
+
+def include_chain(n: int) -> Callable[[Path], None]:
+    """bad.yaml includes c1.yaml includes ... c{n}.yaml includes base.yaml."""
+
+    def setup(ws: Path) -> None:
+        names = ["bad.yaml", *(f"c{i}.yaml" for i in range(1, n + 1)), "base.yaml"]
+        for a, b in zip(names[:-1], names[1:]):
+            (ws / a).write_text(f"include: {b}\n")
+
+    return setup
+
+
+def include_fanout(ws: Path) -> None:
+    """Three levels of eight includes of one file: 512 reads of a 3-file config."""
+    (ws / "bad.yaml").write_text("include: [f.yaml" + ", f.yaml" * 7 + "]\n")
+    (ws / "f.yaml").write_text("include: [g.yaml" + ", g.yaml" * 7 + "]\n")
+    (ws / "g.yaml").write_text("include: [base.yaml" + ", base.yaml" * 7 + "]\n")
+
+
+def fifo(rel: str) -> Callable[[Path], None]:
+    return lambda ws: os.mkfifo(ws / rel)
+
+
+def holding(name: str) -> Callable[[Path], None]:
+    """Another driver holds the lock on `name` under runs/ (a real flock, for the case's duration)."""
+
+    def setup(ws: Path) -> None:
+        from ups.runlock import RunLock
+        from ups.storage import Storage
+
+        lock = RunLock(Storage(str(ws / "runs")), name)
+        lock.acquire(say=lambda _: None)
+        HELD.append(lock)
+
+    return setup
+
+
+W_YAML = write("w.yaml", "include: base.yaml\nlogging: {wandb: {enabled: true}}\n")
+HUGE = 10**12  # trajectories: 1.4 PiB of float32 at 12 frames x 32 cells
+PRESIGNED = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F20240101&X-Amz-Signature=Sh0uldNotLeak"
+
 CASES = [
     # data files
     Case("data-text-file", "train", BAD, "not an HDF5 file", write("bad.h5", "just text\n")),
@@ -503,6 +566,168 @@ CASES = [
     Case("gen-frames", "generate", ["--set", "data.generate.frames=1"], "frames", config="gen.yaml"),
     Case("gen-missing-section", "generate", [], "data.generate"),
     Case("gen-exists", "generate", ["--set", "data.path=good.h5"], "exists", config="gen.yaml"),
+    # hostile config files: bounded parsing (aliases, depth, includes, special files)
+    bad_yaml("yaml-billion-laughs", "aliases are expanded", LAUGHS),
+    bad_yaml("yaml-deep-flow", "nested deeper than", f"x: {DEEP}\n"),
+    bad_yaml("yaml-recursive-alias", "contains it", "a: &a [1, *a]\n"),
+    Case("set-deep-value", "train", ["--set", f"training.batch_size={DEEP}"], "--set training.batch_size"),
+    Case("set-deep-key", "train", ["--set", "a." * 40 + "b=1"], "dotted parts"),
+    Case("yaml-include-chain", "train", [], "levels deep", include_chain(40), config="bad.yaml"),
+    Case("yaml-include-fanout", "train", [], "more than 64 files", include_fanout, config="bad.yaml"),
+    bad_yaml("yaml-include-nul", "cannot be a file name", 'include: "a\\0b.yaml"\n'),
+    bad_yaml("yaml-include-long-name", "cannot be a file name", f"include: {'n' * 5000}.yaml\n"),
+    Case("yaml-device", "train", [], "larger than 1 MiB", config="/dev/zero"),
+    # absurd sizes, against this machine
+    Case(
+        "workers-beyond-cpus",
+        "train",
+        ["--set", "scaling.num_workers=100000", "--set", "training.batch_size=100000"],
+        "scaling.num_workers",
+    ),  # fmt: skip
+    Case("model-huge", "train", ["--set", "model.operator.hidden=1000000"], "scaling.allow_large"),
+    Case(
+        "sweep-model-huge",
+        "tune",
+        ["--set", "sweep.space={model.operator.hidden: {choice: [64, 1000000]}}"],
+        "value 1000000",
+        config="sweep.yaml",
+    ),  # fmt: skip
+    Case("data-memory-declared-huge", "train", BAD, "data.mode: memory", data(declared(HUGE))),
+    Case(
+        "data-auto-budget-huge",
+        "train",
+        [*BAD, "--set", "data.mode=auto", "--set", "data.memory_budget_mb=1e15"],
+        "data.memory_budget_mb",
+        data(declared(HUGE)),
+    ),  # fmt: skip
+    Case(
+        "data-stream-spill-800PB",
+        "train",
+        [*BAD, "--set", "data.mode=stream", "--validate-only"],
+        "data.spill_dir",
+        data(declared(5 * 10**14)),
+    ),  # fmt: skip
+    Case(
+        "gen-800PB-validate-only",
+        "generate",
+        ["--set", "data.generate={samples: 1000000000, resolution: 1000000, frames: 201}", "--validate-only"],
+        "data.generate",
+        config="gen.yaml",
+    ),  # fmt: skip
+    Case(
+        "train-generate-huge",
+        "train",
+        ["--set", "data.path=new.h5", "--set", "data.generate={samples: 1000000000, resolution: 1000000}"],
+        "data.generate",
+    ),  # fmt: skip
+    Case("object-store-tiny", "train", ["--set", "ray.object_store_mb=10"], "ray.object_store_mb"),
+    Case("object-store-huge", "train", ["--set", "ray.object_store_mb=1000000000"], "ray.object_store_mb"),
+    # sweeps: protected sections, every value a trial can draw, ASHA, the sweep's name and lock
+    Case(
+        "sweep-bare-scaling",
+        "tune",
+        ["--set", "sweep.space={scaling: {choice: [{num_workers: 2}]}}"],
+        "sweep.space.scaling",
+        config="sweep.yaml",
+    ),  # fmt: skip
+    Case(
+        "sweep-bare-data",
+        "tune",
+        ["--set", "sweep.space={data: {choice: [{path: other.h5}]}}"],
+        "sweep.space.data",
+        config="sweep.yaml",
+    ),  # fmt: skip
+    Case(
+        "sweep-batch-beyond-data",
+        "tune",
+        ["--set", "sweep.space={training.batch_size: {grid: [8, 4096]}}"],
+        "value 4096",
+        config="sweep.yaml",
+    ),  # fmt: skip
+    Case(
+        "sweep-corrector-stage-off",
+        "tune",
+        [
+            "--set",
+            "eval.corrector=diffusion",
+            "--set",
+            "stages.diffusion_residual.epochs=1",
+            "--set",
+            "sweep.space={stages.diffusion_residual.epochs: {choice: [1, 0]}}",
+        ],
+        "eval.corrector",
+        config="sweep.yaml",
+    ),  # fmt: skip
+    Case(
+        "sweep-uniform-int-key",
+        "tune",
+        ["--set", "sweep.space={training.batch_size: {uniform: [8, 16]}}"],
+        "training.batch_size",
+        config="sweep.yaml",
+    ),  # fmt: skip
+    Case("asha-grace", "tune", ["--set", "sweep.scheduler.grace_period=100"], "grace_period", config="sweep.yaml"),
+    Case("asha-factor-one", "tune", ["--set", "sweep.scheduler.reduction_factor=1"], "> 1", config="sweep.yaml"),
+    Case(
+        "asha-rungs",
+        "tune",
+        ["--set", "sweep.scheduler.reduction_factor=1.000001"],
+        "rungs",
+        config="sweep.yaml",
+    ),  # fmt: skip
+    Case("sweep-named-registry", "tune", ["--name", "registry"], "reserved", config="sweep.yaml"),
+    Case("train-named-registry", "train", ["--name", "registry"], "reserved"),
+    Case("sweep-named-like-run", "tune", RUN, "training run", damaged(lambda r: None), config="sweep.yaml"),
+    Case("sweep-locked", "tune", ["--name", "s", "--storage", "runs"], "in use by", holding("s"), config="sweep.yaml"),
+    # W&B and the environment
+    Case("wandb-project-slash", "train", ["--set", "logging.wandb.project=team/proj"], "logging.wandb.project"),
+    Case("wandb-project-hash", "train", ["--set", "logging.wandb.project='a#b'"], "logging.wandb.project"),
+    Case(
+        "wandb-key-fifo",
+        "train",
+        [],
+        "not a regular file",
+        both(W_YAML, fifo("key.fifo")),
+        env={"WANDB_API_KEY_FILE": "key.fifo"},
+        config="w.yaml",
+    ),  # fmt: skip
+    Case(
+        "wandb-key-device",
+        "train",
+        [],
+        "not a regular file",
+        W_YAML,
+        env={"WANDB_API_KEY_FILE": "/dev/zero"},
+        config="w.yaml",
+    ),  # fmt: skip
+    Case("ray-address-http", "train", [], "RAY_ADDRESS", env={"RAY_ADDRESS": "http://127.0.0.1:8265"}),
+    Case("ray-address-no-port", "train", [], "RAY_ADDRESS", env={"RAY_ADDRESS": "headnode"}),
+    Case("ray-address-bad-port", "tune", [], "RAY_ADDRESS", env={"RAY_ADDRESS": "10.0.0.1:99999"}, config="sweep.yaml"),
+    Case("ray-address-generate", "generate", [], "RAY_ADDRESS", env={"RAY_ADDRESS": "a b:1"}, config="gen.yaml"),
+    Case(
+        "ray-address-evaluate",
+        "evaluate",
+        EVAL,
+        "RAY_ADDRESS",
+        damaged(lambda r: None),
+        env={"RAY_ADDRESS": "ray://"},
+        config=None,
+    ),  # fmt: skip
+    # secrets in URIs: signed URLs' parameters are credentials, a data URI takes no query
+    Case("data-presigned-s3", "train", ["--set", f"data.path=s3://bucket/good.h5?{PRESIGNED}"], "credentials"),
+    Case(
+        "data-signed-gcs",
+        "train",
+        ["--set", "data.path=gs://bucket/good.h5?X-Goog-Signature=Sh0uldNotLeak"],
+        "credentials",
+    ),  # fmt: skip
+    Case("data-query", "train", ["--set", "data.path=s3://bucket/good.h5?region=eu"], "query string"),
+    Case("data-file-uri-query", "train", ["--set", "data.path=file:///tmp/good.h5?sig=Sh0uldNotLeak"], "query"),
+    Case("storage-presigned", "train", ["--storage", f"s3://bucket/runs?{PRESIGNED}"], "credentials"),
+    Case("storage-sas", "train", ["--storage", "s3://bucket/runs?sv=2024&sig=Sh0uldNotLeak"], "credentials"),
+    # spill folders
+    Case("spill-dir-is-file", "train", ["--set", "data.spill_dir=afile"], "data.spill_dir", write("afile", "x")),
+    Case("spill-dir-under-file", "train", ["--set", "data.spill_dir=afile/sub"], "not a folder", write("afile", "x")),
+    Case("spill-dir-uri", "train", ["--set", "data.spill_dir=s3://b/spill"], "local disk"),
 ]
 
 
@@ -513,6 +738,8 @@ def snapshot(root: Path) -> dict[str, str]:
         rel = str(p.relative_to(root))
         if p.is_dir():
             out[rel] = "dir"
+        elif not p.is_file():  # a FIFO: reading it would wait for a writer
+            out[rel] = "special"
         else:
             try:
                 out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
@@ -582,6 +809,60 @@ def test_bad_input_is_one_line_before_ray_and_writes_nothing(case, workspace, no
     assert case.expect in lines[0], lines[0]
     assert "Sh0uldNotLeak" not in err
     assert snapshot(workspace.parent) == before, "the job wrote something"
+
+
+FITS = "{training.batch_size: {grid: [8, 16]}, stages.operator.optimizer.lr: {loguniform: [1e-4, 1e-2]}}"
+
+# Must-work controls: inputs as users write them, next to the refused ones, that must still pass.
+CONTROLS = [
+    # (id, job, args, env, a word stdout must hold)
+    ("wandb-mode-upper-case", "train", ["--config", "w.yaml"], {"WANDB_MODE": "OFFLINE"}, "W&B      offline"),
+    ("wandb-mode-empty", "train", ["--config", "w.yaml"], {"WANDB_MODE": ""}, "W&B      "),
+    ("ray-address-host-port", "train", ["--config", "base.yaml"], {"RAY_ADDRESS": "10.0.0.1:6379"}, "OK"),
+    ("ray-address-client", "train", ["--config", "base.yaml"], {"RAY_ADDRESS": "ray://head:10001"}, "OK"),
+    (
+        "allow-large-model",
+        "train",
+        ["--config", "base.yaml", "--set", "model.operator.hidden=1000000", "--set", "scaling.allow_large=true"],
+        {},
+        "OK",
+    ),
+    (
+        "stream-to-new-spill-dir",
+        "train",
+        ["--config", "base.yaml", "--set", "data.mode=stream", "--set", "data.spill_dir=spill/here"],
+        {},
+        "OK",
+    ),
+    ("yaml-anchors", "train", ["--config", "anchors.yaml"], {}, "OK"),
+    ("sweep-every-value-fits", "tune", ["--config", "sweep.yaml", "--set", f"sweep.space={FITS}"], {}, "OK"),
+]
+
+
+@pytest.mark.parametrize("id, job, args, env, expect", CONTROLS, ids=[c[0] for c in CONTROLS])
+def test_inputs_as_users_write_them_validate(id, job, args, env, expect, workspace, no_ray, monkeypatch, capsys):
+    """`--validate-only` passes (exit 0, OK), before Ray and without writing anything, and W&B accepts
+    the environment the job leaves: WANDB_MODE=OFFLINE is offline, an empty WANDB_MODE is unset."""
+    (workspace / "w.yaml").write_text("include: base.yaml\nlogging: {wandb: {enabled: true}}\n")
+    (workspace / "anchors.yaml").write_text(
+        "include: base.yaml\nstages:\n  autoencoder: {optimizer: &opt {lr: 0.002, name: adam}}\n"
+        "  operator: {optimizer: *opt}\n"
+    )
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    before = snapshot(workspace.parent)
+    monkeypatch.setattr(sys, "argv", [f"ray_jobs.{job}", *args, "--validate-only"])
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(f"ray_jobs.{job}").main()
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 0, err
+    assert expect in out and out.rstrip().endswith("OK"), out
+    assert snapshot(workspace.parent) == before, "the job wrote something"
+    if "WANDB_MODE" in env:
+        assert os.environ.get("WANDB_MODE") == (env["WANDB_MODE"].lower() or None)
+        import wandb
+
+        wandb.Settings().update_from_env_vars(dict(os.environ))  # W&B itself refuses 'OFFLINE' and ''
 
 
 @pytest.mark.parametrize(

@@ -132,8 +132,86 @@ def batch_size(cfg: Config, name: str) -> tuple[int, str]:
 # Loading: YAML + includes + overrides, remembering which file set each key.
 
 
+# Bounds on what one config may make the loader build. A config is a few hundred values a few levels
+# deep; anything far beyond that is a mistake or an attack (aliases that expand to a billion keys,
+# a 5000-deep flow list, an include chain or fan-out that re-reads files without end), refused in
+# one line before the tree is expanded, merged or validated.
+MAX_BYTES = 1 << 20  # of one config file (a device or a pipe is read no further)
+MAX_DEPTH = 32  # nesting of mappings and lists, aliases expanded
+MAX_NODES = 10_000  # values of one document or --set value, aliases expanded
+MAX_INCLUDE_DEPTH = 16  # a file that includes a file that includes ...
+MAX_FILES = 64  # files read for one config, includes of includes counted each time
+
+
+class YamlTooLarge(yaml.MarkedYAMLError):
+    """A document beyond MAX_DEPTH or MAX_NODES (aliases expanded), or with a recursive alias."""
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 insists on `1.0e-3`)."""
+    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 insists on `1.0e-3`), and refuses a
+    document nested deeper than MAX_DEPTH or larger than MAX_NODES once its aliases are expanded:
+    the checks run on the composed node graph, where an alias is one shared node, so a
+    billion-laughs document costs its own size to refuse, not its expansion."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:  # before the composer recurses any further
+                raise YamlTooLarge(
+                    problem=f"nested deeper than {MAX_DEPTH} levels", problem_mark=self.peek_event().start_mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expanded(node)
+        return super().construct_document(node)
+
+
+def _check_expanded(root: yaml.Node) -> None:
+    """Size and depth of the tree `root` stands for, every alias expanded: counted once per distinct
+    node (iteratively, memoised), so the cost is the document's, not the expansion's."""
+    size: dict[int, int] = {}
+    height: dict[int, int] = {}
+    active: set[int] = set()  # the nodes on the current path: meeting one again is a recursive alias
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.MappingNode):
+            return [n for pair in node.value for n in pair]
+        return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            kids = children(node)
+            size[key] = 1 + sum(size[id(k)] for k in kids)
+            height[key] = 1 + max((height[id(k)] for k in kids), default=0)
+            active.discard(key)
+            if size[key] > MAX_NODES:
+                raise YamlTooLarge(
+                    problem=f"more than {MAX_NODES} values once its aliases are expanded",
+                    problem_mark=node.start_mark,
+                )
+            if height[key] > MAX_DEPTH:
+                raise YamlTooLarge(
+                    problem=f"nested deeper than {MAX_DEPTH} levels once its aliases are expanded",
+                    problem_mark=node.start_mark,
+                )
+            continue
+        if key in size:
+            continue
+        if key in active:
+            raise YamlTooLarge(problem="an alias refers to a node that contains it", problem_mark=node.start_mark)
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((k, False) for k in children(node) if id(k) not in size)
 
 
 YamlLoader = _Loader  # for other readers of project YAML (a run's stored config)
@@ -174,7 +252,11 @@ def parse_yaml_value(text: str) -> Any:
 
 def _read_yaml(path: Path, shown: str) -> dict[str, Any]:
     try:
-        text = path.read_bytes().decode("utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)  # bounded: `--config /dev/zero` is refused, not read forever
+        if len(raw) > MAX_BYTES:
+            raise ConfigError(f"{shown}: larger than {MAX_BYTES >> 20} MiB, not a config file")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{shown}: config file not found") from None
     except IsADirectoryError:
@@ -188,7 +270,7 @@ def _read_yaml(path: Path, shown: str) -> dict[str, Any]:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = f":{mark.line + 1}" if mark else ""
-        what = "" if isinstance(e, DuplicateKey) else "YAML syntax error: "
+        what = "" if isinstance(e, (DuplicateKey, YamlTooLarge)) else "YAML syntax error: "
         raise ConfigError(f"{shown}{line}: {what}{e.problem or e.context}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{shown}: YAML error: {e}") from None
@@ -217,11 +299,18 @@ def _leaves(d: dict[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
-def _load_file(path: Path, stack: tuple[Path, ...], sources: dict[str, str]) -> dict[str, Any]:
+def _load_file(path: Path, stack: tuple[Path, ...], sources: dict[str, str], read: list[Path]) -> dict[str, Any]:
+    """`path` with its includes merged under it; `stack`: the files including it, `read`: every file
+    read so far for this config (bounded, so an include fan-out cannot re-read files without end)."""
     shown = _show(path)
     if path in stack:
         cycle = " -> ".join(_show(p) for p in (*stack[stack.index(path) :], path))
         raise ConfigError(f"{shown}: include cycle: {cycle}")
+    if len(stack) >= MAX_INCLUDE_DEPTH:
+        raise ConfigError(f"{shown}: included {len(stack)} levels deep (at most {MAX_INCLUDE_DEPTH})")
+    read.append(path)
+    if len(read) > MAX_FILES:
+        raise ConfigError(f"{shown}: the config reads more than {MAX_FILES} files through its includes")
     raw = _read_yaml(path, shown)
     includes = raw.pop("include", None)
     if includes is None:
@@ -232,10 +321,15 @@ def _load_file(path: Path, stack: tuple[Path, ...], sources: dict[str, str]) -> 
         raise ConfigError(f"{shown}: include: must be a path or a list of paths")
     merged: dict[str, Any] = {}
     for inc in includes:
-        inc_path = (path.parent / inc).resolve()
-        if not inc_path.exists():
+        try:
+            inc_path = (path.parent / inc).resolve()
+            found = inc_path.exists()
+        except (OSError, ValueError) as e:  # a NUL byte, a name longer than the system allows
+            why = getattr(e, "strerror", None) or str(e)
+            raise ConfigError(f"{shown}: include: cannot be a file name: {_cut(inc)} ({why})") from None
+        if not found:
             raise ConfigError(f"{shown}: include: file not found: {inc} (looked for {_show(inc_path)})")
-        merged = _deep_merge(merged, _load_file(inc_path, (*stack, path), sources))
+        merged = _deep_merge(merged, _load_file(inc_path, (*stack, path), sources, read))
     for key in _leaves(raw):
         sources[key] = shown
     return _deep_merge(merged, raw)
@@ -244,8 +338,15 @@ def _load_file(path: Path, stack: tuple[Path, ...], sources: dict[str, str]) -> 
 def _show(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+    except (OSError, ValueError):
+        text = str(path)
+        return text if len(text) <= 200 else text[:190] + "..."  # one readable line, whatever the name
+
+
+def _cut(text: str, limit: int = 120) -> str:
+    """`text` quoted, and cut short so an absurdly long value still fits one line."""
+    r = repr(text)
+    return r if len(r) <= limit else r[: limit - 5] + "...'"
 
 
 def apply_override(tree: dict[str, Any], item: str, sources: dict[str, str]) -> dict[str, Any]:
@@ -254,9 +355,13 @@ def apply_override(tree: dict[str, Any], item: str, sources: dict[str, str]) -> 
     key = key.strip()
     parts = key.split(".")
     if not sep or not key or any(not p or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
-        raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+        raise ConfigError(f"--set {_cut(item)}: expected dotted.key=value")
+    if len(parts) > MAX_DEPTH:
+        raise ConfigError(f"--set {_cut(key)}: more than {MAX_DEPTH} dotted parts")
     try:
         value = parse_yaml_value(text) if text.strip() else None
+    except YamlTooLarge as e:
+        raise ConfigError(f"--set {key}: value {e.problem}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: value is not valid YAML ({str(e).splitlines()[0]})") from None
     node = tree
@@ -288,7 +393,11 @@ class LoadedConfig:
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedConfig:
     path = Path(path)
     sources: dict[str, str] = {}
-    tree = _load_file(path.resolve(), (), sources)
+    try:
+        resolved = path.resolve()
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--config {_cut(str(path))}: cannot be a file name ({e})") from None
+    tree = _load_file(resolved, (), sources, [])
     for item in overrides:
         tree = apply_override(tree, item, sources)
     cfg = validate(tree, sources, default_source=_show(path))
@@ -369,8 +478,8 @@ def _known_keys(dotted_parent: str) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # The resolved config, as saved with every run.
 
-# Keys that change how a run is watched, not what it computes: they do not enter the digest.
-_NOT_DIGESTED = ("logging", "sweep", "gate")
+# Keys that change how a run is watched or checked, not what it computes: they do not enter the digest.
+_NOT_DIGESTED = ("logging", "sweep", "gate", "scaling.allow_large")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -379,6 +488,7 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 def digest(cfg: Config) -> str:
     d = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_DIGESTED}
+    d["scaling"] = {k: v for k, v in d["scaling"].items() if f"scaling.{k}" not in _NOT_DIGESTED}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 

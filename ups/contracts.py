@@ -27,7 +27,8 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from ups.schema import ConfigError, CorrectorKind
+from ups.errors import ConfigError
+from ups.schema import CorrectorKind
 from ups.storage import Storage, redact
 
 if TYPE_CHECKING:

@@ -8,9 +8,12 @@ a CPU budget, so trainers and data pipelines do not starve each other.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import ipaddress
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -29,6 +32,64 @@ _LOCAL_ENV = {
     "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
     "RAY_DATA_LOGGING_CONFIG": str(Path(__file__).with_name("ray_data_logging.yaml")),
 }
+
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
+)
+
+
+def address_problem(address: str) -> str | None:
+    """What is wrong with `address` as RAY_ADDRESS (None: Ray can use it): `auto`, `local`, a cluster's
+    GCS `host:port`, or a client address `ray://host[:port]`. A dashboard's `http://` address (what
+    `ray job submit` takes) is the usual mix-up."""
+    if address in ("auto", "local"):
+        return None
+    proto, sep, rest = address.partition("://")
+    if sep:
+        if proto in ("http", "https"):
+            return "an HTTP address is the dashboard's (for `ray job submit`); a driver needs the GCS host:port"
+        if proto != "ray":  # a third-party client, `<module>://...`, is a module of that name
+            ok = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", proto) and importlib.util.find_spec(proto) is not None
+            return None if ok else f"unknown protocol {proto!r} (use host:port or ray://host:port)"
+        return _host_port_problem(rest, port_required=False)
+    return _host_port_problem(address, port_required=True)
+
+
+def _host_port_problem(text: str, port_required: bool) -> str | None:
+    host, port = text, ""
+    if text.startswith("["):  # [IPv6]:port
+        end = text.find("]")
+        host, port = (text[1:end], text[end + 2 :]) if end > 0 and text[end + 1 : end + 2] in (":", "") else ("", "")
+        if end < 0 or not host:
+            return "expected [IPv6]:port"
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"{host!r} is not an IPv6 address"
+    elif ":" in text:
+        host, _, port = text.rpartition(":")
+    if not host or (not text.startswith("[") and not _HOSTNAME.fullmatch(host)):
+        return "expected host:port (the cluster head's GCS address, e.g. 10.0.0.1:6379), auto or ray://host:port"
+    if (port or port_required) and not (port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+        return f"port {port[:20]!r} is not a number in 1..65535" if port else "needs a port (host:port)"
+    return None
+
+
+def check_address() -> None:
+    """RAY_ADDRESS, when set, is an address Ray can use: one line naming it, before Ray is asked."""
+    from ups.config import ConfigError
+
+    address = os.environ.get("RAY_ADDRESS")
+    if not address:
+        return
+    problem = address_problem(address)
+    if problem:
+        from ups.storage import redact
+
+        shown = repr(redact(address))
+        shown = shown if len(shown) <= 120 else shown[:115] + "...'"
+        raise ConfigError(f"environment: RAY_ADDRESS={shown}: {problem}")
 
 
 def local_cpus(cfg: Config, trials: int = 0) -> int:

@@ -110,7 +110,9 @@ class DataConfig(Section):
         for p in paths:
             scheme = p.split("://", 1)[0] if "://" in p else None
             if scheme == "file" and not p.startswith("file:///"):
-                raise ValueError(f"{p}: a file:// URI needs an absolute path (file:///...)")
+                raise ValueError(f"{redact(p)}: a file:// URI needs an absolute path (file:///...)")
+            if scheme == "file" and ("?" in p or "#" in p):
+                raise ValueError(f"{redact(p)}: a file:// URI takes no query or fragment (it would be ignored)")
             if scheme is None or scheme == "file":
                 continue
             if scheme not in REMOTE_SCHEMES:
@@ -120,6 +122,11 @@ class DataConfig(Section):
                 raise ValueError(
                     f"{redact(p)}: holds credentials; give them through the environment "
                     "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS) or a credentials file"
+                )
+            if "?" in p:  # a signed URL's or pyarrow's options: the readers take neither
+                raise ValueError(
+                    f"{redact(p)}: a query string ('?...') is not supported in a data URI; give the region "
+                    "and endpoint through the environment (AWS_REGION, AWS_ENDPOINT_URL)"
                 )
             if not urlsplit(p).hostname or urlsplit(p).path in ("", "/"):
                 raise ValueError(f"{p}: needs a bucket and an object ({scheme}://BUCKET/PATH.h5)")
@@ -259,6 +266,9 @@ class ScalingConfig(Section):
     gpus_per_worker: PosFloat = 1.0
     resources: dict[str, float] = {}  # extra custom resources per worker (e.g. a node label resource)
     elastic_resize_interval_s: PosFloat = 60.0  # how often an elastic run reconsiders its size
+    # Preflight refuses a model, in-memory data or generated file estimated larger than this machine's
+    # memory or free disk (ups/preflight.py); true: the workers run where there is more. Not digested.
+    allow_large: bool = False
 
     @field_validator("num_workers", mode="before")
     @classmethod
@@ -300,7 +310,7 @@ class RayConfig(Section):
     """The embedded local Ray (ignored when RAY_ADDRESS points at a cluster)."""
 
     num_cpus: PosInt | None = None  # logical CPUs; default: enough for the workers plus Ray Data
-    object_store_mb: PosInt | None = None
+    object_store_mb: Annotated[int, at_least(75)] | None = None  # Ray refuses less than 75 MiB
     data_cpus: PosFloat = 1.0  # CPU budget of Ray Data pipelines (encoding, ingest)
 
 
@@ -333,7 +343,7 @@ class SchedulerSpec(Section):
     name: Literal["asha", "fifo"] = "asha"
     stage: str = "operator"  # a registered stage (checked against the registry in ups.config)
     grace_period: PosInt = 1  # epochs of that stage before a trial can be stopped
-    reduction_factor: PosFloat = 2.0
+    reduction_factor: Annotated[float, _rule(lambda v: v > 1, "> 1 (ASHA keeps 1 in reduction_factor trials)")] = 2.0
 
 
 _SPACE_KINDS = {"choice", "uniform", "loguniform", "randint", "grid"}
@@ -402,6 +412,20 @@ class GateConfig(Section):
         return v
 
 
+# What W&B refuses in a project, entity or group name (its server answers "Invalid project name").
+_WANDB_FORBIDDEN = set("/\\#?%:")
+
+
+def _wandb_name(v: str | None) -> str | None:
+    if v is None:
+        return v
+    bad = sorted({c for c in v if c in _WANDB_FORBIDDEN or not c.isprintable()})
+    if not v.strip() or len(v) > 128 or bad:
+        what = f"holds {' '.join(map(repr, bad))}" if bad else "must be 1 to 128 characters"
+        raise ValueError(f"{what}: W&B refuses such names (no / \\ # ? % :, at most 128 characters)")
+    return v
+
+
 class WandbConfig(Section):
     enabled: bool = True
     mode: Literal["auto", "offline", "online", "disabled"] = "auto"  # auto: online iff WANDB_API_KEY is set
@@ -409,6 +433,16 @@ class WandbConfig(Section):
     entity: str | None = None
     group: str | None = None
     tags: list[str] = []
+
+    _names = field_validator("project", "entity", "group")(_wandb_name)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str]) -> list[str]:
+        for tag in v:
+            if not tag.strip() or len(tag) > 64:
+                raise ValueError(f"tag {tag[:70]!r}: W&B takes tags of 1 to 64 characters")
+        return v
 
 
 class LoggingConfig(Section):

@@ -26,7 +26,10 @@ from ups.errors import ConfigError
 
 # The schemes pyarrow.fs.FileSystem.from_uri understands (it is case-sensitive), less its test-only `mock`.
 SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
-_SECRET_PARAM = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
+# Query parameters whose value is a credential: pyarrow's own (access_key, secret_key, session_token),
+# and those of signed URLs: AWS SigV2/SigV4 (AWSAccessKeyId, Signature, X-Amz-Signature,
+# X-Amz-Credential, X-Amz-Security-Token), GCS (X-Goog-Signature, X-Goog-Credential), Azure SAS (sig).
+_SECRET_PARAM = re.compile(r"key|secret|token|passw|pwd|credential|signature|^sig$|auth", re.IGNORECASE)
 
 
 class PathEscape(ValueError):
@@ -54,8 +57,13 @@ def redact(uri: str) -> str:
     rest, qsep, query = rest.partition("?")
     if qsep:
         params = [p.partition("=") for p in query.split("&")]
-        query = "&".join(k + eq + ("***" if eq and _SECRET_PARAM.search(k) else v) for k, eq, v in params)
+        query = "&".join(k + eq + ("***" if eq and is_secret_param(k) else v) for k, eq, v in params)
     return f"{scheme}{sep}{rest}{qsep}{query}"
+
+
+def is_secret_param(name: str) -> bool:
+    """Whether a URI query parameter (as written, %-escapes allowed) carries a credential."""
+    return bool(_SECRET_PARAM.search(urllib.parse.unquote_plus(name).strip()))
 
 
 def redact_all(obj: Any) -> Any:

@@ -13,6 +13,8 @@ the champion -> gate -> full evaluation (whole val split, full horizon) -> gate 
 from __future__ import annotations
 
 import copy
+import math
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,38 +27,77 @@ from ups import gating
 from ups.config import Config, ConfigError
 from ups.contracts import ChampionRecord, EvalMetrics, TrialRecord
 from ups.data import files, views
+from ups.data.pdebench import FileInfo
 from ups.exports import read_export
-from ups.gating import Registry, family_of
+from ups.gating import REGISTRY, Registry, family_of
 from ups.names import check_name
-from ups.preflight import describe, preflight
+from ups.preflight import check_config, describe, preflight
+from ups.runlock import RunLock
 from ups.stages import registry
 from ups.storage import Storage, redact, redact_all
 
-FORBIDDEN_PREFIXES = ("data.", "eval.", "sweep.", "gate.", "scaling.", "ray.", "logging.")
+# Sections a trial may not change, in whole or in part: they define the family and the protocol
+# (data, eval, gate), the sweep itself, or what was checked against the machine (scaling, ray).
+FORBIDDEN_SECTIONS = ("data", "eval", "sweep", "gate", "scaling", "ray", "logging")
+FORBIDDEN_PREFIXES = tuple(f"{s}." for s in FORBIDDEN_SECTIONS)
+MAX_RUNGS = 32  # ASHA's rungs: log(max_t / grace_period) / log(reduction_factor)
 
 
-def check_space(loaded: C.LoadedConfig) -> None:
-    """Every key of the search space must be a config key that a trial may change."""
+def check_space(loaded: C.LoadedConfig, infos: dict[str, FileInfo | None]) -> None:
+    """Every key of the search space is a config key a trial may change, and every value a trial can
+    draw passes the checks the sweep itself passed: each `choice`/`grid` value, and the bounds and an
+    interior (non-integer) point of each numeric domain, one key at a time, through the config
+    schema and preflight's config checks against the data (`infos`)."""
     cfg, base = loaded.cfg, C.to_dict(loaded.cfg)
     where = C.source_of("sweep.space", loaded.sources, str(loaded.path))
     if not cfg.sweep.space:
         raise ConfigError(f"{where}: sweep.space: empty (nothing to search)")
     for key, spec in cfg.sweep.space.items():
-        if key.startswith(FORBIDDEN_PREFIXES):
+        if key in FORBIDDEN_SECTIONS or key.startswith(FORBIDDEN_PREFIXES):
             raise ConfigError(
-                f"{where}: sweep.space.{key}: trials may not change data, eval, scaling or sweep "
-                f"settings (they define the family and the protocol)"
+                f"{where}: sweep.space.{key}: trials may not change data, eval, gate, scaling, ray, logging "
+                f"or sweep settings (they define the family and the protocol, or were checked against the machine)"
             )
+        if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in key.split(".")):
+            raise ConfigError(f"{where}: sweep.space: {key!r} is not a dotted config key")
         kind, args = next(iter(spec.items()))
-        tree = copy.deepcopy(base)
-        for value in args if kind in ("choice", "grid") else args[:2]:
+        values = [(v, "") for v in (args if kind in ("choice", "grid") else args[:2])]
+        if kind in ("uniform", "loguniform"):  # what a draw looks like: not an integer
+            values.append((math.nextafter(float(args[0]), float(args[1])), f" (a draw from {kind} {args})"))
+        for value, note in values:
             try:
-                C.validate(C.apply_override(copy.deepcopy(tree), f"{key}={value}", {}))
+                check_config(trial_config(base, {key: value}, "check"), infos, lambda _: where)
             except ConfigError as e:
-                raise ConfigError(f"{where}: sweep.space.{key}: {str(e).split(': ', 1)[-1]}") from None
-    stage = cfg.sweep.scheduler.stage
-    if getattr(cfg.stages, stage).epochs == 0:
-        raise ConfigError(f"{where}: sweep.scheduler.stage: {stage} has 0 epochs, nothing to watch")
+                raise ConfigError(
+                    f"{where}: sweep.space.{key}: value {_short(value)}{note}: {str(e).split(': ', 1)[-1]}"
+                ) from None
+    sc = cfg.sweep.scheduler
+    epochs = getattr(cfg.stages, sc.stage).epochs
+    src = lambda key: C.source_of(key, loaded.sources, str(loaded.path))
+    if epochs == 0:
+        raise ConfigError(
+            f"{src('sweep.scheduler.stage')}: sweep.scheduler.stage: {sc.stage} has 0 epochs, nothing to watch"
+        )
+    if sc.name == "asha":
+        max_t = epochs + 1  # what `run` gives ASHA: the watched stage's epochs, then the final report
+        key = "sweep.scheduler.grace_period"
+        if sc.grace_period > max_t:
+            raise ConfigError(
+                f"{src(key)}: {key}: {sc.grace_period} epochs is more than stages.{sc.stage} runs "
+                f"({epochs} epochs); ASHA needs grace_period <= epochs + 1"
+            )
+        key = "sweep.scheduler.reduction_factor"
+        rungs = math.log(max_t / sc.grace_period) / math.log(sc.reduction_factor)
+        if rungs > MAX_RUNGS:
+            raise ConfigError(
+                f"{src(key)}: {key}: {sc.reduction_factor} makes {rungs:.3g} ASHA rungs over {max_t} epochs "
+                f"(at most {MAX_RUNGS}); use 2 to 4"
+            )
+
+
+def _short(value: Any) -> str:
+    r = repr(value)
+    return r if len(r) <= 60 else r[:55] + "..."
 
 
 def trial_config(base: dict, params: dict[str, Any], sweep: str) -> Config:
@@ -64,8 +105,10 @@ def trial_config(base: dict, params: dict[str, Any], sweep: str) -> Config:
     for key, value in params.items():
         node = tree
         *parents, leaf = key.split(".")
-        for p in parents:
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"sweep.space.{key}: '{'.'.join(parents[: i + 1])}' is not a section")
         node[leaf] = value
     cfg = C.validate(tree)
     return cfg.model_copy(
@@ -176,12 +219,22 @@ def _trial(params: dict, *, base: dict, trials_uri: str, sweep: str, stage: str)
     )
 
 
+def check_sweep_name(name: str, storage: str) -> None:
+    """The sweep's folder, `{storage}/{name}`, is a name and not the registry's or a training run's."""
+    check_name("--name", name)  # before Ray or any write
+    if name == REGISTRY:
+        raise ConfigError(f"--name {name}: reserved for the champions' registry ({redact(storage)}/{REGISTRY}/)")
+    folder = Storage(storage).sub(name)
+    if any(folder.exists(f) for f in ("run.json", "summary.json")):
+        raise ConfigError(f"--name {name}: {folder.shown} is a training run's folder; give the sweep another --name")
+
+
 def validate(loaded: C.LoadedConfig, name: str, storage: str) -> list[str]:
     """Everything a sweep checks before Ray (name, config, data, search space); what it would run."""
     cfg = loaded.cfg
-    check_name("--name", name)  # the sweep's folder, before Ray or any write
+    check_sweep_name(name, storage)
     infos = preflight(loaded, trials=cfg.sweep.max_concurrent_trials)
-    check_space(loaded)
+    check_space(loaded, infos)
     sw = cfg.sweep
     lines = [line for line in describe(loaded, infos, storage=storage, name=name) if not line.startswith("storage")]
     space = "; ".join(f"{k}: {kind} {args}" for k, spec in sw.space.items() for kind, args in spec.items())
@@ -195,15 +248,26 @@ def validate(loaded: C.LoadedConfig, name: str, storage: str) -> list[str]:
 
 
 def run(loaded: C.LoadedConfig, name: str, storage: str, quiet: bool = False) -> dict[str, Any]:
-    cfg = loaded.cfg
+    """The sweep, under its name's run lock (one driver per sweep, and never beside a training run
+    of that name)."""
     validate(loaded, name, storage)
+    say = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
+    lock = RunLock(Storage(storage), name)
+    lock.acquire(say=say)
+    try:
+        return _run(loaded, name, storage, say)
+    finally:
+        lock.release()
+
+
+def _run(loaded: C.LoadedConfig, name: str, storage: str, say: Callable[[str], None]) -> dict[str, Any]:
+    cfg = loaded.cfg
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from ups import pipeline, runtime
     from ups.backend.ray_backend import RayBackend
 
-    say = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
     root = Storage(storage)
     sweep_dir = root.sub(name)
     runtime.connect(cfg, trials=cfg.sweep.max_concurrent_trials)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -51,6 +52,36 @@ WandbMode = Literal["online", "offline", "disabled"]
 
 
 KEY_FILE_ENV = "WANDB_API_KEY_FILE"  # a path to a file holding the key: a mounted secret on every node
+KEY_FILE_MAX = 4096  # bytes: a W&B key is under 100 characters
+
+
+def normalise_env() -> None:
+    """WANDB_MODE as W&B itself accepts it, before anything reads it (W&B, and Ray's processes that
+    inherit it): `OFFLINE` is offline (W&B refuses upper case), an empty value (`export WANDB_MODE=`)
+    is unset (W&B refuses it too)."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode is None:
+        return
+    if mode.strip():
+        os.environ["WANDB_MODE"] = mode.strip().lower()
+    else:
+        del os.environ["WANDB_MODE"]
+
+
+def read_key_file(path: str) -> str:
+    """The key in `path`, stripped ('' when empty). OSError when it cannot be read, ValueError when it
+    is not a small regular file: a FIFO or a device is never read (one would block, the other never
+    end), and the read is bounded."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # non-blocking: opening a FIFO does not wait for a writer
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > KEY_FILE_MAX:
+            raise ValueError(f"{st.st_size} bytes, too large for a key file")
+        return os.read(fd, KEY_FILE_MAX).decode("utf-8", errors="replace").strip()
+    finally:
+        os.close(fd)
 
 
 def api_key() -> str | None:
@@ -65,8 +96,8 @@ def api_key() -> str | None:
     path = os.environ.get(KEY_FILE_ENV)
     if path:
         try:
-            return Path(path).read_text().strip() or None
-        except OSError:
+            return read_key_file(path) or None
+        except (OSError, ValueError):
             return None
     return None
 

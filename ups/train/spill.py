@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 import weakref
 from collections.abc import Iterable
@@ -33,7 +35,9 @@ from ups.train.shard import Trajectories
 class SpillFolder:
     """A worker-local folder for spilled shards, deleted when the worker lets go of it (or exits).
     A worker killed outright cannot delete its own: the next folder made on that node removes
-    the folders of processes that are gone (their names carry the pid)."""
+    the folders of processes that are gone. Names carry the host and the pid,
+    `ups-shard-<host>-<pid>-<random>`, and only this host's are ever removed: a `spill_dir` shared
+    between nodes (a network disk) holds other nodes' live folders, whose pids mean nothing here."""
 
     PREFIX = "ups-shard-"
 
@@ -42,7 +46,7 @@ class SpillFolder:
             os.makedirs(parent, exist_ok=True)
         parent = parent or tempfile.gettempdir()
         _remove_orphans(parent, self.PREFIX)
-        self.path = tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-", dir=parent)
+        self.path = tempfile.mkdtemp(prefix=f"{self.PREFIX}{host_tag()}-{os.getpid()}-", dir=parent)
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.path, True)
         self._n = 0
 
@@ -54,13 +58,34 @@ class SpillFolder:
         self._cleanup()
 
 
+def host_tag() -> str:
+    """This host's name as it appears in spill folder names (letters, digits, '.', '_', '-')."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64] or "host"
+
+
+def spill_owner(name: str, prefix: str = SpillFolder.PREFIX) -> tuple[str, int] | None:
+    """(host, pid) of a spill folder's name, or None for anything else (including the old
+    `ups-shard-<pid>-<random>` names, whose host is unknown). The random tail (tempfile's letters,
+    digits and '_') holds no '-', so the name splits from the right; a host name may hold '-'."""
+    if not name.startswith(prefix):
+        return None
+    parts = name[len(prefix) :].rsplit("-", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
+
+
 def _remove_orphans(parent: str, prefix: str) -> None:
+    """Remove this host's spill folders whose process is gone (never another host's)."""
+    me = host_tag()
     for name in os.listdir(parent):
-        pid = name[len(prefix) :].split("-", 1)[0]
-        if not (name.startswith(prefix) and pid.isdigit()):
+        owner = spill_owner(name, prefix)
+        if owner is None or owner[0] != me:
             continue
         try:
-            os.kill(int(pid), 0)
+            os.kill(owner[1], 0)
+        except (OverflowError, ValueError):
+            continue  # not a pid this system can have
         except ProcessLookupError:
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
         except PermissionError:
