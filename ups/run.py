@@ -92,7 +92,7 @@ class RunDir:
         for file in (CONFIG_FILE, RUN_FILE, SUMMARY_FILE):
             if self.dir.kind(file) == "dir":
                 raise C.ConfigError(f"{redact(self.dir.uri_of(file))}: is a folder, not a file (damaged run folder)")
-        links = self.dir.links_below()
+        links = self.dir.links_below(opaque=("wandb",))  # W&B links its own files (latest-run, debug.log)
         if links:
             raise C.ConfigError(f"{redact(self.dir.uri_of(links[0]))}: is a symbolic link inside the run folder; "
                                 f"the run writes there, so links are refused")  # fmt: skip

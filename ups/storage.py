@@ -209,8 +209,10 @@ class Storage:
         t = self.fs.get_file_info(p).type
         return "missing" if t == pafs.FileType.NotFound else "dir" if t == pafs.FileType.Directory else "file"
 
-    def links_below(self, *parts: str) -> list[str]:
-        """Every symbolic link under a local folder, as paths relative to it (none on object stores)."""
+    def links_below(self, *parts: str, opaque: tuple[str, ...] = ()) -> list[str]:
+        """Every symbolic link under a local folder, as paths relative to it (none on object stores).
+        The insides of the `opaque` sub-folders (another tool's, with links of its own) are not
+        walked; the folders themselves are still reported if they are links."""
         top = self.path(*parts)
         if not self.local or not os.path.isdir(top):
             return []
@@ -218,6 +220,8 @@ class Storage:
         for here, dirs, files in os.walk(top):  # os.walk does not descend into linked folders
             found += [os.path.relpath(os.path.join(here, n), top) for n in (*dirs, *files)
                       if os.path.islink(os.path.join(here, n))]  # fmt: skip
+            if here == top:
+                dirs[:] = [d for d in dirs if d not in opaque]
         return sorted(found)
 
     def path(self, *parts: str) -> str:
