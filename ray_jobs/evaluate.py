@@ -41,6 +41,7 @@ def main() -> int:
     uri = redact(args.run.rstrip("/"))
     # Everything is read and verified before Ray starts: the run's files, its exports, its data.
     rundir = RunDir(Storage(parent), name)
+    rundir.check_folder()
     if not rundir.dir.exists("summary.json"):
         raise ConfigError(f"--run {uri}: not a run folder (no summary.json)")
     cfg, summary = rundir.config(), rundir.summary()  # summary.json's records checked as it is read
@@ -54,17 +55,18 @@ def main() -> int:
     infos = {p: views.check_file(p, cfg.data, rundir.dir.uri_of("config.yaml")) for p in cfg.data.paths}
     check_consistent(cfg, dict(infos), rundir.dir.uri_of("config.yaml"))
     check_resources(cfg, lambda key: f"{uri}/config.yaml")  # e.g. a GPU run evaluated where there is none
+    tasks = views.load_tasks(cfg.data)
+    pipeline.check_data_digest(rundir, summary, cfg.data.paths, views.data_digest(tasks), "evaluate")
     if args.validate_only:
         return validated([
             f"run      {uri}",
             f"stages   {', '.join(f'{n} ({r.epochs} epochs)' for n, r in records.items() if r.completed)}; "
             f"{len(exports)} export(s) verified against their recorded digests",
-            f"data     {', '.join(cfg.data.paths)}",
+            f"data     {', '.join(cfg.data.paths)} (digest {str(summary.data_sha256)[:12]}, as recorded)",
             f"split    {args.split}, corrector {cfg.eval.corrector}, writes {uri}/eval/{args.split}/",
         ])  # fmt: skip
     backend = RayBackend()
     backend.start(cfg, rundir)
-    tasks = views.load_tasks(cfg.data)
     meta = views.DataMeta.from_tasks(tasks, cfg.data.initial_step)
     result = pipeline.evaluate_run(backend, rundir, cfg, meta, tasks, exports, args.split, Console())
     print(json.dumps({k: v for k, v in result.to_dict().items() if not isinstance(v, (dict, list))}, indent=2))

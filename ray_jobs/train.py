@@ -38,9 +38,15 @@ def main() -> int:
         from ups.storage import Storage
 
         infos = preflight(loaded, ray=not args.no_ray)
-        RunDir(Storage(args.storage), name).check(
+        rundir = RunDir(Storage(args.storage), name)
+        action = rundir.check(
             loaded.cfg, restart=args.restart, accept_change=args.accept_config_change
-        )  # a resume that would be refused is refused here too
+        )  # a resume that would be refused is refused here too, data that changed under it included
+        summary = None if action == "restart" else rundir.summary()
+        if summary is not None and summary.data_sha256 and all(i is not None for i in infos.values()):
+            from ups.console import Console
+
+            pipeline.load_data(loaded.cfg, rundir, summary, Console(quiet=True))
         return validated(describe(loaded, infos, storage=args.storage, name=name))
     backend = None
     if args.no_ray:

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from ups import config as C
-from ups.data import pdebench
+from ups.data import pdebench, views
 from ups.exports import write_export
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +124,68 @@ def nan_at(sample: int, value: float) -> Callable[[Path], None]:
     return build
 
 
+def huge_coordinate(p: Path) -> None:
+    """An x-coordinate that declares 7 TiB (chunked, never written: the file stays a few KiB)."""
+    h5(p, **{"x-coordinate": None})
+    with h5py.File(p, "a") as f:
+        f.create_dataset("x-coordinate", shape=(7 * 2**40 // 8,), dtype="f8", chunks=(1 << 16,))
+
+
+def float64_beyond_float32(p: Path) -> None:
+    u = fields()[0].astype(np.float64)
+    u[5, 3, 2] = 1e39  # finite in the file, inf once training casts it to float32
+    h5(p, tensor=u)
+
+
+def linked(make: Callable[[h5py.File, Path], None]) -> Callable[[Path], None]:
+    """A `tensor` file whose `tensor` is made by `make` (a link, external storage, a virtual dataset)."""
+
+    def build(p: Path) -> None:
+        h5(p, tensor=None)
+        with h5py.File(p, "a") as f:
+            make(f, p.parent)
+
+    return build
+
+
+def external_link(f: h5py.File, ws: Path) -> None:
+    f["tensor"] = h5py.ExternalLink(str(ws / "good.h5"), "/tensor")
+
+
+def soft_link_dangling(f: h5py.File, ws: Path) -> None:
+    f["tensor"] = h5py.SoftLink("/elsewhere/tensor")
+
+
+def soft_link_through_external(f: h5py.File, ws: Path) -> None:
+    f["outside"] = h5py.ExternalLink(str(ws / "good.h5"), "/")
+    f["tensor"] = h5py.SoftLink("/outside/tensor")
+
+
+def external_storage(f: h5py.File, ws: Path) -> None:
+    u = fields()[0]
+    (ws / "raw.bin").write_bytes(u.tobytes())
+    f.create_dataset("tensor", u.shape, "f4", external=[(str(ws / "raw.bin"), 0, u.nbytes)])
+
+
+def virtual(f: h5py.File, ws: Path) -> None:
+    layout = h5py.VirtualLayout((N, T, X), "f4")
+    layout[:] = h5py.VirtualSource(str(ws / "good.h5"), "tensor", shape=(N, T, X))
+    f.create_virtual_dataset("tensor", layout)
+
+
+def per_seed_external(p: Path) -> None:
+    """Per-seed layout whose second seed group is an external link."""
+    u, c = fields()
+    with h5py.File(p, "w") as f:
+        for i in range(N):
+            if i == 1:
+                f[f"{i:04d}"] = h5py.ExternalLink(str(p.parent / "good.h5"), "/")
+                continue
+            g = f.create_group(f"{i:04d}")
+            g["data"] = u[i][..., None]
+            g["grid/x"], g["grid/t"] = c["x"], c["t"]
+
+
 BAD = ["--set", "data.path=bad.h5"]
 
 
@@ -148,7 +210,8 @@ def finished_run(ws: Path, *, damage: Callable[[Path], None] | None = None) -> N
         uri = str(run / "stages" / s / "export.pt")
         sha = write_export(uri, s, {"w": torch.zeros(3)}, BestMetric("val_loss", 1.0, 1), "d")
         stages[s] = {"status": "completed", "epochs": 1, "export": uri, "weights_sha256": sha}
-    (run / "summary.json").write_text(json.dumps({"name": "r", "stages": stages}))
+    data_sha = views.data_digest(views.load_tasks(cfg.data))  # what the run recorded when it started
+    (run / "summary.json").write_text(json.dumps({"name": "r", "stages": stages, "data_sha256": data_sha}))
     if damage:
         damage(run)
 
@@ -194,6 +257,47 @@ def hold_lock(ws: Path) -> None:
 
 
 HELD: list = []
+NESTED = '{"stages": {}, "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+
+
+def change_data(ws: Path) -> None:
+    """good.h5 rewritten with other values, same shape: every check passes but the digest."""
+    u, c = fields()
+    pdebench.write(ws / "good.h5", u[::-1].copy(), c)
+
+
+def as_folder(name: str) -> Callable[[Path], None]:
+    def how(run: Path) -> None:
+        (run / name).unlink()
+        (run / name).mkdir()
+
+    return how
+
+
+def run_elsewhere(ws: Path) -> None:
+    """runs/r is a link to a finished run that lives outside --storage."""
+    finished_run(ws)
+    (ws / "runs" / "r").rename(ws / "elsewhere")
+    (ws / "runs" / "r").symlink_to(ws / "elsewhere")
+
+
+def link_to_empty(ws: Path) -> None:
+    (ws / "outside").mkdir()
+    (ws / "runs").mkdir()
+    (ws / "runs" / "r").symlink_to(ws / "outside")
+
+
+def stages_linked(run: Path) -> None:
+    (run / "stages").rename(run.parent.parent / "outside")
+    (run / "stages").symlink_to(run.parent.parent / "outside")
+
+
+def export_linked(run: Path) -> None:
+    p = run / "stages" / "operator" / "export.pt"
+    p.rename(run.parent.parent / "op.pt")
+    p.symlink_to(run.parent.parent / "op.pt")
+
+
 RUN = ["--name", "r", "--storage", "runs"]
 EVAL = ["--run", "runs/r"]
 
@@ -321,6 +425,21 @@ CASES = [
     Case("data-file-uri-relative", "train", ["--set", "data.path=file://good.h5"], "absolute path"),
     Case("data-file-uri-missing", "train", ["--set", "data.path=file:///nowhere/good.h5"], "file not found"),
     Case("data-unreadable", "train", BAD, "permission", data(unreadable)),
+    Case("data-coordinate-7tib", "train", BAD, "'x-coordinate' has 962072674304 entries", data(huge_coordinate)),
+    Case("data-float64-beyond-float32", "train", BAD, "1e+39 at sample 5", data(float64_beyond_float32)),
+    Case("data-external-link", "train", BAD, "'tensor' is an external link", data(linked(external_link))),
+    Case("data-soft-link-dangling", "train", BAD, "soft link to '/elsewhere/tensor'", data(linked(soft_link_dangling))),
+    Case("data-soft-link-to-external", "train", BAD, "external link", data(linked(soft_link_through_external))),
+    Case("data-external-storage", "train", BAD, "external file", data(linked(external_storage))),
+    Case("data-virtual-dataset", "train", BAD, "virtual dataset", data(linked(virtual))),
+    Case("data-per-seed-external", "train", BAD, "'0001' is an external link", data(per_seed_external)),
+    Case(
+        "data-zero-samples",
+        "train",
+        BAD,
+        "bad.h5: dataset 'tensor' has shape (0, 12, 32): no samples",
+        data(lambda p: h5(p, tensor=np.zeros((0, T, X), np.float32))),
+    ),  # fmt: skip
     # YAML and flags
     bad_yaml("yaml-not-utf8", "UTF-8", b"include: base.yaml\nx: \xff\xfe\n"),
     Case(
@@ -449,6 +568,34 @@ CASES = [
     ),
     Case("run-locked", "train", RUN, "in use by", both(damaged(lambda r: None), hold_lock)),
     Case(
+        "resume-data-changed",
+        "train",
+        RUN,
+        "the data changed since the run started",
+        both(damaged(lambda r: None), change_data),
+    ),
+    Case("run-folder-is-file", "train", RUN, "is a file, not a run folder", write("runs/r", "x")),
+    Case("run-json-is-folder", "train", RUN, "run.json: is a folder", damaged(as_folder("run.json"))),
+    Case("summary-is-folder", "train", RUN, "summary.json: is a folder", damaged(as_folder("summary.json"))),
+    Case("resume-summary-nested", "train", RUN, "nested too deeply", damaged(put("summary.json", NESTED))),
+    Case("run-folder-symlink", "train", RUN, "the run folder is a symbolic link", run_elsewhere),
+    Case("run-new-folder-symlink", "train", RUN, "the run folder is a symbolic link", link_to_empty),
+    Case("run-inner-symlink", "train", RUN, "stages: is a symbolic link", damaged(stages_linked)),
+    Case(
+        "accept-architecture-change",
+        "train",
+        [*RUN, "--set", "model.operator.hidden=32", "--accept-config-change"],
+        "model.operator.hidden); this change needs --restart",
+        damaged(lambda r: None),
+    ),  # fmt: skip
+    Case(
+        "accept-latent-change",
+        "train",
+        [*RUN, "--set", "latent.dim=32", "--accept-config-change"],
+        "needs --restart",
+        damaged(lambda r: None),
+    ),  # fmt: skip
+    Case(
         "eval-not-a-run",
         "evaluate",
         EVAL,
@@ -501,6 +648,44 @@ CASES = [
         config=None,
     ),  # fmt: skip
     Case("eval-run-traversal", "evaluate", ["--run", "runs/.."], "--run", config=None),
+    Case("eval-run-is-file", "evaluate", EVAL, "is a file, not a run folder", write("runs/r", "x"), config=None),
+    Case(
+        "eval-summary-nested", "evaluate", EVAL, "nested too deeply", damaged(put("summary.json", NESTED)), config=None
+    ),  # fmt: skip
+    Case("eval-run-symlink", "evaluate", EVAL, "symbolic link", run_elsewhere, config=None),
+    Case("eval-export-symlink", "evaluate", EVAL, "export.pt: is a symbolic link", damaged(export_linked), config=None),
+    Case(
+        "eval-export-outside",
+        "evaluate",
+        EVAL,
+        "refusing an export from outside the run",
+        damaged(summary_edit(lambda s: s["stages"]["operator"].update(export="/etc/passwd"))),
+        config=None,
+    ),  # fmt: skip
+    Case(
+        "eval-completed-no-export",
+        "evaluate",
+        EVAL,
+        "stage operator is recorded as completed but records no export",
+        damaged(summary_edit(lambda s: s["stages"]["operator"].pop("export"))),
+        config=None,
+    ),  # fmt: skip
+    Case(
+        "eval-data-changed",
+        "evaluate",
+        EVAL,
+        "the data changed since the run started",
+        both(damaged(lambda r: None), change_data),
+        config=None,
+    ),  # fmt: skip
+    Case(
+        "eval-no-data-digest",
+        "evaluate",
+        EVAL,
+        "records no data digest",
+        damaged(summary_edit(lambda s: s.pop("data_sha256"))),
+        config=None,
+    ),  # fmt: skip
     Case(
         "eval-data-gone",
         "evaluate",

@@ -267,13 +267,17 @@ def test_rollout_timing_runs_both_stacks_on_the_same_val_trajectories():
 
 
 def fake_run(root: Path, name: str, weights: str, data: str = "data-1") -> Candidate:
-    """A run folder as the pipeline leaves it: exports, config and summary."""
+    """A run folder as the pipeline leaves it: exports (real ones, whose tensors spell `weights`),
+    config and summary."""
+    from ups.contracts import BestMetric
+    from ups.exports import write_export
+
     run = root / "runs" / name
     stages = {}
     for stage in ("autoencoder", "operator"):
-        (run / "stages" / stage).mkdir(parents=True)
-        (run / "stages" / stage / "export.pt").write_bytes(f"{name}-{stage}".encode())
-        stages[stage] = {"status": "completed", "weights_sha256": f"{weights}-{stage}"}
+        tensors = {"w": torch.tensor(list(f"{weights}-{stage}".encode()), dtype=torch.uint8)}
+        sha = write_export(str(run / "stages" / stage / "export.pt"), stage, tensors, BestMetric("val", 1.0, 1), "d")
+        stages[stage] = {"status": "completed", "weights_sha256": sha}
     stages["steady_prior"] = {"status": "skipped"}
     summary = {"stages": stages, "data_sha256": data, "config_digest": f"cfg-{name}"}
     (run / "summary.json").write_text(json.dumps(summary))
@@ -340,9 +344,11 @@ def test_empty_registry_promotes_and_writes_champion_and_history(tmp_path, regis
     assert fakes.bound == [None] and fakes.calls == [("candidate", True), ("candidate", False)]
     champ = json.loads(Path(registry.dir.path("champion.json")).read_text())
     assert champ["trial"] == "t1" and champ["sweep"] == "s1" and champ == d.champion.to_dict()
-    assert champ["weights_sha256"] == {"autoencoder": "w1-autoencoder", "operator": "w1-operator"}
+    assert champ["weights_sha256"] == cand.weights_sha256
+    assert set(champ["weights_sha256"]) == {"autoencoder", "operator"}
     assert set(champ["exports"]) == {"autoencoder", "operator"}  # only completed stages are copied
-    assert Path(champ["exports"]["operator"]).read_bytes() == b"t1-operator"
+    copied = Path(champ["exports"]["operator"]).read_bytes()
+    assert copied == (Path(cand.run) / "stages" / "operator" / "export.pt").read_bytes()
     assert Path(champ["checkpoint"]).is_relative_to(Path(registry.dir.root))
     assert (Path(champ["checkpoint"]) / "config.yaml").exists()
     history = registry.history()

@@ -41,7 +41,13 @@ def write_export(uri: str, stage: str, tensors: dict[str, Any], best: BestMetric
 def read_export(uri: str, expect_sha256: str | None) -> dict[str, Any]:
     """The export's tensors, verified against the recorded digest (None: not verified, say why
     at the call site)."""
-    tensors = from_bytes(Storage(uri).read_bytes())["tensors"]
+    return verify_export(Storage(uri).read_bytes(), expect_sha256, uri)
+
+
+def verify_export(data: bytes, expect_sha256: str | None, uri: str) -> dict[str, Any]:
+    """The tensors of an export's bytes, checked against the recorded digest: whoever verifies and
+    then uses (or copies) an export does both with these same bytes."""
+    tensors = from_bytes(data)["tensors"]
     if expect_sha256 is not None:
         got = tensors_sha256(tensors)
         if got != expect_sha256:

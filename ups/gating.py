@@ -457,19 +457,23 @@ class Registry:
         and drop the old champion's slot; both of the last two are fenced."""
         slot = f"champion-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         exports = {}
-        for name, rec in stages.items():
-            if not rec.completed:
-                continue
-            self.dir.write_bytes(run.read_bytes("stages", name, "export.pt"), slot, name, "export.pt")
-            exports[name] = self.dir.uri_of(slot, name, "export.pt")
-        for f in ("config.yaml", "summary.json", "meta.json"):  # meta.json: what ups.Surrogate needs of the data
-            if f != "meta.json" or run.exists(f):  # runs from before meta.json have none
-                self.dir.write_bytes(run.read_bytes(f), slot, f)
-        champion = ChampionRecord.of(entry, checkpoint=self.dir.uri_of(slot), exports=exports)
-        old = self.champion()
         try:
+            for name, rec in stages.items():
+                if not rec.completed:
+                    continue
+                # The bytes copied are the bytes verified: a candidate's export altered since it was
+                # evaluated (or never recorded with a digest) never becomes a champion.
+                data = run.read_bytes("stages", name, "export.pt")
+                _verified_copy(data, rec.weights_sha256, run.uri_of("stages", name, "export.pt"))
+                self.dir.write_bytes(data, slot, name, "export.pt")
+                exports[name] = self.dir.uri_of(slot, name, "export.pt")
+            for f in ("config.yaml", "summary.json", "meta.json"):  # meta.json: what ups.Surrogate needs of the data
+                if f != "meta.json" or run.exists(f):  # runs from before meta.json have none
+                    self.dir.write_bytes(run.read_bytes(f), slot, f)
+            champion = ChampionRecord.of(entry, checkpoint=self.dir.uri_of(slot), exports=exports)
+            old = self.champion()
             self._fence()
-        except RegistryLockError:
+        except (RegistryLockError, ConfigError):
             self.dir.delete_dir(slot)  # ours alone: nothing points at it
             raise
         champion.write(self.dir)  # the switch: one whole-file write
@@ -477,6 +481,44 @@ class Registry:
         if old_slot and old_slot != slot:
             self.dir.delete_dir(old_slot)
         return champion
+
+    def champion_files(self, champ: ChampionRecord) -> tuple[str, dict[str, tuple[str, str]]]:
+        """The champion's config.yaml and its exports as (uri, weights digest), every one a file of
+        this registry's own slot and every export with a recorded digest: champion.json may have
+        been edited to point anywhere, or to drop a digest, and nothing unverified is loaded."""
+        where = f"{self.dir.shown}/champion.json"
+        slot = self._slot_of(champ.checkpoint)
+        if slot is None:
+            raise ConfigError(f"{where}: checkpoint {champ.checkpoint!r} is not a champion folder of this "
+                              f"registry; refusing to load a champion from elsewhere")  # fmt: skip
+        exports, digests = champ.exports, champ.weights_sha256
+        if not isinstance(exports, dict) or not exports or not isinstance(digests, dict):
+            raise ConfigError(f"{where}: no exports with weights digests recorded; refusing an unverified champion")
+        files = {}
+        for name, uri in exports.items():
+            sha = digests.get(name)
+            if not isinstance(sha, str) or not sha:
+                raise ConfigError(f"{where}: stage {name}'s export has no recorded weights digest; "
+                                  f"refusing to load it unverified")  # fmt: skip
+            if uri != self.dir.uri_of(slot, name, "export.pt") or self.dir.kind(slot, name, "export.pt") == "link":
+                raise ConfigError(f"{where}: stage {name}'s export {uri!r} is not in the champion's folder "
+                                  f"{slot}; refusing a file from outside the registry")  # fmt: skip
+            files[name] = (uri, sha)
+        return self.dir.uri_of(slot, "config.yaml"), files
+
+
+def _verified_copy(data: bytes, expect: Any, uri: str) -> None:
+    """ConfigError unless an export's bytes hash to its recorded digest (a promotion's last check)."""
+    from ups.exports import ExportMismatch, verify_export
+
+    if not isinstance(expect, str) or not expect:
+        raise ConfigError(f"{uri}: the candidate's export has no recorded weights digest; not promoted")
+    try:
+        verify_export(data, expect, uri)
+    except ExportMismatch as e:
+        raise ConfigError(f"{e}: the candidate's export changed after it was evaluated; not promoted") from None
+    except Exception as e:  # not an export at all (torch.load with weights_only refuses it)
+        raise ConfigError(f"{uri}: the candidate's export cannot be read ({type(e).__name__}); not promoted") from None
 
 
 def _decode_lease(raw: bytes) -> coordination.Claim:

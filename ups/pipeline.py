@@ -44,13 +44,13 @@ from ups.exports import EXPORT_FILE, ExportMismatch, Exports, read_export
 from ups.latent_cache import build_or_reuse, streamed
 from ups.preflight import preflight
 from ups.report import summary_table
-from ups.run import RunDir
+from ups.run import SUMMARY_FILE, RunDir
 from ups.runlock import RunLock
 from ups.stages import registry
 from ups.storage import Storage, redact
 from ups.tracking import RunLogger, wandb_settings
 
-__all__ = ["PipelineOptions", "Preempted", "evaluate_exports", "load_exports", "preflight", "run"]
+__all__ = ["PipelineOptions", "Preempted", "check_data_digest", "evaluate_exports", "load_exports", "preflight", "run"]
 
 
 @dataclass
@@ -71,27 +71,46 @@ def run(loaded: C.LoadedConfig, opts: PipelineOptions) -> RunSummary:
     infos = preflight(loaded, ray=opts.backend is None or opts.backend.name == "ray")
     storage = Storage(opts.storage)
     rundir = RunDir(storage, opts.name)
-    rundir.check(loaded.cfg, restart=opts.restart, accept_change=opts.accept_config_change)
+    action = rundir.check(loaded.cfg, restart=opts.restart, accept_change=opts.accept_config_change)
+    data = None
+    if all(i is not None for i in infos.values()):
+        # The data is there: loaded, and checked against the digest the run recorded at its start,
+        # before the run's lock is taken and before any Ray resource is used.
+        recorded = None if action == "restart" else rundir.summary()
+        data = load_data(loaded.cfg, rundir, recorded, Console(quiet=opts.quiet))
     lock = RunLock(storage, opts.name) if opts.lock else None
     if lock:
         lock.acquire(say=(lambda _: None) if opts.quiet else print)
     try:
-        return _run(loaded, opts, infos, rundir)
+        return _run(loaded, opts, infos, rundir, data)
     finally:
         if lock:
             lock.release()
 
 
+Data = tuple[list[views.Task], views.DataMeta, str]  # the tasks, their metadata, their digest
+
+
+def load_data(cfg: Config, rundir: RunDir, summary: RunSummary | None, console: Console) -> Data:
+    """The run's data and its digest; a resumed run must find the data it started on."""
+    with console.phase("loading data"):
+        tasks = views.load_tasks(cfg.data)
+        data_sha = views.data_digest(tasks)
+    check_data_digest(rundir, summary, cfg.data.paths, data_sha, "resume")
+    return tasks, views.DataMeta.from_tasks(tasks, cfg.data.initial_step), data_sha
+
+
 def _run(
-    loaded: C.LoadedConfig, opts: PipelineOptions, infos: dict[str, FileInfo | None], rundir: RunDir
-) -> RunSummary:
+    loaded: C.LoadedConfig, opts: PipelineOptions, infos: dict[str, FileInfo | None], rundir: RunDir,
+    data: Data | None,
+) -> RunSummary:  # fmt: skip
     cfg = loaded.cfg
     info = rundir.open(cfg, restart=opts.restart, accept_change=opts.accept_config_change)
     summary = rundir.summary()  # read (and refused if damaged) before any Ray resource is used
     wandb = RunLogger(wandb_settings(cfg, info, rundir), rundir.dir, config=C.to_dict(cfg))
     console = Console(quiet=opts.quiet, wandb=wandb)
     try:
-        return _stages_and_eval(cfg, opts, infos, rundir, info, summary, console)
+        return _stages_and_eval(cfg, opts, infos, rundir, info, summary, console, data)
     finally:
         console.close()
         wandb.finish()
@@ -99,19 +118,17 @@ def _run(
 
 def _stages_and_eval(
     cfg: Config, opts: PipelineOptions, infos: dict[str, FileInfo | None], rundir: RunDir, info: dict[str, Any],
-    summary: RunSummary, console: Console,
+    summary: RunSummary, console: Console, data: Data | None,
 ) -> RunSummary:  # fmt: skip
     say = console.say
     say(f"run {opts.name} -> {rundir.dir.shown}")
     backend = opts.backend or _ray_backend(say)
     backend.emit = console.handle
     backend.start(cfg, rundir)
-
-    ensure_data(cfg, infos, backend, say)
-    with console.phase("loading data"):
-        tasks = views.load_tasks(cfg.data)
-        meta = views.DataMeta.from_tasks(tasks, cfg.data.initial_step)
-        data_sha = views.data_digest(tasks)
+    if data is None:  # data.generate writes the missing files (on Ray, unless --no-ray)
+        ensure_data(cfg, infos, backend, say)
+        data = load_data(cfg, rundir, summary, console)
+    tasks, meta, data_sha = data
     mode = "stream" if streamed(tasks) else "memory"
     if mode == "stream":
         spill = cfg.data.spill_dir or "the system temp folder"
@@ -123,6 +140,7 @@ def _stages_and_eval(
         opts.name, info["config_digest"], data_sha, mode)  # fmt: skip
     summary.meta_sha256, summary.command = hashlib.sha256(meta_json).hexdigest(), _command()
     records = summary.stages
+    rundir.write_summary(summary)  # the data digest, recorded at the start: resumes and evaluations check it
 
     latents: Any = None
     for folder, *group in _groups(cfg, rundir, records, say):
@@ -133,9 +151,10 @@ def _stages_and_eval(
         else:
             if latents is None:
                 ae = records["autoencoder"]
-                assert ae.export and ae.weights_sha256
+                assert ae.weights_sha256
+                ae_export = rundir.dir.uri_of("stages", "autoencoder", EXPORT_FILE)  # the run's own, not a record's
                 with console.phase("latent cache"):
-                    cache, reused = build_or_reuse(rundir.dir, tasks, meta, cfg, ae.export, ae.weights_sha256,
+                    cache, reused = build_or_reuse(rundir.dir, tasks, meta, cfg, ae_export, ae.weights_sha256,
                                                    data_sha, use_ray=backend.name == "ray", say=say)  # fmt: skip
                 summary.latent_cache = LatentCacheRecord(cache.uri, reused, cache.manifest["rows"],
                                                          ae.weights_sha256)  # fmt: skip
@@ -283,24 +302,59 @@ def _record(
 def load_exports(rundir: RunDir, summary: RunSummary) -> Exports:
     """Every completed stage's export tensors, verified against the digests in summary.json.
 
-    A missing, unreadable or altered export is a ConfigError naming it: nothing unverified is used."""
+    An export is read from the run folder's own `stages/<stage>/export.pt`, wherever summary.json
+    says it was written: a moved or copied run folder evaluates, and a record cannot send the
+    reader outside the run. A record without an export or a digest, a record naming another file,
+    a linked, missing, unreadable or altered export is a ConfigError naming it: nothing unverified
+    is used."""
+    where = redact(rundir.dir.uri_of(SUMMARY_FILE))
     exports: Exports = {}
     for n, rec in summary.stages.items():
-        if not (rec.completed and rec.export):
+        if not rec.completed:
             continue
-        if not rec.weights_sha256:
+        uri = rundir.dir.uri_of("stages", n, EXPORT_FILE)
+        shown = redact(uri)
+        if not rec.export:
+            raise C.ConfigError(f"{where}: stage {n} is recorded as completed but records no export")
+        if not rec.export.partition("?")[0].endswith(f"/stages/{n}/{EXPORT_FILE}"):
             raise C.ConfigError(
-                f"{rec.export}: stage {n} has no recorded weights digest; refusing to use it unverified"
+                f"{where}: stage {n}'s export is recorded as {redact(rec.export)}, not the run's "
+                f"stages/{n}/{EXPORT_FILE}; refusing an export from outside the run"
             )
+        if not rec.weights_sha256:
+            raise C.ConfigError(f"{shown}: stage {n} has no recorded weights digest; refusing to use it unverified")
+        if rundir.dir.kind("stages", n, EXPORT_FILE) == "link":
+            raise C.ConfigError(f"{shown}: stage {n}'s export is a symbolic link; refusing a file from outside the run")
         try:
-            exports[n] = read_export(rec.export, rec.weights_sha256)
+            exports[n] = read_export(uri, rec.weights_sha256)
         except FileNotFoundError:
-            raise C.ConfigError(f"{rec.export}: stage {n}'s export is missing") from None
+            raise C.ConfigError(f"{shown}: stage {n}'s export is missing") from None
         except ExportMismatch as e:
             raise C.ConfigError(f"{e} (stage {n}'s export was altered)") from None
         except Exception as e:  # torch.load(weights_only=True) refuses anything but tensors and plain data
-            raise C.ConfigError(f"{rec.export}: stage {n}'s export cannot be read ({type(e).__name__})") from None
+            raise C.ConfigError(f"{shown}: stage {n}'s export cannot be read ({type(e).__name__})") from None
     return exports
+
+
+def check_data_digest(
+    rundir: RunDir, summary: RunSummary | None, paths: list[str], found: str, action: str
+) -> None:
+    """The data a run `resume`s or `evaluate`s on must be the data it started on: the digest
+    recorded in summary.json at the run's start (`views.data_digest`) against the one just computed.
+    A resume before any digest was recorded has nothing to compare; an evaluation must have one."""
+    recorded = summary.data_sha256 if summary is not None else None
+    shown = ", ".join(redact(p) for p in paths)
+    where = redact(rundir.dir.uri_of(SUMMARY_FILE))
+    if recorded is None and action == "evaluate":
+        raise C.ConfigError(f"data.path {shown}: {where} records no data digest (data_sha256), so the data cannot "
+                            f"be checked against what the run was trained on")  # fmt: skip
+    if recorded is not None and recorded != found:
+        hint = "restore the data, or pass --restart to train on the new data" if action == "resume" else \
+            "evaluate on the data the run was trained on"  # fmt: skip
+        raise C.ConfigError(
+            f"data.path {shown}: the data changed since the run started (digest {str(recorded)[:12]} recorded "
+            f"in {where}, {found[:12]} found); {hint}"
+        )
 
 
 def evaluate_exports(

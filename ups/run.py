@@ -36,6 +36,7 @@ from ups.names import check_name
 from ups.storage import Storage, redact
 
 CONFIG_FILE, RUN_FILE = "config.yaml", "run.json"
+ARCHITECTURE = ("model.", "latent.")  # keys whose change makes the run's exports and checkpoints unfit
 
 
 def utc_stamp() -> str:
@@ -62,11 +63,14 @@ class RunDir:
         self.name, self.root = name, storage
         self.dir = storage.sub(name)
 
-    def check(self, cfg: C.Config, *, restart: bool = False, accept_change: bool = False) -> None:
+    def check(self, cfg: C.Config, *, restart: bool = False, accept_change: bool = False) -> str:
         """Everything `open` would refuse, found without writing anything: run before the run's lock
-        is taken, so a refused command leaves no trace."""
-        if self._stored(cfg, restart, accept_change) != "restart":
+        is taken, so a refused command leaves no trace. Returns what `open` will do (`_stored`)."""
+        self.check_folder()
+        action = self._stored(cfg, restart, accept_change)
+        if action != "restart":
             self.summary()
+        return action
 
     def _stored(self, cfg: C.Config, restart: bool, accept_change: bool) -> str:
         """What to do with the folder: "new", "same" (resume: the config is the stored one, up to
@@ -86,11 +90,38 @@ class RunDir:
         if restart:
             return "restart"
         if accept_change:
+            arch = [k for k in C.diff(self.config(), cfg) if k.startswith(ARCHITECTURE)]
+            if arch:  # the finished stages' exports and the checkpoints no longer fit the networks
+                raise C.ConfigError(
+                    f"{self.dir.shown}: --accept-config-change cannot keep a run whose architecture changed "
+                    f"({arch[0]}{' and more' if len(arch) > 1 else ''}); this change needs --restart"
+                )
             return "accept"
         raise C.ConfigError(
             f"{self.dir.shown}: config differs from the stored run ({changes}); "
             f"pass --restart to start over or --accept-config-change to continue with it"
         )
+
+    def check_folder(self) -> None:
+        """The run folder is a folder (or absent), its files are files, and on a local disk nothing in
+        it is a symbolic link: the run writes through these paths, and a link would carry its
+        config, records and weights outside the storage. One line naming the path, else nothing."""
+        where = self.dir.shown
+        kind = self.dir.kind()
+        if kind == "link":
+            raise C.ConfigError(f"{where}: the run folder is a symbolic link; a run folder must be a real folder "
+                                f"inside its storage")  # fmt: skip
+        if kind == "file":
+            raise C.ConfigError(f"{where}: is a file, not a run folder")
+        if kind == "missing":
+            return
+        for file in (CONFIG_FILE, RUN_FILE, SUMMARY_FILE):
+            if self.dir.kind(file) == "dir":
+                raise C.ConfigError(f"{redact(self.dir.uri_of(file))}: is a folder, not a file (damaged run folder)")
+        links = self.dir.links_below(opaque=("wandb",))  # W&B links its own files (latest-run, debug.log)
+        if links:
+            raise C.ConfigError(f"{redact(self.dir.uri_of(links[0]))}: is a symbolic link inside the run folder; "
+                                f"the run writes there, so links are refused")  # fmt: skip
 
     def open(self, cfg: C.Config, *, restart: bool = False, accept_change: bool = False) -> dict[str, Any]:
         """Create or re-open the run; returns run.json. Raises ConfigError on a config conflict."""
@@ -146,6 +177,10 @@ class RunDir:
             raise C.ConfigError(
                 f"{redact(self.dir.uri_of(file))}: corrupt, not JSON ({str(e).splitlines()[0]})"
             ) from None
+        except RecursionError:  # json nests one Python frame per level: `[[[[...` thousands deep
+            raise C.ConfigError(f"{redact(self.dir.uri_of(file))}: corrupt, nested too deeply to read") from None
+        except OSError as e:  # a folder or a dangling name where the file should be
+            raise C.ConfigError(f"{redact(self.dir.uri_of(file))}: cannot be read ({type(e).__name__})") from None
         missing = [k for k in required if not isinstance(data, dict) or k not in data]
         if missing:
             raise C.ConfigError(f"{redact(self.dir.uri_of(file))}: corrupt, no '{missing[0]}' entry")

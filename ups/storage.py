@@ -32,6 +32,11 @@ SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 _SECRET_PARAM = re.compile(r"key|secret|token|passw|pwd|credential|signature|^sig$|auth", re.IGNORECASE)
 
 
+class LinkEscape(ConfigError):
+    """A local path below a storage root that passes through a symbolic link: what is written,
+    moved or deleted through it lands wherever the link points, outside the storage."""
+
+
 class PathEscape(ValueError):
     """A path part that would leave the storage root. A bug in the caller, not a user error: names the
     user types are checked before they get here (ups/names.py)."""
@@ -170,6 +175,10 @@ class Storage:
             self.fs, self.root = pafs.LocalFileSystem(), str(Path(uri).resolve())
             self.uri = self.root
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        # The root as given is trusted (it may itself be a link, e.g. runs -> /mnt/big/runs); below
+        # it, writes never pass through a link (`_unlinked`). Sub-storages keep their parent's anchor.
+        self.anchor = self.root
+        self.anchor_real = os.path.realpath(self.root) if self.local else self.root
 
     @property
     def shown(self) -> str:
@@ -184,7 +193,44 @@ class Storage:
         child = Storage.__new__(Storage)
         child.fs, child.local = self.fs, self.local
         child.root, child.uri = self.path(*parts), self.uri_of(*parts)
+        child.anchor = getattr(self, "anchor", self.root)
+        child.anchor_real = getattr(self, "anchor_real", self.root)
         return child
+
+    def _unlinked(self, target: str) -> str:
+        """`target`, or LinkEscape when, on a local disk, it is reached through a symbolic link below
+        the storage's root (a link planted in a run folder would carry the run's writes anywhere)."""
+        if self.local:
+            want = os.path.normpath(os.path.join(self.anchor_real, os.path.relpath(target, self.anchor)))
+            if os.path.realpath(target) != want:
+                raise LinkEscape(
+                    f"{target}: reached through a symbolic link below {self.anchor}; "
+                    f"refusing to write where it points (outside the storage)"
+                )
+        return target
+
+    def kind(self, *parts: str) -> str:
+        """What is at a path: missing, file, dir, or (local disks) link, whatever the link points to."""
+        p = self.path(*parts)
+        if self.local and os.path.islink(p):
+            return "link"
+        t = self.fs.get_file_info(p).type
+        return "missing" if t == pafs.FileType.NotFound else "dir" if t == pafs.FileType.Directory else "file"
+
+    def links_below(self, *parts: str, opaque: tuple[str, ...] = ()) -> list[str]:
+        """Every symbolic link under a local folder, as paths relative to it (none on object stores).
+        The insides of the `opaque` sub-folders (another tool's, with links of its own) are not
+        walked; the folders themselves are still reported if they are links."""
+        top = self.path(*parts)
+        if not self.local or not os.path.isdir(top):
+            return []
+        found = []
+        for here, dirs, files in os.walk(top):  # os.walk does not descend into linked folders
+            found += [os.path.relpath(os.path.join(here, n), top) for n in (*dirs, *files)
+                      if os.path.islink(os.path.join(here, n))]  # fmt: skip
+            if here == top:
+                dirs[:] = [d for d in dirs if d not in opaque]
+        return sorted(found)
 
     def path(self, *parts: str) -> str:
         """Filesystem path (no scheme) of a file under the root."""
@@ -202,7 +248,7 @@ class Storage:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
 
     def makedirs(self, *parts: str) -> None:
-        self.fs.create_dir(self.path(*parts), recursive=True)
+        self.fs.create_dir(self._unlinked(self.path(*parts)), recursive=True)
 
     def read_bytes(self, *parts: str) -> bytes:
         with self.fs.open_input_stream(self.path(*parts)) as f:
@@ -215,7 +261,7 @@ class Storage:
         return json.loads(self.read_text(*parts))
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
-        target = self.path(*parts)
+        target = self._unlinked(self.path(*parts))
         self.fs.create_dir(posixpath.dirname(target), recursive=True)
         if not self.local:
             with self.fs.open_output_stream(target) as f:
@@ -244,14 +290,14 @@ class Storage:
 
     def delete_dir(self, *parts: str) -> None:
         if self.exists(*parts):
-            self.fs.delete_dir(self.path(*parts))
+            self.fs.delete_dir(self._unlinked(self.path(*parts)))
 
     def move(self, src: tuple[str, ...], dst: tuple[str, ...]) -> None:
         """Rename a file or folder. On a local disk that is one atomic rename. An object store has
         no folders to rename (S3's CopyObject takes one key): a folder is copied file by file, any
         `manifest.json` last, then deleted, so a reader that trusts only a manifest whose files all
         verify (the latent cache) never takes a half-moved folder for a whole one."""
-        a, b = self.path(*src), self.path(*dst)
+        a, b = self._unlinked(self.path(*src)), self._unlinked(self.path(*dst))
         self.fs.create_dir(posixpath.dirname(b), recursive=True)
         if self.local or self.fs.get_file_info(a).type != pafs.FileType.Directory:
             self.fs.move(a, b)

@@ -401,17 +401,19 @@ def decide(
         metrics = lambda side, small: evaluate(*sides[side], small)
         if champ is None:
             return gating.Measures(metrics)
-        sides["champion"] = (_champion_config(champ), _champion_exports(champ))
+        sides["champion"] = (_champion_config(champions, champ), _champion_exports(champions, champ))
         return gating.Measures(
             metrics, lambda: _time_inference(cfg, meta, tasks, sides["candidate"], sides["champion"])
         )
 
     candidate = gating.Candidate(best.trial, best.run, cand_summary, best.metrics)
-    d = gating.decide(cfg.gate, Registry(root, family), candidate, measure, sweep=sweep, say=say)
+    champions = Registry(root, family)
+    d = gating.decide(cfg.gate, champions, candidate, measure, sweep=sweep, say=say)
     champ = d.champion
     test = None
     if champ:  # the champion's test metrics are reported; they never select anything
-        r = pipeline.evaluate_exports(_champion_config(champ), meta, tasks, _champion_exports(champ), "test")
+        r = pipeline.evaluate_exports(_champion_config(champions, champ), meta, tasks,
+                                      _champion_exports(champions, champ), "test")  # fmt: skip
         test = r.metrics.scalars()
     out.update(
         gate={"passed": d.passed, "reasons": d.reasons, "steps": d.steps},
@@ -422,15 +424,17 @@ def decide(
     return out
 
 
-def _champion_config(champ: ChampionRecord) -> Config:
-    if champ.checkpoint is None:
-        raise ConfigError(f"registry champion {champ.trial}: its record names no checkpoint folder")
-    return C.validate(yaml.safe_load(Storage(champ.checkpoint).read_text("config.yaml")))
+def _champion_config(champions: Registry, champ: ChampionRecord) -> Config:
+    """The champion's config, read from its own folder of the registry."""
+    config_uri, _ = champions.champion_files(champ)
+    return C.validate(yaml.safe_load(Storage(config_uri).read_text()))
 
 
-def _champion_exports(champ: ChampionRecord) -> dict[str, dict]:
-    """The champion's weights, verified against the digests its record holds."""
-    return {n: read_export(uri, champ.weights_sha256.get(n)) for n, uri in champ.exports.items()}
+def _champion_exports(champions: Registry, champ: ChampionRecord) -> dict[str, dict]:
+    """The champion's weights, from its own folder of the registry, verified against the digests
+    its record holds (a record without one, or pointing elsewhere, is refused)."""
+    _, found = champions.champion_files(champ)
+    return {n: read_export(uri, sha) for n, (uri, sha) in found.items()}
 
 
 def _time_inference(

@@ -51,6 +51,7 @@ class _Layout:
     channels: tuple[str, ...]
     datasets: tuple[str, ...]  # tensor/variable names, or per-seed group names
     coords: dict[str, str]  # axis -> dataset path ("grid/x" is relative to a seed group)
+    values: dict[str, np.ndarray]  # axis -> the coordinate's values, checked (the first seed's)
 
 
 def _err(path: str, what: str) -> PDEBenchFormatError:
@@ -68,18 +69,66 @@ def _py(value: Any) -> Any:
     return value
 
 
+def _resolve(group: h5py.Group, key: str, path: str, where: str, depth: int = 0) -> Any:
+    """The object at `key` below `group`, following only links that stay inside this file, or None
+    when it is missing. h5py follows an external link (into another file, anywhere on the disk)
+    as readily as a hard link; here an external or user-defined link, a soft link that dangles, and
+    a chain of soft links are refused with one line naming the link."""
+    if depth > 8:
+        raise _err(path, f"'{where}' is a chain of more than 8 soft links")
+    node: Any = group
+    for part in (p for p in key.split("/") if p):
+        if not isinstance(node, h5py.Group):
+            return None
+        link = node.get(part, getlink=True)
+        if link is None:
+            return None
+        if isinstance(link, h5py.HardLink):
+            node = node[part]
+        elif isinstance(link, h5py.SoftLink):
+            target = _resolve(node.file if link.path.startswith("/") else node, link.path, path, where, depth + 1)
+            if target is None:
+                raise _err(path, f"'{where}' is a soft link to {link.path!r}, which is not in the file")
+            node = target
+        elif isinstance(link, h5py.ExternalLink):
+            raise _err(path, f"'{where}' is an external link to {link.filename}:{link.path}; "
+                             f"only data stored in the file itself is read")  # fmt: skip
+        else:
+            raise _err(path, f"'{where}' is a {type(link).__name__}; only data stored in the file itself is read")
+    return node
+
+
+def _has(group: h5py.Group, key: str) -> bool:
+    """Whether a link named `key` exists (without following it, so nothing outside the file is opened)."""
+    return group.get(key, getlink=True) is not None
+
+
 def _dataset(f: h5py.File | h5py.Group, key: str, path: str, where: str = "") -> h5py.Dataset:
-    obj = f.get(key)
+    obj = _resolve(f, key, path, f"{where}{key}")
     if not isinstance(obj, h5py.Dataset):
         raise _err(path, f"missing dataset '{where}{key}'")
+    if obj.is_virtual:  # its values are read from other files, wherever the mapping says
+        raise _err(path, f"dataset '{where}{key}' is a virtual dataset; only data stored in the file itself is read")
+    external = obj.external
+    if external:
+        raise _err(path, f"dataset '{where}{key}' stores its values in an external file "
+                         f"({_py(external[0][0])}); only data stored in the file itself is read")  # fmt: skip
     if obj.dtype.kind not in "fiu":  # strings, bools, complex, compound: not a field
         raise _err(path, f"dataset '{where}{key}' has dtype {obj.dtype}, expected real numbers")
     return obj
 
 
-def _coordinate(ds: h5py.Dataset, path: str, name: str) -> None:
-    """Coordinates are small: read them now, so a NaN grid or a constant time axis (dt = 0)
-    is refused here rather than as a division by zero deep inside training."""
+def _group(f: h5py.File, name: str, path: str) -> h5py.Group:
+    g = _resolve(f, name, path, name)
+    if not isinstance(g, h5py.Group):
+        raise _err(path, f"'{name}' is not a group of one seed")
+    return g
+
+
+def _coordinate(ds: h5py.Dataset, path: str, name: str) -> np.ndarray:
+    """A coordinate's values, checked: a NaN grid or a constant time axis (dt = 0) is refused here
+    rather than as a division by zero deep inside training. Its length was checked against the
+    data before this reads it, so a coordinate that declares terabytes is never read."""
     c = np.asarray(ds[()], dtype=np.float64)
     if not np.isfinite(c).all():
         raise _err(path, f"coordinate '{name}' contains NaN/Inf")
@@ -90,16 +139,20 @@ def _coordinate(ds: h5py.Dataset, path: str, name: str) -> None:
             path,
             f"coordinate '{name}' is not strictly increasing ({c[i]:.6g} then {c[i + 1]:.6g} at index {i + 1})",
         )
+    return c
 
 
-def _check_coords(f: h5py.Group, path: str, coords: dict[str, str], shape: tuple[int, ...], prefix: str = "") -> None:
-    """Coordinate datasets must exist, be 1-D, and match the data (t may have one extra entry)."""
+def _coords(
+    f: h5py.Group, path: str, coords: dict[str, str], shape: tuple[int, ...], prefix: str = ""
+) -> dict[str, np.ndarray]:
+    """Coordinate datasets must exist, be 1-D, and match the data (t may have one extra entry);
+    their shapes are checked from the metadata first, then the values are read and checked."""
     n_times, space = shape[1], shape[2:]
+    found = {}
     for axis, key in coords.items():
         ds = _dataset(f, key, path, prefix)
         if ds.ndim != 1:
             raise _err(path, f"coordinate '{prefix}{key}' has rank {ds.ndim}, expected 1")
-        _coordinate(ds, path, f"{prefix}{key}")
         if axis == "t":
             if ds.shape[0] not in (n_times, n_times + 1):
                 raise _err(
@@ -111,6 +164,16 @@ def _check_coords(f: h5py.Group, path: str, coords: dict[str, str], shape: tuple
             n = space[_SPACE_NAMES.index(axis)]
             if ds.shape[0] != n:
                 raise _err(path, f"coordinate '{prefix}{key}' has {ds.shape[0]} entries, data has {n} along {axis}")
+        found[axis] = ds
+    return {axis: _coordinate(ds, path, f"{prefix}{coords[axis]}") for axis, ds in found.items()}
+
+
+def _nonempty(path: str, name: str, shape: tuple[int, ...]) -> None:
+    """A dataset with no samples (or no frames, no grid points) is the file's fault, said so here
+    rather than as an empty split blamed on the config's fractions."""
+    if 0 in shape:
+        what = "no samples" if shape[0] == 0 else "an empty axis"
+        raise _err(path, f"dataset '{name}' has shape {shape}: {what}, nothing to train on")
 
 
 def _single_file(f: h5py.File, path: str, names: tuple[str, ...], kind: str) -> _Layout:
@@ -119,20 +182,21 @@ def _single_file(f: h5py.File, path: str, names: tuple[str, ...], kind: str) -> 
     n_space = first.ndim - 2
     if not 1 <= n_space <= 3:
         raise _err(path, f"dataset '{names[0]}' has rank {first.ndim} {first.shape}, expected 3 to 5 (N, T, X[, Y, Z])")
-    extra = [_COORD_KEYS[a] for a in _SPACE_NAMES[n_space:] if _COORD_KEYS[a] in f]
+    extra = [_COORD_KEYS[a] for a in _SPACE_NAMES[n_space:] if _has(f, _COORD_KEYS[a])]
     if extra:
         raise _err(path, f"dataset '{names[0]}' has rank {first.ndim} but the file also has '{extra[0]}'")
     for name in names[1:]:
         ds = _dataset(f, name, path)
         if ds.shape != first.shape:
             raise _err(path, f"dataset '{name}' has shape {ds.shape}, '{names[0]}' has {first.shape}")
+    _nonempty(path, names[0], first.shape)
     coords = {a: _COORD_KEYS[a] for a in (*_SPACE_NAMES[:n_space], "t")}
-    _check_coords(f, path, coords, first.shape)
-    return _Layout(kind, tuple(first.shape), names if kind == "variables" else ("u",), names, coords)
+    values = _coords(f, path, coords, first.shape)
+    return _Layout(kind, tuple(first.shape), names if kind == "variables" else ("u",), names, coords, values)
 
 
 def _seed_data(f: h5py.File, path: str, name: str, ref_shape: tuple[int, ...] | None) -> h5py.Dataset:
-    ds = _dataset(f[name], "data", path, f"{name}/")
+    ds = _dataset(_group(f, name, path), "data", path, f"{name}/")
     if ref_shape is not None and ds.shape != ref_shape:
         raise _err(path, f"dataset '{name}/data' has shape {ds.shape}, the first seed's has {ref_shape}")
     return ds
@@ -149,20 +213,21 @@ def _per_seed(f: h5py.File, path: str, seeds: list[str], check_all: bool) -> _La
     for name in seeds[1:] if check_all else ():
         _seed_data(f, path, name, ref.shape)
     shape = (len(seeds), ref.shape[0], *ref.shape[1:-1])
+    _nonempty(path, f"{seeds[0]}/data", ref.shape)
     coords = {a: f"grid/{a}" for a in (*_SPACE_NAMES[:n_space], "t")}
-    _check_coords(f[seeds[0]], path, coords, shape, prefix=f"{seeds[0]}/")
+    values = _coords(_group(f, seeds[0], path), path, coords, shape, prefix=f"{seeds[0]}/")
     channels = tuple(f"c{i}" for i in range(ref.shape[-1]))
-    return _Layout("per_seed", shape, channels, tuple(seeds), coords)
+    return _Layout("per_seed", shape, channels, tuple(seeds), coords, values)
 
 
 def _detect(f: h5py.File, path: str, check_all: bool = True) -> _Layout:
     keys = list(f.keys())
-    if "tensor" in f:
+    if _has(f, "tensor"):
         return _single_file(f, path, ("tensor",), "tensor")
-    present = tuple(v for v in VARIABLES if v in f)
+    present = tuple(v for v in VARIABLES if _has(f, v))
     if present:
         return _single_file(f, path, present, "variables")
-    seeds = sorted(k for k in keys if k.isdigit() and isinstance(f[k], h5py.Group))
+    seeds = sorted(k for k in keys if k.isdigit() and isinstance(_resolve(f, k, path, k), h5py.Group))
     if seeds:
         return _per_seed(f, path, seeds, check_all)
     shown = ", ".join(keys[:20]) + (", ..." if len(keys) > 20 else "")
@@ -224,27 +289,30 @@ def inspect(path: str | os.PathLike[str]) -> FileInfo:
 
 
 def scan_values(path: str | os.PathLike[str], n_samples: int, chunk_bytes: int = 64 << 20) -> None:
-    """Every value of the first `n_samples` trajectories must be finite: a chunked read, so a file
-    larger than memory is scanned in bounded memory. Raises PDEBenchFormatError naming the dataset
-    and the first bad sample."""
+    """Every value of the first `n_samples` trajectories must be finite in float32, the dtype training
+    reads (a float64 1e39 is finite in the file and inf in training): a chunked read, so a file larger
+    than memory is scanned in bounded memory. Raises PDEBenchFormatError naming the dataset and the
+    first bad sample."""
     path = os.fspath(path)
     with _open(path) as f:
         lay = _detect(f, path, check_all=False)
         try:
             if lay.kind == "per_seed":
+                ref_shape = (lay.shape[1], *lay.shape[2:], len(lay.channels))
                 for i, g in enumerate(lay.datasets[:n_samples]):
-                    if not np.isfinite(f[g]["data"][()]).all():
-                        raise _err(path, f"dataset '{g}/data' (sample {i}) contains NaN/Inf")
+                    ds = _seed_data(f, path, g, ref_shape)
+                    per_frame = max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize)
+                    step = max(1, chunk_bytes // per_frame)
+                    for lo in range(0, ds.shape[0], step):  # one seed may itself be larger than memory
+                        _check_values(ds[lo : lo + step][None], path, f"{g}/data", range(i, i + 1))
                 return
             for name in lay.datasets:
-                ds = f[name]
+                ds = _dataset(f, name, path)
                 per_sample = max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize)
                 step = max(1, chunk_bytes // per_sample)
                 for lo in range(0, n_samples, step):
-                    block = ds[lo : min(lo + step, n_samples)]
-                    bad = ~np.isfinite(block).reshape(len(block), -1).all(axis=1)
-                    if bad.any():
-                        raise _err(path, f"dataset '{name}' contains NaN/Inf (sample {lo + int(np.argmax(bad))})")
+                    hi = min(lo + step, n_samples)
+                    _check_values(ds[lo:hi], path, name, range(lo, hi))
         except OSError as e:  # a chunk past a truncation
             raise _err(path, f"cannot be read, truncated or damaged? ({str(e).splitlines()[0]})") from None
 
@@ -267,9 +335,28 @@ def _space_slices(space: Space, n_space: int) -> tuple[slice, ...]:
     return tuple(_positive(s, "space") for s in space)
 
 
-def _finite(u: np.ndarray, path: str, dataset: str) -> None:
-    if not np.isfinite(u).all():
-        raise _err(path, f"dataset '{dataset}' contains NaN/Inf")
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_values(block: np.ndarray, path: str, where: str, samples: range) -> None:
+    """Every value of `block` (samples along axis 0, numbered `samples`) must be finite once cast to
+    float32: NaN, Inf, and a wider float beyond float32's range are refused, naming the sample."""
+    if block.dtype.kind == "f" and block.dtype.itemsize > 4:
+        ok = np.abs(block) <= F32_MAX  # False for NaN as well
+    else:
+        ok = np.isfinite(block)
+    good = ok.reshape(len(block), -1).all(axis=1)
+    if good.all():
+        return
+    i = int(np.argmin(good))
+    value = block[i].reshape(-1)[int(np.argmin(ok[i].reshape(-1)))]
+    if np.isfinite(value):
+        raise _err(
+            path,
+            f"dataset '{where}' holds {float(value):.6g} at sample {samples[i]}, beyond float32's range "
+            f"(+-{F32_MAX:.4g}); training reads float32",
+        )
+    raise _err(path, f"dataset '{where}' contains NaN/Inf (sample {samples[i]})")
 
 
 def read(
@@ -298,25 +385,28 @@ def read(
             # Selections are bound to a name before indexing: mypy (on a 3.11+ parser) cannot tell
             # `ds[(a, *b)]`, valid in 3.10, from the 3.11-only `ds[a, *b]`.
             sel = (t, *sp, slice(None))
-            for g in groups:
+            ids = range(*samples.indices(len(lay.datasets)))
+            for i, g in zip(ids, groups):
                 block = _seed_data(f, path, g, ref_shape)[sel]
-                _finite(block, path, f"{g}/data")
+                _check_values(block[None], path, f"{g}/data", range(i, i + 1))
                 parts.append(block.astype(np.float32, copy=False))
             empty = (0, *_selected_shape(lay.shape[1:], (t, *sp)), len(lay.channels))
             u = np.stack(parts) if parts else np.empty(empty, np.float32)
-            coord_root = f[groups[0]] if groups else f[lay.datasets[0]]
+            values = lay.values
+            if groups and groups[0] != lay.datasets[0]:  # this seed's own grid, checked like the first's
+                values = _coords(_group(f, groups[0], path), path, lay.coords, lay.shape, f"{groups[0]}/")
         else:
             chans = []
             sel = (samples, t, *sp)
+            ids = range(*samples.indices(lay.shape[0]))
             for name in lay.datasets:
-                block = f[name][sel]
-                _finite(block, path, name)
+                block = _dataset(f, name, path)[sel]
+                _check_values(block, path, name, ids)
                 chans.append(block.astype(np.float32, copy=False))
             u = np.stack(chans, axis=-1)
-            coord_root = f
+            values = lay.values
         coords = {}
-        for axis, key in lay.coords.items():
-            c = np.asarray(coord_root[key][()], dtype=np.float64)
+        for axis, c in values.items():
             if axis == "t":
                 coords["t"] = c[: lay.shape[1]][t]
             else:

@@ -50,7 +50,13 @@ def save_checkpoint(directory: str | Path, state: dict[str, Any], meta: dict[str
 def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
     """Return the manifest, or raise CorruptCheckpoint naming what is wrong. A manifest must
     list the state file: an empty or partial list verifies nothing and is refused."""
-    directory = Path(directory)
+    return _verified(Path(directory))[0]
+
+
+def _verified(directory: Path) -> tuple[dict[str, Any], bytes]:
+    """The manifest and the state file's bytes, read once and hashed: what `load_checkpoint` loads
+    is the very bytes that matched the manifest, not the file opened again afterwards (which may
+    have been replaced in between)."""
     try:
         manifest = json.loads((directory / MANIFEST_FILE).read_text())
     except FileNotFoundError:
@@ -66,6 +72,7 @@ def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
                    and not p.name.startswith("."))  # fmt: skip
     if extra:
         raise CorruptCheckpoint(f"{directory.name}: {extra[0]} is not in {MANIFEST_FILE}")
+    state = b""
     for name, rec in files.items():
         path = directory / name
         if "/" in name or name.startswith(".") or not isinstance(rec, dict) or not {"bytes", "sha256"} <= set(rec):
@@ -76,9 +83,14 @@ def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
             raise CorruptCheckpoint(
                 f"{directory.name}: {name} has {path.stat().st_size} bytes, manifest says {rec['bytes']}"
             )
-        if _sha256_file(path) != rec["sha256"]:
+        if name == STATE_FILE:
+            state = path.read_bytes()
+            ok = len(state) == rec["bytes"] and hashlib.sha256(state).hexdigest() == rec["sha256"]
+        else:
+            ok = _sha256_file(path) == rec["sha256"]
+        if not ok:
             raise CorruptCheckpoint(f"{directory.name}: {name} does not match its sha256 in the manifest")
-    return manifest
+    return manifest, state
 
 
 class OtherStage(Exception):
@@ -87,10 +99,10 @@ class OtherStage(Exception):
 
 def load_checkpoint(directory: str | Path, stage: str | None = None) -> dict[str, Any]:
     """The verified training state; with `stage`, only a checkpoint of that stage."""
-    manifest = verify_checkpoint(directory)
+    manifest, state = _verified(Path(directory))
     if stage is not None and manifest.get("stage") != stage:
         raise OtherStage(manifest.get("stage"))
-    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    return from_bytes(state)
 
 
 # -- RNG state, in a form `weights_only` loading accepts ----------------------------------------
