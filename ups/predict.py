@@ -401,6 +401,8 @@ def _on_ray(p: Plan, bundle: Bundle, opts: Options, say: Callable[[str], None]) 
 
     from ups import runtime
 
+    ctx = ray.data.DataContext.get_current()
+    limits = ctx.execution_options.resource_limits  # this driver's, put back after (a test session's Ray)
     runtime.connect(ray_config(bundle, opts))
     logs = runtime.logs_dir()
     say(f"Ray's logs: {logs}" if logs else "Ray's logs: on the cluster's head (`ray logs`, the dashboard)")
@@ -415,7 +417,10 @@ def _on_ray(p: Plan, bundle: Bundle, opts: Options, say: Callable[[str], None]) 
         num_gpus=1 if opts.gpu else 0,
     )
     # In order (runtime.configure_data sets preserve_order); the writer places rows by index anyway.
-    yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+    try:
+        yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+    finally:
+        ctx.execution_options.resource_limits = limits
 
 
 @contextlib.contextmanager
