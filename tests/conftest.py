@@ -70,6 +70,23 @@ def smoke_data(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def trained(smoke_data, tmp_path_factory) -> Path:
+    """The tiny pipeline with a diffusion corrector, trained without Ray: the model the Surrogate and
+    predict tests load (they copy it before altering anything)."""
+    from ups import pipeline
+    from ups.backend.local_backend import LocalBackend
+    from ups.config import load_config
+
+    runs = tmp_path_factory.mktemp("runs")
+    loaded = load_config(ROOT / "tests" / "configs" / "tiny.yaml", [
+        f"data.path={smoke_data}", "stages.diffusion_residual.epochs=1", "eval.corrector=diffusion",
+        "stages.operator.epochs=2"])  # fmt: skip
+    opts = pipeline.PipelineOptions(name="sur", storage=str(runs), quiet=True, backend=LocalBackend("cpu"))
+    pipeline.run(loaded, opts)
+    return runs / "sur"
+
+
 def submit_when_ready(jobs, entry: str, runtime_env: dict, timeout: float = 120) -> str:
     """Submit, retrying while the head's job agent is still starting (a fresh head answers
     "No available agent to submit job" for its first seconds)."""

@@ -1,7 +1,8 @@
 """The public Surrogate: what a user loads (run folder, champion, exported artifact) rolls out
 exactly what evaluation scores, and anything altered or ill-fitting is refused in one line.
 
-One tiny pipeline (autoencoder, operator and a diffusion corrector, without Ray) serves every test.
+One tiny pipeline (autoencoder, operator and a diffusion corrector, without Ray: conftest's `trained`)
+serves every test.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import pytest
 
 from ups import Surrogate
 from ups.artifact import LoadError, load_bundle
-from ups.backend.local_backend import LocalBackend
-from ups.config import load_config
 from ups.contracts import Decision, RunSummary
 from ups.data import pdebench, views
 from ups.eval.evaluate import evaluate_split
@@ -25,19 +24,6 @@ from ups.storage import Storage
 from ups.surrogate import SurrogateInputError
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "configs" / "tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def trained(smoke_data, tmp_path_factory) -> Path:
-    from ups import pipeline
-
-    runs = tmp_path_factory.mktemp("runs")
-    loaded = load_config(TINY, [f"data.path={smoke_data}", "stages.diffusion_residual.epochs=1",
-                                "eval.corrector=diffusion", "stages.operator.epochs=2"])  # fmt: skip
-    opts = pipeline.PipelineOptions(name="sur", storage=str(runs), quiet=True, backend=LocalBackend("cpu"))
-    pipeline.run(loaded, opts)
-    return runs / "sur"
 
 
 def evaluated(run: Path) -> tuple[np.ndarray, np.ndarray, int]:

@@ -299,9 +299,12 @@ class LocalCluster:
 
     # -- jobs, as a user submits them ------------------------------------------------------------
 
-    def submit(self, submission_id: str, train_args: list[str], working_dir: Path | None = None) -> None:
-        """`ray job submit --no-wait` of `python -m ray_jobs.train TRAIN_ARGS` with runtime_env.yaml, as
-        the README types it (the job's `python` is this virtualenv's: first on the cluster's PATH).
+    def submit(
+        self, submission_id: str, train_args: list[str], working_dir: Path | None = None, module: str = "ray_jobs.train"
+    ) -> None:
+        """`ray job submit --no-wait` of `python -m MODULE TRAIN_ARGS` (ray_jobs.train unless told) with
+        runtime_env.yaml, as the README types it (the job's `python` is this virtualenv's: first on the
+        cluster's PATH).
 
         The working dir is passed in place (`local://ROOT`), not uploaded. Every node of this cluster
         shares this machine's filesystem and one session dir, and each new node's runtime-env agent
@@ -312,7 +315,7 @@ class LocalCluster:
         root = (working_dir or Path(__file__).resolve().parents[1]).resolve()
         cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--no-wait", "--submission-id",
                submission_id, "--address", self.info.dashboard_url, "--working-dir", f"local://{root}",
-               "--runtime-env", str(root / "runtime_env.yaml"), "--", "python", "-m", "ray_jobs.train",
+               "--runtime-env", str(root / "runtime_env.yaml"), "--", "python", "-m", module,
                *train_args]  # fmt: skip
         r = subprocess.run(cmd, env=cluster_env(), capture_output=True, text=True, cwd=root)
         if r.returncode != 0:

@@ -336,9 +336,7 @@ def load_exports(rundir: RunDir, summary: RunSummary) -> Exports:
     return exports
 
 
-def check_data_digest(
-    rundir: RunDir, summary: RunSummary | None, paths: list[str], found: str, action: str
-) -> None:
+def check_data_digest(rundir: RunDir, summary: RunSummary | None, paths: list[str], found: str, action: str) -> None:
     """The data a run `resume`s or `evaluate`s on must be the data it started on: the digest
     recorded in summary.json at the run's start (`views.data_digest`) against the one just computed.
     A resume before any digest was recorded has nothing to compare; an evaluation must have one."""
