@@ -20,7 +20,7 @@ def readme_flags(job: str) -> set[str]:
     return set(re.findall(r"--[a-z][a-z-]*", mine))
 
 
-@pytest.mark.parametrize("job", ["train", "tune", "generate", "evaluate"])
+@pytest.mark.parametrize("job", ["train", "tune", "generate", "evaluate", "export", "predict"])
 def test_readme_lists_exactly_the_flags_help_prints(job):
     r = subprocess.run([sys.executable, "-m", f"ray_jobs.{job}", "--help"], capture_output=True, text=True,
                        cwd=ROOT, timeout=120)  # fmt: skip

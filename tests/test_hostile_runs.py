@@ -11,6 +11,7 @@ it points outside its registry slot. No test here starts Ray (`ray.init` is a tr
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -28,7 +29,7 @@ from ups import config as C
 from ups import pipeline
 from ups.backend.local_backend import LocalBackend
 from ups.console import Console
-from ups.contracts import BestMetric
+from ups.contracts import BestMetric, ChampionRecord, EvalMetrics, RunSummary
 from ups.data import pdebench, views
 from ups.exports import read_export, write_export
 from ups.gating import Candidate, Measures, Registry, decide
@@ -126,7 +127,7 @@ def test_a_moved_run_folder_validates_and_evaluates_from_its_own_exports(trained
         result = pipeline.evaluate_run(
             LocalBackend("cpu"), rundir, cfg, meta, tasks, exports, "val", Console(quiet=True)
         )
-    assert np.isfinite(result["nRMSE"]) and (moved / "eval" / "val" / "metrics.json").exists()
+    assert np.isfinite(result.nRMSE) and (moved / "eval" / "val" / "metrics.json").exists()
 
 
 def test_resume_runs_on_the_same_data_and_refuses_changed_data(trained, tmp_path):
@@ -270,11 +271,21 @@ def run_folder(root: Path, name: str, fill: float) -> Candidate:
     summary = {"stages": stages, "data_sha256": "data-1", "config_digest": "c"}
     (run / "summary.json").write_text(json.dumps(summary))
     (run / "config.yaml").write_text("# run\n")
-    return Candidate(name, str(run), summary, {"eval_nRMSE": 0.5})
+    return Candidate(name, str(run), RunSummary.read(Storage(str(run))), {"eval_nRMSE": 0.5})
 
 
-def measures(_: dict | None) -> Measures:
-    return Measures(lambda side, small: {"nRMSE": 0.5, "wall_clock": 0.01, "protocol": {**PROTOCOL, "small": small}})
+def measures(_: ChampionRecord | None) -> Measures:
+    return Measures(
+        lambda side, small: EvalMetrics.from_dict(
+            {
+                **PROTOCOL,
+                "corrector": "none",
+                "nRMSE": 0.5,
+                "wall_clock": 0.01,
+                "protocol": {**PROTOCOL, "small": small},
+            }
+        )
+    )
 
 
 def test_promotion_refuses_an_export_altered_after_evaluation(tmp_path):
@@ -290,7 +301,7 @@ def test_promotion_refuses_an_export_altered_after_evaluation(tmp_path):
 
 def test_a_champion_record_without_digests_or_pointing_elsewhere_is_refused(tmp_path):
     registry = Registry(Storage(str(tmp_path / "store")), "fam")
-    assert decide(GateConfig(ratios={}), registry, run_folder(tmp_path, "t1", 0.0), measures, sweep="s")["passed"]
+    assert decide(GateConfig(ratios={}), registry, run_folder(tmp_path, "t1", 0.0), measures, sweep="s").passed
     champ = registry.champion()
     assert champ is not None
     config_uri, files = registry.champion_files(champ)  # the control: a promoted champion loads, verified
@@ -299,17 +310,16 @@ def test_a_champion_record_without_digests_or_pointing_elsewhere_is_refused(tmp_
         "autoencoder": 0.0,
         "operator": 0.0,
     }
-    no_digest = {**champ, "weights_sha256": {**champ["weights_sha256"], "operator": None}}
+    no_digest = dataclasses.replace(champ, weights_sha256={**champ.weights_sha256, "operator": None})
     with pytest.raises(ConfigError, match="operator's export has no recorded weights digest"):
         registry.champion_files(no_digest)
-    with pytest.raises(ConfigError, match="no exports with weights digests"):
-        registry.champion_files({k: v for k, v in champ.items() if k != "weights_sha256"})
+    with pytest.raises(ConfigError, match="autoencoder's export has no recorded weights digest"):
+        registry.champion_files(dataclasses.replace(champ, weights_sha256={}))
     other = run_folder(tmp_path, "t2", 1.0)
-    elsewhere = {
-        **champ,
-        "exports": {**champ["exports"], "operator": str(Path(other.run) / "stages/operator/export.pt")},
-    }
+    elsewhere = dataclasses.replace(
+        champ, exports={**champ.exports, "operator": str(Path(other.run) / "stages/operator/export.pt")}
+    )
     with pytest.raises(ConfigError, match="not in the champion's folder"):
         registry.champion_files(elsewhere)
     with pytest.raises(ConfigError, match="not a champion folder of this registry"):
-        registry.champion_files({**champ, "checkpoint": other.run})
+        registry.champion_files(dataclasses.replace(champ, checkpoint=other.run))

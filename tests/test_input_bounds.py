@@ -223,5 +223,5 @@ def test_parameter_estimate_is_within_a_small_factor_of_the_built_networks(tmp_p
     estimate = preflight.estimate_parameters(cfg, dims=1, channels=1)
     assert {"encoder", "decoder", "operator"} <= set(estimate)
     for role, n in estimate.items():
-        built = _floats(factory.build(role, cfg, meta))
+        built = _floats(factory.build(role, cfg.model, meta, cfg.latent))
         assert built / 3 <= n <= built * 3, (role, n, built)

@@ -206,7 +206,7 @@ CASES = {
     "wrong domain": (lambda ws, art, sm: {"--data": _domain(ws)}, "domain lengths [2], the model was trained on [1]"),
     "NaN input": (
         lambda ws, art, sm: {"--data": _nan_in_trajectory_2(ws)},
-        "contains NaN/Inf in the input frames of trajectories 0..2",
+        "contains NaN/Inf (sample 2) in the input frames of trajectories 0..2",
     ),
     "tampered artifact": (
         lambda ws, art, sm: {"--model": _tampered(art, ws)},

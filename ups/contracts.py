@@ -354,8 +354,12 @@ class RunSummary:
             raw = run.read_bytes(SUMMARY_FILE)
         except FileNotFoundError:
             raise ConfigError(f"{where}: missing (not a run folder, or one that has not started)") from None
+        except OSError as e:  # a folder or a dangling name where the file should be
+            raise ConfigError(f"{where}: cannot be read ({type(e).__name__})") from None
         try:
             data = json.loads(raw.decode("utf-8"))
+        except RecursionError:
+            raise ConfigError(f"{where}: corrupt, nested too deeply to be a summary") from None
         except (ValueError, UnicodeDecodeError) as e:
             raise ConfigError(f"{where}: corrupt, not JSON ({str(e).splitlines()[0]})") from None
         try:
@@ -445,7 +449,7 @@ class ChampionRecord(Decision):
         where = redact(registry.uri_of(CHAMPION_FILE))
         try:
             return cls.from_dict(json.loads(registry.read_bytes(CHAMPION_FILE).decode("utf-8")))
-        except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as e:
+        except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError, RecursionError) as e:
             raise ConfigError(f"{where}: corrupt champion record ({str(e).splitlines()[0]})") from None
 
     def write(self, registry: Storage) -> None:

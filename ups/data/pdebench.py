@@ -341,6 +341,8 @@ F32_MAX = float(np.finfo(np.float32).max)
 def _check_values(block: np.ndarray, path: str, where: str, samples: range) -> None:
     """Every value of `block` (samples along axis 0, numbered `samples`) must be finite once cast to
     float32: NaN, Inf, and a wider float beyond float32's range are refused, naming the sample."""
+    if block.size == 0:
+        return
     if block.dtype.kind == "f" and block.dtype.itemsize > 4:
         ok = np.abs(block) <= F32_MAX  # False for NaN as well
     else:
