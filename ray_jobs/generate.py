@@ -63,6 +63,8 @@ def main() -> int:
 def _coefficients(g: GenerateConfig) -> str:
     if g.pde == "burgers":
         return f"nu = {g.nu:g}"
+    if g.pde == "navier_stokes2d":
+        return f"nu = {g.nu:g}, dt = {g.dt:g}"
     return f"beta = ({g.beta:g}, {g.beta_y:g})" if g.pde == "advection2d" else f"beta = {g.beta:g}"
 
 

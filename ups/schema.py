@@ -55,21 +55,22 @@ def at_least(n: int) -> AfterValidator:
 class GenerateConfig(Section):
     """How to create `data.path` when it is missing (and what `ray_jobs.generate` writes)."""
 
-    pde: Literal["burgers", "advection", "advection2d"] = "burgers"
-    nu: PosFloat = 0.001  # PDEBench's Nu: u_t + (u²/2)_x = (Nu/π) u_xx
+    pde: Literal["burgers", "advection", "advection2d", "navier_stokes2d"] = "burgers"
+    nu: PosFloat = 0.001  # PDEBench's Nu: u_t + (u²/2)_x = (Nu/π) u_xx; navier_stokes2d: the viscosity ν
     beta: float = 1.0  # advection speed (along x in 2D)
     beta_y: float = 0.5  # advection2d: speed along y
     samples: PosInt = 1000
     resolution: Annotated[int, at_least(8)] = 1024  # cells per axis; the solvers need a few cells per wave
     frames: Annotated[int, at_least(2)] = 201  # saved frames, t = 0 .. t_end
     t_end: PosFloat = 2.0
+    dt: PosFloat = 0.01  # navier_stokes2d: the largest solver step (each save interval splits evenly)
     seed: NonNegInt = 0
     chunk_size: PosInt = 128  # trajectories per Ray task
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
         """The grid the generator writes: `resolution` cells per axis, 1D or 2D."""
-        return (self.resolution,) * (2 if self.pde == "advection2d" else 1)
+        return (self.resolution,) * (2 if self.pde in ("advection2d", "navier_stokes2d") else 1)
 
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs")  # object stores `data.path` may name (read by ups.data.files); file:// is local

@@ -1,5 +1,6 @@
 """Generate PDEBench-layout datasets: 1D Burgers and advection from the PDEBench initial-condition
-law, and 2D advection of random periodic plane waves (`advection2d`, exact, a 2D smoke PDE).
+law, 2D advection of random periodic plane waves (`advection2d`, exact, a 2D smoke PDE), and the
+FNO paper's forced 2D Navier–Stokes in vorticity form (`navier_stokes2d`, ups/data/navier_stokes.py).
 
 Each trajectory's initial condition comes from its own RNG stream (seed, index), so a dataset is
 the same whatever the chunking, and chunks can be solved in parallel as Ray tasks. The file is
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ups.data import advection, burgers, pdebench
+from ups.data import advection, burgers, navier_stokes, pdebench
 from ups.data.initial import fourier_field_2d, pdebench_initial_conditions
 from ups.schema import GenerateConfig
 
@@ -30,6 +31,10 @@ def grid(cfg: GenerateConfig) -> tuple[np.ndarray, np.ndarray]:
 
 def initial_conditions(cfg: GenerateConfig, start: int, stop: int) -> np.ndarray:
     """ICs of trajectories [start, stop), each from its own stream (seed, i): chunking never changes them."""
+    if cfg.pde == "navier_stokes2d":
+        n = cfg.resolution
+        draws = [navier_stokes.initial_vorticity(1, n, np.random.default_rng([cfg.seed, i])) for i in range(start, stop)]
+        return np.concatenate(draws)
     x, _ = grid(cfg)
     draw = fourier_field_2d if cfg.pde == "advection2d" else pdebench_initial_conditions
     return np.concatenate([draw(1, x, np.random.default_rng([cfg.seed, i])) for i in range(start, stop)])
@@ -41,6 +46,9 @@ def solve_chunk(cfg: GenerateConfig, start: int, stop: int) -> np.ndarray:
     _, t = grid(cfg)
     if cfg.pde == "burgers":
         u = burgers.solve(u0, cfg.nu, t, threads=1)  # one thread per chunk (and per Ray task)
+    elif cfg.pde == "navier_stokes2d":
+        force = navier_stokes.forcing(cfg.resolution)
+        u = navier_stokes.solve(u0, cfg.nu, t, dt=cfg.dt, force=force, threads=1)
     elif cfg.pde == "advection2d":
         u = advection.solve_2d(u0, (cfg.beta, cfg.beta_y), t)
     else:
@@ -79,7 +87,7 @@ def generate(
             progress(f"generate: {i + 1}/{len(chunks)} chunks ({time.perf_counter() - t_start:.0f}s)")
     x, t = grid(cfg)
     coords = {**{axis: x for axis in "xyz"[: len(cfg.spatial_shape)]}, "t": t}  # the same cells on every axis
-    attrs: dict[str, Any] = {"Nu": cfg.nu} if cfg.pde == "burgers" else {"beta": cfg.beta}
+    attrs: dict[str, Any] = {"Nu": cfg.nu} if cfg.pde in ("burgers", "navier_stokes2d") else {"beta": cfg.beta}
     if cfg.pde == "advection2d":
         attrs["beta_y"] = cfg.beta_y
     attrs.update({"pde": cfg.pde, "seed": cfg.seed, "generator": "ups-ray"})
