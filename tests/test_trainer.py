@@ -411,3 +411,24 @@ def test_the_trainer_and_the_local_pipeline_import_without_ray():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_a_stage_sets_its_own_ema_and_clip_over_the_training_section(toy, tmp_path):
+    inherit = StageTrainer(job(tmp_path / "a"), LocalContext(train_data()))
+    inherit.fit()
+    assert inherit.ema is not None and inherit.grad_clip == 1.0  # training.ema_decay 0.9, training.grad_clip
+    own = StageTrainer(job(tmp_path / "b", ema_decay=0.0, grad_clip=0.0), LocalContext(train_data()))
+    own.fit()
+    assert own.ema is None and not own.grad_clip  # 0 = off for this stage only
+    assert own.eval_module is own.module  # without EMA the raw weights are validated and exported
+
+
+def test_a_time_budget_stops_before_an_epoch_that_would_overrun(toy, tmp_path):
+    lines: list[str] = []
+    tight = StageTrainer(job(tmp_path / "a", time_budget_s=1e-6), LocalContext(train_data()), said_into(lines))
+    result = tight.fit()
+    assert result.status == "completed" and result.epochs == 1 and result.stopped_early
+    assert tight.progress.out_of_time and result.weights_sha256  # the best epoch so far is exported
+    assert any("time budget" in line and "stopped after epoch 1" in line for line in lines)
+    roomy = StageTrainer(job(tmp_path / "b", time_budget_s=1e6), LocalContext(train_data())).fit()
+    assert roomy.epochs == 3 and not roomy.stopped_early

@@ -79,12 +79,12 @@ def check_config(cfg: Config, infos: dict[str, FileInfo | None], where: Where) -
             f"{where('model.encoder.patch_size')}: model.encoder.patch_size={p} does not divide "
             f"the grid {grid} (after data.x_stride={cfg.data.x_stride})"
         )
-    shape_errors = factory.shape_errors(cfg.model, cfg.latent, grid)
+    info = next(iter(infos.values()))
+    channels = len(info.channels) if info is not None else 1  # generated files hold one field, u
+    shape_errors = factory.shape_errors(cfg.model, cfg.latent, grid, channels)
     if shape_errors:
         key, message = shape_errors[0]
         raise ConfigError(f"{where(key)}: {message}")
-    info = next(iter(infos.values()))
-    channels = len(info.channels) if info is not None else 1  # generated files hold one field, u
     check_model_size(cfg, len(grid), channels, where)
     check_batches(cfg, infos, where)
 

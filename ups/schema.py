@@ -244,6 +244,12 @@ class StageConfig(Section):
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     patience: PosInt | None = None  # early stopping on the validation metric; None = never
+    # This stage's own EMA decay and gradient clip; None = training.ema_decay / training.grad_clip, 0 = off.
+    ema_decay: Fraction | None = None
+    grad_clip: NonNegFloat | None = None
+    # Wall-clock seconds this stage may train (its epochs, validation and checkpoints): it stops
+    # before an epoch that would overrun, keeping its best epoch so far. None = no budget.
+    time_budget_s: PosFloat | None = None
 
 
 class TrainingConfig(Section):

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ups.models import codec, fno, grid  # noqa: F401  (the built-in networks register on import)
+from ups.models import codec, fno, grid, spectral_codec  # noqa: F401  (the built-in networks register on import)
 from ups.models import latent as _latent  # noqa: F401
-from ups.models.registry import ANCHORED, NEEDS_ANCHORED, ROLES, LatentSpace, archs, builder, register
+from ups.models.registry import ANCHORED, CHANNELS_AS_DIM, NEEDS_ANCHORED, ROLES, LatentSpace, archs, builder, register
 
 if TYPE_CHECKING:
     from ups.data.views import DataMeta
@@ -39,8 +39,11 @@ def latent_space(model: ModelConfig, latent: LatentConfig, spatial_shape: tuple[
     return LatentSpace(latent.tokens, latent.dim, p, tuple(n // p for n in spatial_shape))
 
 
-def shape_errors(model: ModelConfig, latent: LatentConfig, spatial_shape: tuple[int, ...]) -> list[tuple[str, str]]:
-    """(key, message) for every network that cannot work with this latent on this grid."""
+def shape_errors(
+    model: ModelConfig, latent: LatentConfig, spatial_shape: tuple[int, ...], channels: int | None = None
+) -> list[tuple[str, str]]:
+    """(key, message) for every network that cannot work with this latent on this grid (and, when
+    given, this many field channels)."""
     errors = []
     enc = model.encoder.arch
     space = latent_space(model, latent, spatial_shape)
@@ -60,6 +63,14 @@ def shape_errors(model: ModelConfig, latent: LatentConfig, spatial_shape: tuple[
                     f"model.{role}.arch",
                     f"model.{role}.arch={arch} reads the latent as a grid; it needs an anchored encoder "
                     f"(model.encoder.arch: {' or '.join(sorted(ANCHORED))}), not {enc}",
+                )
+            )
+        if (role, arch) in CHANNELS_AS_DIM and channels is not None and latent.dim != channels:
+            errors.append(
+                (
+                    "latent.dim",
+                    f"latent.dim={latent.dim}, but model.{role}.arch={arch} keeps the field's channels as "
+                    f"they are: latent.dim must be {channels}",
                 )
             )
     return errors

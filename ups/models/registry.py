@@ -21,6 +21,7 @@ Builder = Callable[..., nn.Module]
 _BUILDERS: dict[tuple[str, str], Builder] = {}
 ANCHORED: set[str] = set()  # encoders that make one token per patch of the grid, in grid order
 NEEDS_ANCHORED: set[tuple[str, str]] = set()  # networks that read tokens as a grid
+CHANNELS_AS_DIM: set[tuple[str, str]] = set()  # codecs whose token holds one number per field channel
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,15 @@ class LatentSpace:
 
 
 def register(
-    role: str, arch: str, *, anchored: bool = False, needs_anchored: bool = False
+    role: str, arch: str, *, anchored: bool = False, needs_anchored: bool = False, channels_as_dim: bool = False
 ) -> Callable[[Builder], Builder]:
     """Register `builder(role_cfg, meta, latent, **options) -> nn.Module` as architecture `arch` for `role`.
 
     `anchored` (encoders): one token per patch of `model.encoder.patch_size` cells, so the grid fixes
     the token count, which `latent.tokens` must then equal. `needs_anchored` (other roles): the
     network reshapes tokens into the latent grid, so it only works behind an anchored encoder.
+    `channels_as_dim` (codecs): a token holds the field's channels as they are (a fixed codec), so
+    `latent.dim` must equal the number of channels.
     """
     if role not in ROLES:
         raise ValueError(f"unknown model role {role!r} (roles: {', '.join(ROLES)})")
@@ -57,6 +60,8 @@ def register(
             ANCHORED.add(arch)
         if needs_anchored:
             NEEDS_ANCHORED.add((role, arch))
+        if channels_as_dim:
+            CHANNELS_AS_DIM.add((role, arch))
         return builder
 
     return add

@@ -1,16 +1,26 @@
 """The FNO baseline: trained by the same pipeline, scored by the same evaluation, on the same
 data, split and metric, so every run can show the latent surrogate beside it.
 
-PDEBench's protocol: the first `initial_step` frames are given, the FNO predicts the next frame
-from the last `initial_step` ones and rolls out autoregressively; the training loss is the MSE
-of an unrolled rollout (backpropagated through it) over `rollout_horizon` steps, or to the end of
-the trajectory when unset. Validation is the decoded-rollout nRMSE of the whole val split, the
-number evaluation reports as `fno_nRMSE`. Off (0 epochs) unless a recipe trains it.
+The first `initial_step` frames are given, the FNO predicts the next frame from the last
+`initial_step` ones and rolls out autoregressively, trained through an unrolled rollout over
+`rollout_horizon` steps (to the end of the trajectory when unset). Validation is the
+decoded-rollout nRMSE of the whole val split, the number evaluation reports as `fno_nRMSE`. Off
+(0 epochs) unless a recipe trains it.
+
+A baseline is only a fair comparison at its own published protocol, not under the surrogate's
+recipe (a cosine schedule to zero, EMA weights, clipping flatter it or handicap it), so `protocol`
+fills every training key the config leaves unset:
+- `pdebench` (PDEBench, Takamoto et al. 2022): Adam 1e-3, weight decay 1e-4, StepLR 100 × 0.5,
+  batch 50, no EMA, no clipping, the MSE of the rollout;
+- `fno2d` (Li et al. 2021, the recurrent FNO-2D on Navier–Stokes): the same optimizer and schedule,
+  batch 20, the loss summed over the rollout's frames of each frame's relative L2 error;
+- `auto` (the default): `pdebench` on 1D data, `fno2d` on 2D;
+- `recipe`: nothing filled, the training keys of the run apply as to any stage.
 """
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -19,27 +29,55 @@ from torch import nn
 from ups.eval.rollout import frame_nrmse, norm_stats, to_physical
 from ups.models import factory
 from ups.models.fno import FNO
-from ups.schema import NonNegInt, PosInt, StageConfig
+from ups.schema import NonNegInt, OptimizerConfig, PosInt, SchedulerConfig, StageConfig
 from ups.stages.base import Stage, Sums, pair_index, task_sums
 from ups.stages.registry import register
 from ups.train.shard import Trajectories
+
+Protocol = Literal["auto", "pdebench", "fno2d", "recipe"]
+PROTOCOL_BATCH = {"pdebench": 50, "fno2d": 20}
 
 
 class FNOStageConfig(StageConfig):
     epochs: NonNegInt = 0  # off unless a recipe trains the baseline
     rollout_horizon: PosInt | None = None  # unrolled steps per training window; None = to the end
+    protocol: Protocol = "auto"  # whose training settings fill the keys left unset (module docstring)
+
+    def resolved(self, dims: int) -> FNOStageConfig:
+        """This config with its protocol's settings in every training key the user left unset."""
+        protocol = self.protocol
+        if protocol == "recipe":
+            return self
+        if protocol == "auto":
+            protocol = "pdebench" if dims == 1 else "fno2d"
+        fill = {
+            "optimizer": OptimizerConfig(name="adam", lr=1e-3, weight_decay=1e-4),
+            "scheduler": SchedulerConfig(name="step", step_size=100, gamma=0.5),
+            "batch_size": PROTOCOL_BATCH[protocol],
+            "ema_decay": 0.0,
+            "grad_clip": 0.0,
+        }
+        update = {k: v for k, v in fill.items() if k not in self.model_fields_set}
+        return self.model_copy(update={**update, "protocol": protocol})
+
+
+def summed_relative_l2(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The FNO paper's recurrent loss: per sample, the sum over frames of ‖pred − true‖ / ‖true‖."""
+    b, t = pred.shape[:2]
+    diff = (pred - target).reshape(b, t, -1).norm(dim=-1)
+    return (diff / target.reshape(b, t, -1).norm(dim=-1).clamp_min(1e-12)).sum(1).mean()
 
 
 class FNOObjective(nn.Module):
-    def __init__(self, fno: FNO, initial_step: int):
+    def __init__(self, fno: FNO, initial_step: int, loss: str = "mse"):
         super().__init__()
-        self.fno, self.initial_step = fno, initial_step
+        self.fno, self.initial_step, self.loss = fno, initial_step, loss
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         window = batch["u"]  # (B, initial_step + H, X.., C), normalised
         given, target = window[:, : self.initial_step], window[:, self.initial_step :]
         pred = self.fno.rollout(given, target.shape[1])
-        loss = F.mse_loss(pred, target)
+        loss = summed_relative_l2(pred, target) if self.loss == "relative_l2" else F.mse_loss(pred, target)
         return loss, {"one_step": F.mse_loss(pred[:, 0], target[:, 0]).detach()}
 
 
@@ -60,9 +98,12 @@ class FNOBaselineStage(Stage[FNOObjective, FNOStageConfig]):
         return max(frames - initial_step - horizon(frames, initial_step, stage_cfg) + 1, 0)
 
     def build(self) -> FNOObjective:
+        # The protocol needs the data's dimension, known here; the trainer reads the resolved config.
+        self.stage_cfg = self.stage_cfg.resolved(len(self.meta.spatial_shape))
         # Any `model.baseline.arch` must offer FNO's interface: forward(frames) and rollout(given, steps).
         fno = cast(FNO, factory.build("baseline", self.cfg.model, self.meta, self.cfg.latent))
-        return FNOObjective(fno, self.meta.initial_step)
+        loss = "relative_l2" if self.stage_cfg.protocol == "fno2d" else "mse"
+        return FNOObjective(fno, self.meta.initial_step, loss)
 
     def batch(self, train: Trajectories, ids: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         init = self.meta.initial_step

@@ -80,6 +80,8 @@ class Progress:
     aux_sums: dict[str, float] = field(default_factory=dict)
     restarts: int = 0
     world_sizes: list[int] = field(default_factory=list)
+    elapsed_s: float = 0.0  # wall time of the finished epochs (with validation), for stages.*.time_budget_s
+    out_of_time: bool = False  # stopped because the next epoch would overrun the stage's time budget
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Progress:
@@ -121,6 +123,8 @@ class StageTrainer:
 
     def fit(self) -> StageResult:
         self.build()
+        if not any(q.requires_grad for q in self.module.parameters()):
+            return self.fit_fixed()
         self.ingest()
         self.restore()
         self.prepare()
@@ -129,6 +133,21 @@ class StageTrainer:
                 break  # a stop was requested: checkpointed mid-epoch
             self.end_epoch()
         self.phases.done("epochs")
+        return self.finish()
+
+    def fit_fixed(self) -> StageResult:
+        """A stage with nothing to train (a fixed codec): validated once and exported as it is, so
+        its val metric is in the run's record like any stage's, and later stages read its export."""
+        self.train_data: Trajectories = self.ctx.dataset("train")
+        self.val_data: Trajectories = self.ctx.dataset("val")
+        self.stage.setup(self.train_data, self.val_data, self.ctx.comm.sum)
+        self.val_rows = torch.arange(self.rank, len(self.val_data), self.world)
+        self.eval_module = self.module
+        self.phases.done("ingest")
+        metric = self.validate()[self.stage.val_metric]
+        p = self.progress
+        p.best, p.best_epoch, p.finished = metric, 0, True
+        self._say(f"nothing to train: {self.stage.val_metric} {metric:.4g} as built")
         return self.finish()
 
     # -- phases ---------------------------------------------------------------------------------
@@ -144,12 +163,13 @@ class StageTrainer:
         handoff = {s: read_export(uri, self.job.handoff_sha256.get(s)) for s, uri in self.job.handoff.items()}
         self.stage: Stage[Any, Any] = registry.get(self.name)(self.cfg, meta, handoff, self.device)
         self.module: nn.Module = self.stage.build().to(self.device)
+        self.scfg = self.stage.stage_cfg  # the stage's config as it resolved it (e.g. the FNO's protocol)
         self.phases.done("build")
 
     def ingest(self) -> None:
         """This rank's data, then the stage's once-per-start setup (e.g. frozen-operator residuals)."""
-        self.train_data: Trajectories = self.ctx.dataset("train")
-        self.val_data: Trajectories = self.ctx.dataset("val")
+        self.train_data = self.ctx.dataset("train")
+        self.val_data = self.ctx.dataset("val")
         self.phases.done("ingest")
         self.stage.setup(self.train_data, self.val_data, self.ctx.comm.sum)
         self.phases.done("stage_setup")
@@ -170,7 +190,10 @@ class StageTrainer:
         self.optimizer = build_optimizer(self.module, self.scfg.optimizer)
         self.schedule = LRSchedule(self.optimizer, self.scfg.scheduler, self.scfg.epochs, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tcfg.amp == "fp16")
-        self.ema = ema_model(self.module, tcfg.ema_decay) if tcfg.ema_decay else None
+        # A stage's own EMA decay and clip (0 = off) win over training.*'s.
+        ema_decay = tcfg.ema_decay if self.scfg.ema_decay is None else self.scfg.ema_decay
+        self.grad_clip = tcfg.grad_clip if self.scfg.grad_clip is None else self.scfg.grad_clip
+        self.ema = ema_model(self.module, ema_decay) if ema_decay else None
         self.phases.done("optimizer")  # includes waiting for the slowest rank at the first collective
 
     def restore(self) -> None:
@@ -305,8 +328,8 @@ class StageTrainer:
     def optimizer_step(self) -> None:
         """Unscale, clip, step, EMA, the stage's hook, the LR schedule."""
         self.scaler.unscale_(self.optimizer)
-        if self.tcfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.tcfg.grad_clip)
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -351,8 +374,14 @@ class StageTrainer:
         self.schedule.epoch_end(metric)
         p.epoch, p.micro, p.loss_sum, p.loss_count, p.aux_sums = epoch + 1, 0, 0.0, 0, {}
         early_stop = self.scfg.patience is not None and p.bad_epochs >= self.scfg.patience
-        p.finished = early_stop or epoch + 1 >= self.scfg.epochs
-        p.stopped_early = early_stop and epoch + 1 < self.scfg.epochs
+        epoch_s = time.perf_counter() - self._t_start
+        p.elapsed_s += epoch_s
+        budget = self.scfg.time_budget_s
+        # Stop before an epoch that would overrun the budget, judged by the one just done; every
+        # rank stops together (any rank out of time stops all).
+        p.out_of_time = budget is not None and self.ctx.comm.any(p.elapsed_s + epoch_s > budget)
+        p.finished = early_stop or p.out_of_time or epoch + 1 >= self.scfg.epochs
+        p.stopped_early = (early_stop or p.out_of_time) and epoch + 1 < self.scfg.epochs
         row = {
             "stage": self.name, "epoch": epoch + 1, "world_size": self.world, "train_loss": train_loss, **aux,
             **val_metrics, "lr": self.schedule.lr, "epoch_time_s": round(time.perf_counter() - self._t_start, 4),
@@ -364,6 +393,11 @@ class StageTrainer:
             assert self.log is not None
             self.log.write(self.history)
             self.emit(EpochRow(self.name, row, self.stage.val_metric, self.scfg.epochs))
+            if p.out_of_time and p.stopped_early:
+                self._say(
+                    f"time budget {self.scfg.time_budget_s:g}s: stopped after epoch {epoch + 1} "
+                    f"({p.elapsed_s:.0f}s; the next would overrun), keeping epoch {p.best_epoch}"
+                )
         self.checkpoint(row)
 
     @torch.no_grad()

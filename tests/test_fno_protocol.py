@@ -1,0 +1,47 @@
+"""The FNO baseline trains at its own published protocol unless the config says otherwise."""
+
+from __future__ import annotations
+
+import torch
+
+from ups import config as C
+from ups.stages.fno_baseline import FNOStageConfig, summed_relative_l2
+
+
+def _fno(**section: object) -> FNOStageConfig:
+    cfg = C.validate({"training": {"batch_size": 64, "ema_decay": 0.999, "grad_clip": 1.0},
+                      "stages": {"fno_baseline": {"epochs": 5, **section}}})  # fmt: skip
+    out = C.stage_config(cfg, "fno_baseline")
+    assert isinstance(out, FNOStageConfig)
+    return out
+
+
+def test_auto_is_pdebench_in_1d_and_the_fno_papers_in_2d():
+    one, two = _fno().resolved(1), _fno().resolved(2)
+    assert (one.protocol, one.batch_size, two.protocol, two.batch_size) == ("pdebench", 50, "fno2d", 20)
+    for s in (one, two):
+        assert (s.optimizer.name, s.optimizer.lr, s.optimizer.weight_decay) == ("adam", 1e-3, 1e-4)
+        assert (s.scheduler.name, s.scheduler.step_size, s.scheduler.gamma) == ("step", 100, 0.5)
+        assert s.ema_decay == 0.0 and s.grad_clip == 0.0  # not the recipe's EMA and clip
+        assert s.epochs == 5
+
+
+def test_what_the_config_sets_wins_over_the_protocol():
+    s = _fno(batch_size=8, optimizer={"name": "adamw", "lr": 3e-4}, grad_clip=2.0).resolved(2)
+    assert (s.batch_size, s.optimizer.name, s.optimizer.lr, s.grad_clip) == (8, "adamw", 3e-4, 2.0)
+    assert s.scheduler.name == "step" and s.ema_decay == 0.0  # the keys left unset still follow the paper
+    assert _fno(protocol="pdebench").resolved(2).batch_size == 50  # a named protocol ignores the dimension
+
+
+def test_the_recipe_protocol_leaves_the_run_settings_in_place():
+    s = _fno(protocol="recipe").resolved(2)
+    assert s.batch_size is None and s.ema_decay is None and s.grad_clip is None  # training.* apply
+    assert s.scheduler.name == "constant"
+
+
+def test_the_summed_relative_l2_is_the_papers_loss():
+    target = torch.ones(2, 3, 4, 4, 1)
+    pred = target.clone()
+    pred[0, 1] *= 1.5  # one frame 50% off in one sample
+    assert torch.isclose(summed_relative_l2(pred, target), torch.tensor(0.25))  # (0.5 + 0) / 2 samples
+    assert summed_relative_l2(target, target) == 0
