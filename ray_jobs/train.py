@@ -25,7 +25,14 @@ def main() -> int:
         action="store_true",
         help="train in this process without Ray (one worker; same files, checkpoints and resume)",
     )
+    p.add_argument(
+        "--only",
+        metavar="STAGE[,STAGE]",
+        help="train only these stages (every other stage's epochs set to 0), e.g. fno_baseline alone",
+    )
     args = p.parse_args()
+    if args.only is not None:
+        args.overrides += only_stages(args.only)
     loaded, name = load(args)
 
     from ups import pipeline
@@ -63,6 +70,19 @@ def main() -> int:
         print(f"preempted: {e}", file=sys.stderr)
         return 143  # 128 + SIGTERM: not finished, state saved
     return 0
+
+
+def only_stages(flag: str) -> list[str]:
+    """`--only a,b` as the `--set` keys that turn every other stage off (checked before anything runs)."""
+    from ups.config import ConfigError
+    from ups.stages import registry
+
+    wanted = [s.strip() for s in flag.split(",")]
+    unknown = [s for s in wanted if s not in registry.names()]
+    if unknown or not wanted:
+        raise ConfigError(f"--only {flag}: no stage named {unknown[0] if unknown else repr('')} "
+                          f"(stages: {', '.join(registry.names())})")  # fmt: skip
+    return [f"stages.{s}.epochs=0" for s in registry.names() if s not in wanted]
 
 
 if __name__ == "__main__":

@@ -395,6 +395,14 @@ CASES = [
     Case("data-missing", "train", ["--set", "data.path=nowhere.h5"], "file not found"),
     Case("data-initial-step", "train", ["--set", "data.initial_step=12"], "data.initial_step"),
     Case("data-patch-size", "train", ["--set", "model.encoder.patch_size=5"], "patch_size"),
+    Case("only-unknown-stage", "train", ["--only", "fno_baselin"], "--only fno_baselin: no stage named"),
+    Case("only-nothing-to-train", "train", ["--only", "fno_baseline"], "nothing to train"),
+    Case(
+        "fourier-latent-dim",
+        "train",
+        ["--set", "model.encoder.arch=fourier", "--set", "model.decoder.arch=fourier"],
+        "latent.dim",
+    ),  # fmt: skip
     Case(
         "anchored-tokens", "train", ["--set", "model.encoder.arch=conv", "--set", "latent.tokens=5"], "latent.tokens=5"
     ),  # fmt: skip

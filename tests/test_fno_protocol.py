@@ -45,3 +45,27 @@ def test_the_summed_relative_l2_is_the_papers_loss():
     pred[0, 1] *= 1.5  # one frame 50% off in one sample
     assert torch.isclose(summed_relative_l2(pred, target), torch.tensor(0.25))  # (0.5 + 0) / 2 samples
     assert summed_relative_l2(target, target) == 0
+
+
+def test_the_baseline_trains_alone_for_a_time_budget_and_is_the_runs_model(tmp_path):
+    from pathlib import Path
+
+    import numpy as np
+
+    from ray_jobs.train import only_stages
+    from ups import pipeline
+    from ups.backend.local_backend import LocalBackend
+
+    tiny2d = Path(__file__).resolve().parent / "configs" / "tiny2d.yaml"
+    sets = [f"data.path={tmp_path / 'tiny.h5'}", "stages.fno_baseline.epochs=50",
+            "stages.fno_baseline.time_budget_s=1e-6", "eval.plots=false", *only_stages("fno_baseline")]  # fmt: skip
+    loaded = C.load_config(tiny2d, sets)
+    opts = pipeline.PipelineOptions(name="fno", storage=str(tmp_path / "runs"), quiet=True, backend=LocalBackend("cpu"))
+    summary = pipeline.run(loaded, opts)
+    fno = summary.stages["fno_baseline"]
+    assert fno.status == "completed" and fno.epochs == 1  # the budget stopped it after its first epoch
+    assert {n for n, r in summary.stages.items() if r.status == "completed"} == {"fno_baseline"}
+    for ev in (summary.eval, summary.eval_test):
+        assert ev is not None and np.isfinite(ev.nRMSE)
+        assert ev.scores["fno_nRMSE"] == ev.nRMSE and np.isfinite(ev.persistence_nRMSE)
+        assert ev.corrector == "none"

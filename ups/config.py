@@ -117,14 +117,15 @@ def from_dict(tree: dict[str, Any]) -> Config:
     return Config.model_validate(tree)
 
 
-def stage_config(cfg: Config, name: str) -> StageConfig:
-    """The `stages.<name>` section of a config."""
-    return getattr(cfg.stages, name)
+def stage_config(cfg: Config, name: str, dims: int | None = None) -> StageConfig:
+    """The `stages.<name>` section of a config; given the data's dimension, as the stage resolves it."""
+    section: StageConfig = getattr(cfg.stages, name)
+    return section if dims is None else section.resolved(dims)
 
 
-def batch_size(cfg: Config, name: str) -> tuple[int, str]:
+def batch_size(cfg: Config, name: str, dims: int | None = None) -> tuple[int, str]:
     """Stage `name`'s global batch and the key that set it (its own, or training.batch_size)."""
-    own = stage_config(cfg, name).batch_size
+    own = stage_config(cfg, name, dims).batch_size
     return (own, f"stages.{name}.batch_size") if own is not None else (cfg.training.batch_size, "training.batch_size")
 
 

@@ -92,10 +92,14 @@ def check_config(cfg: Config, infos: dict[str, FileInfo | None], where: Where) -
 def check_stages(cfg: Config, where: Where) -> None:
     """Every active stage's dependencies are active; the corrector asked for has its stage on."""
     active = [s for s in registry.names() if C.stage_config(cfg, s).epochs > 0]
+    if not active:
+        raise ConfigError(f"{where('stages.autoencoder.epochs')}: every stage has 0 epochs: nothing to train")
     for s in active:
         for need in registry.get(s).needs:
             if need not in active:
                 raise ConfigError(f"{where(f'stages.{s}.epochs')}: stages.{s} needs stages.{need}, which has 0 epochs")
+    if active == ["fno_baseline"]:
+        return  # the baseline trained alone (`train --only fno_baseline`): no surrogate to assemble
     for s in ("autoencoder", "operator"):
         if s not in active:
             raise ConfigError(
@@ -450,11 +454,12 @@ def check_batches(cfg: Config, infos: dict[str, FileInfo | None], where: Callabl
             )
         n_train += splits["train"]
         frames = len(range(0, t, cfg.data.t_stride))
+    dims = len(grid_shape(cfg, infos))
     for s, stage in registry.stages().items():
-        scfg = C.stage_config(cfg, s)
+        scfg = C.stage_config(cfg, s, dims)
         if scfg.epochs == 0:
             continue
-        b, key = C.batch_size(cfg, s)
+        b, key = C.batch_size(cfg, s, dims)
         per_traj = stage.samples_per_trajectory(frames, scfg, cfg.data.initial_step)
         for world in cfg.scaling.world_sizes:
             have = (n_train // world) * per_traj
@@ -496,13 +501,14 @@ def describe(loaded: C.LoadedConfig, infos: dict[str, FileInfo | None], *, stora
         )
     sc, b = cfg.scaling, cfg.training.batch_size
     world = max(sc.world_sizes)
+    dims = len(grid_shape(cfg, infos))
     for s, stage in registry.stages().items():
-        scfg = C.stage_config(cfg, s)
+        scfg = C.stage_config(cfg, s, dims)
         if scfg.epochs == 0:
             lines.append(f"stage    {s}: off (0 epochs)")
             continue
         per_traj = stage.samples_per_trajectory(frames, scfg, d.initial_step)
-        sb = C.batch_size(cfg, s)[0]
+        sb = C.batch_size(cfg, s, dims)[0]
         steps = (n_train // world) * per_traj // (sb // world)
         own = f", batch {sb}" if sb != b else ""
         lines.append(f"stage    {s}: {scfg.epochs} epochs x {steps} steps ({per_traj} samples per trajectory{own})")

@@ -251,6 +251,11 @@ class StageConfig(Section):
     # before an epoch that would overrun, keeping its best epoch so far. None = no budget.
     time_budget_s: PosFloat | None = None
 
+    def resolved(self, dims: int) -> StageConfig:
+        """This section as the stage trains it on `dims`-dimensional data: a stage whose defaults
+        depend on the data (the FNO baseline's protocol) fills them here; most have none."""
+        return self
+
 
 class TrainingConfig(Section):
     batch_size: PosInt = 64  # global: samples per optimizer step over all workers and micro-steps

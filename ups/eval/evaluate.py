@@ -18,7 +18,7 @@ from ups.config import Config
 from ups.contracts import EvalMetrics, EvalResult
 from ups.data.views import DataMeta, Task
 from ups.eval.metrics import pdebench_metrics
-from ups.eval.rollout import Corrector, Surrogate
+from ups.eval.rollout import Corrector, Surrogate, norm_stats, to_physical
 from ups.exports import Exports
 from ups.models import factory
 from ups.models.fno import FNO
@@ -193,6 +193,52 @@ def build_baseline(cfg: Config, meta: DataMeta, exports: dict[str, dict], device
     return net.to(device).eval()
 
 
+@torch.no_grad()
+def evaluate_baseline(baseline: FNO, meta: DataMeta, tasks: list[Task], split: str, cfg: Config) -> EvalResult:
+    """A run that trained the baseline alone (`train --only fno_baseline`): the FNO is the run's
+    model, scored with the same metrics, split and horizon as a surrogate, beside persistence; the
+    same numbers appear as `fno_*`, so tables read the baseline from either kind of run alike."""
+    t_start = time.perf_counter()
+    init = meta.initial_step
+    steps = meta.frames - init if cfg.eval.horizon is None else min(cfg.eval.horizon, meta.frames - init)
+    device = next(baseline.parameters()).device
+    stats = norm_stats(meta, device)
+    preds: dict[str, list[torch.Tensor]] = {"model": [], "persistence": []}
+    truths: list[torch.Tensor] = []
+    for ti, task in enumerate(tasks):
+        rows = task.splits[split][: cfg.eval.max_samples]
+        for chunk in torch.as_tensor(task.u[rows]).split(cfg.eval.batch_size):
+            chunk = chunk.to(device)
+            tid = torch.full((len(chunk),), ti, dtype=torch.long, device=device)
+            truth = to_physical(chunk[:, : init + steps], tid, *stats)
+            given = truth[:, :init]
+            fno = to_physical(baseline.rollout(chunk[:, :init], steps), tid, *stats)
+            preds["model"].append(torch.cat([given, fno], 1).cpu())
+            preds["persistence"].append(torch.cat([given, given[:, -1:].expand(-1, steps, *given.shape[2:])], 1).cpu())
+            truths.append(truth.cpu())
+    truth_raw = torch.cat(truths).numpy()
+    truth_all = _pdebench_layout(truth_raw)
+    scores: dict[str, float] = {}
+    curves: dict[str, list[float]] = {}
+    for name, p in preds.items():
+        pred_all = _pdebench_layout(torch.cat(p).numpy())
+        for k, v in pdebench_metrics(pred_all, truth_all, init, Lx=meta.lengths[0]).items():
+            scores[("" if name == "model" else f"{name}_") + k] = v
+            if name == "model":
+                scores[f"fno_{k}"] = v
+        curves[name] = pdebench_metrics(pred_all, truth_all, init, Lx=meta.lengths[0], per_time=True)["nRMSE"].tolist()
+    samples = int(len(truth_all))
+    wall = round(time.perf_counter() - t_start, 3)
+    metrics = EvalMetrics(
+        split=split, samples=samples, horizon=steps, initial_step=init, corrector="none", scores=scores,
+        horizon_nRMSE=curves, wall_time_s=wall, wall_clock=wall / max(samples, 1),
+        protocol={"split": split, "samples": samples, "horizon": steps, "initial_step": init, "model": "fno_baseline"},
+    )  # fmt: skip
+    arrays = {"truth": truth_raw, "pred": torch.cat(preds["model"]).numpy(),
+              "persistence": torch.cat(preds["persistence"]).numpy()}  # fmt: skip
+    return EvalResult(metrics, arrays)
+
+
 def evaluate_split(
     cfg: Config, meta: DataMeta, tasks: list[Task], exports: dict[str, dict], split: str, device: str | None = None
 ) -> EvalResult:
@@ -200,6 +246,8 @@ def evaluate_split(
     backend calls it directly, the Ray backend inside a task)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     baseline = build_baseline(cfg, meta, exports, device)
+    if "operator" not in exports and baseline is not None:  # the baseline trained alone
+        return evaluate_baseline(baseline, meta, tasks, split, cfg)
     model = build_surrogate(cfg, meta, exports, device)
     rivals = None
     if cfg.eval.corrector == "auto" and split == "val":  # val selects: score every trained corrector

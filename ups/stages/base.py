@@ -53,7 +53,8 @@ class Stage(Generic[ModuleT, ConfigT]):
         if missing:
             raise RuntimeError(f"stage {self.name} needs the output of {missing}, which was not handed over")
         self.cfg, self.meta, self.handoff, self.device = cfg, meta, handoff, device
-        self.stage_cfg: ConfigT = getattr(cfg.stages, self.name)
+        # As the stage trains on this data (a data-dependent default, like the FNO's protocol, filled in).
+        self.stage_cfg: ConfigT = getattr(cfg.stages, self.name).resolved(len(meta.spatial_shape))
         self.dts = torch.tensor(meta.dts, device=device)
 
     @classmethod

@@ -98,8 +98,6 @@ class FNOBaselineStage(Stage[FNOObjective, FNOStageConfig]):
         return max(frames - initial_step - horizon(frames, initial_step, stage_cfg) + 1, 0)
 
     def build(self) -> FNOObjective:
-        # The protocol needs the data's dimension, known here; the trainer reads the resolved config.
-        self.stage_cfg = self.stage_cfg.resolved(len(self.meta.spatial_shape))
         # Any `model.baseline.arch` must offer FNO's interface: forward(frames) and rollout(given, steps).
         fno = cast(FNO, factory.build("baseline", self.cfg.model, self.meta, self.cfg.latent))
         loss = "relative_l2" if self.stage_cfg.protocol == "fno2d" else "mse"

@@ -163,7 +163,7 @@ class StageTrainer:
         handoff = {s: read_export(uri, self.job.handoff_sha256.get(s)) for s, uri in self.job.handoff.items()}
         self.stage: Stage[Any, Any] = registry.get(self.name)(self.cfg, meta, handoff, self.device)
         self.module: nn.Module = self.stage.build().to(self.device)
-        self.scfg = self.stage.stage_cfg  # the stage's config as it resolved it (e.g. the FNO's protocol)
+        self.scfg = self.stage.stage_cfg  # resolved on this data (e.g. the FNO baseline's protocol)
         self.phases.done("build")
 
     def ingest(self) -> None:
