@@ -4,7 +4,8 @@ The run's test split is rolled out from each trajectory's first `frames_in` fram
 end by
 - the surrogate (`Surrogate.rollout`, corrector included, in eval.batch_size batches);
 - the FNO baseline, if the run trained one (its export verified against summary.json's digest);
-- the numerical solver that generated the file (ups/data/burgers.py or advection.py; the PDE and
+- the numerical solver that generated the file (ups/data/burgers.py, advection.py or
+  navier_stokes.py; the PDE and
   its parameters from the run's `data.generate`, else the file's attributes), re-solving the same
   trajectories from the same state (the last input frame, at the file's own resolution) to the same
   save times; and, in 1-D, the same solver on coarser grids (cell averages over 2, 4, ... cells,
@@ -32,7 +33,7 @@ import torch
 from _common import emit
 
 from ups import Surrogate
-from ups.data import advection, burgers, pdebench, views
+from ups.data import advection, burgers, navier_stokes, pdebench, views
 from ups.eval.evaluate import build_baseline
 from ups.eval.metrics import pdebench_metrics
 from ups.train.state import from_bytes, tensors_sha256
@@ -58,7 +59,7 @@ def solver_of(cfg: Any, attrs: dict[str, Any]) -> dict[str, Any]:
     """The PDE and parameters that generated the file."""
     gen = cfg.data.generate
     if gen is not None:
-        return {"pde": gen.pde, "nu": gen.nu, "beta": gen.beta, "beta_y": gen.beta_y}
+        return {"pde": gen.pde, "nu": gen.nu, "beta": gen.beta, "beta_y": gen.beta_y, "dt": gen.dt}
     if attrs.get("pde") in ("burgers", "advection", "advection2d"):
         return {"pde": attrs["pde"], "nu": attrs.get("Nu"), "beta": attrs.get("beta"), "beta_y": attrs.get("beta_y")}
     if "Nu" in attrs:  # PDEBench's own Burgers files
@@ -70,6 +71,10 @@ def solve(spec: dict[str, Any], u0: np.ndarray, times: np.ndarray, threads: int)
     """(B, X[, Y]) start states -> (B, len(times), X[, Y]) with the generating solver."""
     if spec["pde"] == "burgers":
         return burgers.solve(u0, spec["nu"], times, threads=threads)
+    if spec["pde"] == "navier_stokes2d":
+        n = u0.shape[-1]
+        force = navier_stokes.forcing(n)
+        return navier_stokes.solve(u0, spec["nu"], times, dt=spec["dt"], force=force, threads=threads)
     if spec["pde"] == "advection2d":
         return advection.solve_2d(u0, (spec["beta"], spec["beta_y"]), times)
     return advection.solve(u0, spec["beta"], times)
@@ -154,7 +159,7 @@ def main() -> None:
     start, _ = pdebench.read(path, samples=slice(0, b), t=slice(i0, i0 + 1))
     native = start[:, 0, ..., 0].astype(np.float64)  # the file's own grid, one channel
     cells = native.shape[-1]
-    ladder = [1] if spec["pde"] == "advection2d" else [f for f in (1, 2, 4, 8, 16, 32, 64)
+    ladder = [1] if spec["pde"] in ("advection2d", "navier_stokes2d") else [f for f in (1, 2, 4, 8, 16, 32, 64)
                                                        if cells % f == 0 and cells // f >= args.coarsest]  # fmt: skip
     solver = []
     for f in ladder:
