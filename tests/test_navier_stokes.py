@@ -80,3 +80,23 @@ def test_the_generator_writes_a_pdebench_2d_file_that_chunking_never_changes(tmp
     np.testing.assert_allclose(coords["t"], np.linspace(0, 2, 5), atol=1e-7)
     np.testing.assert_allclose(u[:, 0, ..., 0], initial_conditions(gen, 0, 6), atol=1e-5)
     assert not np.allclose(u[:, -1], u[:, 0], atol=1e-2)  # the flow evolves
+
+
+def test_which_symmetries_the_forced_flow_keeps():
+    # The forcing depends on x + y only: a shift along (1, -1) leaves it unchanged and commutes with
+    # the solver exactly; a shift along x alone, or a 90-degree rotation, moves the forcing and does not.
+    n, nu = 32, 1e-3
+    w0 = ns.initial_vorticity(1, n, np.random.default_rng(5))
+    f = ns.forcing(n)
+    times = np.array([0.0, 2.0])
+    w = ns.solve(w0, nu, times, dt=0.05, force=f)[:, -1]
+
+    def after(start: np.ndarray) -> np.ndarray:
+        return ns.solve(start, nu, times, dt=0.05, force=f)[:, -1]
+
+    anti = after(np.roll(w0, (3, -3), axis=(1, 2)))
+    np.testing.assert_allclose(anti, np.roll(w, (3, -3), axis=(1, 2)), atol=1e-10)
+    along_x = after(np.roll(w0, 3, axis=1))
+    assert np.abs(along_x - np.roll(w, 3, axis=1)).max() > 1e-3
+    rotated = after(np.rot90(w0, axes=(1, 2)))
+    assert np.abs(rotated - np.rot90(w, axes=(1, 2))).max() > 1e-3

@@ -108,7 +108,7 @@ def solve(
     Each save interval is split into the fewest equal steps no longer than `dt`, so every save
     time is hit exactly whatever dt is.
     """
-    w0 = np.asarray(w0, dtype=np.float64)
+    w0 = np.ascontiguousarray(w0, dtype=np.float64)
     b, n, _ = w0.shape
     out = np.empty((b, len(times), n, n))
     out[:, 0] = w0
