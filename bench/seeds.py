@@ -8,9 +8,9 @@ test is reported beside it, never used to choose.
         --variant "fno=@only=fno_baseline stages.fno_baseline.epochs=500 stages.fno_baseline.time_budget_s=1140"
 
 A variant is `label` (the config as it is) or `label=KEY=VALUE ...` (`--set`s; `@only=STAGES` becomes
-`--only STAGES`). Runs go to bench/out/seeds/runs/<label>-s<seed>; a run already finished there is
-read, not repeated, so an interrupted bench resumes. The table goes to bench/out/seeds/<name>.md and
-one JSON line to stdout.
+`--only STAGES`). Runs go to bench/out/seeds/runs/<name>/<label>-s<seed>, seed by seed with the
+variants alternating; a run already finished there is read, not repeated, so an interrupted bench
+resumes. The table goes to bench/out/seeds/<name>.md and one JSON line to stdout.
 """
 
 from __future__ import annotations
@@ -83,13 +83,19 @@ def main() -> None:
     name = args.name or Path(args.config).stem
     storage = OUT / "seeds" / "runs" / name
     storage.mkdir(parents=True, exist_ok=True)
+    variants = [parse_variant(text) for text in args.variant]
+    # Seed-major, variants alternating within a seed: the VM drifts by +-25% over minutes, so each
+    # variant's runs sit in the same stretches of time as the others' (what the time budgets read).
+    done: dict[tuple[str, int], dict] = {}
+    for seed in args.seeds:
+        for label, flags in variants:
+            done[label, seed] = run_one(args.config, label, flags, seed, storage, args.no_ray)
     rows, figures = [], {}
-    for text in args.variant:
-        label, flags = parse_variant(text)
+    for label, flags in variants:
         per: dict[str, list[float]] = {"val": [], "test": [], "wall": []}
         extra: dict[str, list[float]] = {k: [] for k in KEYS[1:]}
         for seed in args.seeds:
-            s = run_one(args.config, label, flags, seed, storage, args.no_ray)
+            s = done[label, seed]
             per["val"].append(s["eval"]["scores"]["nRMSE"])
             per["test"].append(s["eval_test"]["scores"]["nRMSE"])
             wall = wall_of(storage, label, seed, s)
