@@ -65,7 +65,7 @@ def load(args: argparse.Namespace) -> tuple[LoadedConfig, str]:
         check_storage(args.storage)
     if name is not None:  # `--name ''` is a bad name, not "no name"
         check_name("--name", name)
-        from ups.gating import REGISTRY
+        from ups.champions import REGISTRY
 
         if name == REGISTRY:
             where = f"{redact(args.storage)}/{REGISTRY}/" if hasattr(args, "storage") else f"{{storage}}/{REGISTRY}/"

@@ -23,8 +23,8 @@ import pytest
 from test_s3_storage import BUCKET, s3_env  # noqa: F401  (s3_env: the moto server fixture)
 
 from ups import coordination
+from ups.champions import ChampionLockError, ChampionStore
 from ups.coordination import Busy, Claim, Format, Lease, lease_for
-from ups.gating import Registry, RegistryLockError
 from ups.runlock import RunLock
 from ups.schema import ConfigError
 from ups.storage import Storage
@@ -217,13 +217,13 @@ def test_s3_run_lock_and_registry_lock_use_conditional_writes(bucket):
     first.release()
     assert not bucket.exists(".locks", "r.lock")
 
-    reg, rival = Registry(bucket, "fam"), Registry(bucket, "fam")
+    reg, rival = ChampionStore(bucket, "fam"), ChampionStore(bucket, "fam")
     with reg.lock(timeout_s=10):
         reg._fence()  # ours: a promote would go ahead
-        with pytest.raises(RegistryLockError, match=r"is locked by another driver \(waited 0.5 s\)"), rival.lock(0.5):
+        with pytest.raises(ChampionLockError, match=r"is locked by another driver \(waited 0.5 s\)"), rival.lock(0.5):
             pass
         reg.dir.write_json({"holder": "other", "expires_at": time.time() + 600}, ".lease")  # lost
-        with pytest.raises(RegistryLockError, match="lost its lock to another driver"):
+        with pytest.raises(ChampionLockError, match="lost its lock to another driver"):
             reg._fence()
     assert json.loads(reg.dir.read_bytes(".lease"))["holder"] == "other"  # not deleted: not ours
 

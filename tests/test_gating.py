@@ -22,21 +22,13 @@ import torch
 from torch import nn
 
 from ups import gating
+from ups.champions import ChampionLockError, ChampionStore
 from ups.config import Config, GateConfig
 from ups.contracts import ChampionRecord, Decision, EvalMetrics, RunSummary, TrialRecord
 from ups.data.views import DataMeta, Normalizer, Task
 from ups.eval.rollout import Surrogate
-from ups.gating import (
-    Candidate,
-    Measures,
-    Registry,
-    RegistryLockError,
-    decide,
-    family_of,
-    gate,
-    time_interleaved,
-    time_rollouts,
-)
+from ups.eval.timing import time_interleaved, time_rollouts
+from ups.gating import Candidate, Measures, decide, family_of, gate
 from ups.storage import Storage
 
 PROTOCOL = {"split": "val", "samples": 4, "horizon": 5, "initial_step": 1}
@@ -154,7 +146,7 @@ def test_derived_family_names_the_protocol_in_one_safe_path_segment(tmp_path):
     fam = family_of(cfg, meta_of(["../../etc/passwd", "a b"]))
     assert "/" not in fam and " " not in fam and fam not in (".", "..")
     assert "-g16-t8-in1-test0.1-val0.2" in fam
-    reg = Registry(Storage(str(tmp_path)), fam)
+    reg = ChampionStore(Storage(str(tmp_path)), fam)
     assert os.path.dirname(reg.dir.root) == str(tmp_path / "registry")
     other = family_of(cfg, meta_of(["burgers"], nx=32))
     assert other != family_of(cfg, meta_of(["burgers"], nx=16))  # another grid is another family
@@ -325,11 +317,11 @@ def timing(cand_s: float, champ_s: float) -> dict:
 
 
 @pytest.fixture
-def registry(tmp_path) -> Registry:
-    return Registry(Storage(str(tmp_path / "store")), "fam")
+def registry(tmp_path) -> ChampionStore:
+    return ChampionStore(Storage(str(tmp_path / "store")), "fam")
 
 
-def promote_first(tmp_path: Path, registry: Registry) -> Candidate:
+def promote_first(tmp_path: Path, registry: ChampionStore) -> Candidate:
     first = fake_run(tmp_path, "t1", "w1")
     d = decide(GateConfig(), registry, first, Fakes(both_phases(metrics(1.0))), sweep="s1")
     assert d.passed
@@ -488,10 +480,10 @@ def test_registry_history_keeps_order_and_reads_a_legacy_history_jsonl_first(reg
     assert registry.dir.read_text("history.jsonl") == '{"n": 0}\n\n{"n": 1}\n'  # never rewritten
 
 
-def assert_refused(reg: Registry, match: str = "is locked") -> None:
+def assert_refused(reg: ChampionStore, match: str = "is locked") -> None:
     """A lock with a 0.5 s timeout is refused, and promptly: it did not wait on the holder."""
     t0 = time.monotonic()
-    with pytest.raises(RegistryLockError, match=match), reg.lock(timeout_s=0.5):
+    with pytest.raises(ChampionLockError, match=match), reg.lock(timeout_s=0.5):
         pass
     assert time.monotonic() - t0 < 60
 
@@ -524,29 +516,29 @@ def test_local_lock_gives_up_after_its_timeout_while_another_process_holds_it(re
 # that are not atomic here) over a real folder.
 
 
-def object_registry(tmp_path: Path, lease_s: float = 30.0, delay_s: float = 0.05) -> Registry:
+def object_registry(tmp_path: Path, lease_s: float = 30.0, delay_s: float = 0.05) -> ChampionStore:
     store = Storage(str(tmp_path / "bucket"))
     store.local = False
-    return Registry(store, "fam", lease_s=lease_s, delay_s=delay_s)
+    return ChampionStore(store, "fam", lease_s=lease_s, delay_s=delay_s)
 
 
-def lease_of(reg: Registry) -> dict[str, Any]:
+def lease_of(reg: ChampionStore) -> dict[str, Any]:
     return json.loads(Path(reg.dir.path(".lease")).read_text())
 
 
-def put_lease(reg: Registry, holder: str, expires_in: float) -> None:
+def put_lease(reg: ChampionStore, holder: str, expires_in: float) -> None:
     reg.dir.write_json({"holder": holder, "expires_at": time.time() + expires_in}, ".lease")
 
 
 @pytest.mark.parametrize("dead_holder", [False, True])
 def test_object_store_lock_admits_one_driver_at_a_time(tmp_path, dead_holder):
-    drivers = [object_registry(tmp_path, delay_s=0.2) for _ in range(3)]  # one Registry per driver
+    drivers = [object_registry(tmp_path, delay_s=0.2) for _ in range(3)]  # one ChampionStore per driver
     if dead_holder:
         put_lease(drivers[0], "dead", -1.0)  # every driver races to take it over
     inside, most, done, errors = [0], [0], [], []
     count = threading.Lock()
 
-    def driver(reg: Registry, i: int) -> None:
+    def driver(reg: ChampionStore, i: int) -> None:
         try:
             for n in range(3):
                 with reg.lock(timeout_s=300):
@@ -617,11 +609,11 @@ def test_a_promote_after_the_lease_was_lost_switches_nothing(tmp_path):
     second = fake_run(tmp_path, "t2", "w2")
     with reg.lock(timeout_s=60):
         put_lease(reg, "other", 600)
-        with pytest.raises(RegistryLockError, match="lost its lock to another driver"):
+        with pytest.raises(ChampionLockError, match="lost its lock to another driver"):
             reg.promote(Storage(second.run), second.summary.stages, entry("t2", "s2"))
     assert reg.champion() == before and Path(before.checkpoint).exists()
     assert [n for n in reg.dir.listdir() if n.startswith("champion-")] == [os.path.basename(before.checkpoint)]
-    with pytest.raises(RegistryLockError, match="without its lock"):  # and never without the lock at all
+    with pytest.raises(ChampionLockError, match="without its lock"):  # and never without the lock at all
         reg.promote(Storage(first.run), first.summary.stages, entry("t1", "s1"))
 
 
@@ -638,7 +630,7 @@ def test_decide_on_an_object_store_replaces_the_champion(tmp_path):
 
 @pytest.mark.parametrize("where", ["local", "object store"])
 def test_concurrent_records_lose_no_entry_and_keep_each_writers_order(tmp_path, where):
-    reg = Registry(Storage(str(tmp_path / "store")), "fam") if where == "local" else object_registry(tmp_path)
+    reg = ChampionStore(Storage(str(tmp_path / "store")), "fam") if where == "local" else object_registry(tmp_path)
     threads = [threading.Thread(target=lambda w=w: [reg.record({"w": w, "n": n}) for n in range(10)]) for w in range(4)]
     for t in threads:
         t.start()

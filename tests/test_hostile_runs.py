@@ -28,11 +28,12 @@ import torch
 from ups import config as C
 from ups import pipeline
 from ups.backend.local_backend import LocalBackend
+from ups.champions import ChampionStore
 from ups.console import Console
 from ups.contracts import BestMetric, ChampionRecord, EvalMetrics, RunSummary
 from ups.data import pdebench, views
 from ups.exports import read_export, write_export
-from ups.gating import Candidate, Measures, Registry, decide
+from ups.gating import Candidate, Measures, decide
 from ups.run import RunDir
 from ups.schema import ConfigError, GateConfig
 from ups.storage import LinkEscape, Storage
@@ -289,7 +290,7 @@ def measures(_: ChampionRecord | None) -> Measures:
 
 
 def test_promotion_refuses_an_export_altered_after_evaluation(tmp_path):
-    registry = Registry(Storage(str(tmp_path / "store")), "fam")
+    registry = ChampionStore(Storage(str(tmp_path / "store")), "fam")
     cand = run_folder(tmp_path, "t1", 0.0)
     write_export(str(Path(cand.run) / "stages" / "operator" / "export.pt"), "operator", {"w": torch.ones(3)},
                  BestMetric("val", 1.0, 1), "d")  # fmt: skip
@@ -300,7 +301,7 @@ def test_promotion_refuses_an_export_altered_after_evaluation(tmp_path):
 
 
 def test_a_champion_record_without_digests_or_pointing_elsewhere_is_refused(tmp_path):
-    registry = Registry(Storage(str(tmp_path / "store")), "fam")
+    registry = ChampionStore(Storage(str(tmp_path / "store")), "fam")
     assert decide(GateConfig(ratios={}), registry, run_folder(tmp_path, "t1", 0.0), measures, sweep="s").passed
     champ = registry.champion()
     assert champ is not None

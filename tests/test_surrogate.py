@@ -77,11 +77,11 @@ def test_an_exported_artifact_loads_in_a_fresh_process_and_matches(trained, tmp_
 
 
 def test_a_promoted_champion_and_a_moved_run_load_and_match(trained, tmp_path):
-    from ups.gating import Registry
+    from ups.champions import ChampionStore
 
     pred, raw, init = evaluated(trained)
     summary = RunSummary.read(Storage(str(trained)))
-    registry = Registry(Storage(str(tmp_path / "store")), "fam")
+    registry = ChampionStore(Storage(str(tmp_path / "store")), "fam")
     entry = Decision(at="now", sweep="s", trial="t", run=str(trained), weights_sha256=summary.weights_sha256())
     with registry.lock():
         registry.promote(Storage(str(trained)), summary.stages, entry)

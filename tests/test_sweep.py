@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from ups import sweep
+from ups.champions import ChampionStore
 from ups.config import load_config
-from ups.gating import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "tests" / "configs" / "sweep_tiny.yaml"
@@ -36,10 +36,10 @@ def first(ray_session, smoke_data, storage) -> dict:
     return sweep.run(load_config(SWEEP, [f"data.path={smoke_data}"]), "s1", str(storage), quiet=True)
 
 
-def registry(storage: Path, summary: dict) -> Registry:
+def registry(storage: Path, summary: dict) -> ChampionStore:
     from ups.storage import Storage
 
-    return Registry(Storage(str(storage)), summary["family"])
+    return ChampionStore(Storage(str(storage)), summary["family"])
 
 
 def test_first_sweep_promotes_best_trial_and_asha_stops_the_bad_one(first, storage):
