@@ -137,7 +137,7 @@ def main() -> None:
             uri = summary["latent_cache"]["uri"]
             latents = backend.latent_data(LatentCache(uri, Storage(uri).read_json("manifest.json")))
         job = stage_job(STAGE, cfg, meta, base / f"ray-{i}", run_handoff(summary, STAGE))
-        job = dataclasses.replace(job, stop_flag=backend.stop_name())  # as the pipeline's job
+        job = dataclasses.replace(job, mailbox=backend.mailbox_name())  # as the pipeline's job
         results, _ = backend.train(STAGE, [job], latents, cfg, [])
         assert results[0].status == "completed", results[0]
         return read_rows(job.run_uri, STAGE)

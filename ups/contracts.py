@@ -74,7 +74,7 @@ class TrainJob:
     handoff: dict[str, str] = field(default_factory=dict)  # stage it needs -> its export uri
     handoff_sha256: dict[str, str] = field(default_factory=dict)  # stage -> recorded weights digest
     accept_config_change: bool = False
-    stop_flag: str | None = None  # name of the driver's stop-flag actor (Ray only)
+    mailbox: str | None = None  # name of the driver's actor: the stop flag and the event mailbox (Ray only)
     spill: bool = False  # data.mode streams: each worker spills its shard to local disk (ups/train/spill.py)
     # One id per worker group the driver launches: a stage that finished in an earlier attempt of
     # the same group (Ray restarted the workers) is not trained again; after a driver restart it
@@ -86,6 +86,8 @@ class TrainJob:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainJob:
+        if "stop_flag" in d and "mailbox" not in d:  # the field's name before it said what the actor does
+            d = {**d, "mailbox": d["stop_flag"]}
         return cls(**_fields(cls, d))
 
 

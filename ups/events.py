@@ -68,7 +68,7 @@ def ignore(_: Event) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Across processes on Ray: through the driver's actor (ups/train/stop.py: StopFlag), which holds
+# Across processes on Ray: through the driver's actor (ups/train/stop.py: DriverMailbox), which holds
 # the events until the driver takes them.
 
 

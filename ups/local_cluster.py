@@ -51,6 +51,18 @@ CLUSTER_ENV = {
 _NOT_INHERITED = ("RAY_ADDRESS", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
 
 
+def use_token_auth() -> None:
+    """Make this process's Ray clients send the cluster's token (RAY_AUTH_MODE=token unless set).
+
+    The cluster's head has token auth (Ray 2.59+; the token in ~/.ray/auth_token), and a job
+    client must send it. Ray reads the mode once, when it is first imported: a process that
+    imported ray already must have had RAY_AUTH_MODE=token in its environment (tests/conftest.py
+    sets it at import, as the README's `export` does for a shell). Called explicitly, never on
+    import of this module.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 class ClusterError(RuntimeError):
     pass
 
@@ -322,11 +334,7 @@ class LocalCluster:
             raise ClusterError(f"ray job submit {submission_id}: {(r.stderr or r.stdout).strip()[-2000:]}")
 
     def _jobs(self) -> Any:
-        # The cluster's head has token auth (Ray 2.59+; the token in ~/.ray/auth_token), and this
-        # process's job client must send it. Ray reads the mode once, when it is first imported: a
-        # process that imported ray already must have had RAY_AUTH_MODE=token in its environment
-        # (tests/conftest.py sets it at import, as the README's `export` does for a shell).
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        use_token_auth()
         from ray.job_submission import JobSubmissionClient
 
         return JobSubmissionClient(self.info.dashboard_url)

@@ -281,7 +281,7 @@ def _job(
         checkpoint_uri=rundir.dir.uri_of("ray", group),
         handoff={n: rundir.dir.uri_of("stages", n, EXPORT_FILE) for n in needs},
         handoff_sha256={n: r.weights_sha256 for n in needs if (r := records.get(n)) and r.weights_sha256},
-        accept_config_change=opts.accept_config_change, stop_flag=backend.stop_name(), attempt=attempt,
+        accept_config_change=opts.accept_config_change, mailbox=backend.mailbox_name(), attempt=attempt,
         spill=spill,
     )  # fmt: skip
 

@@ -90,7 +90,7 @@ class LocalBackend:
         if self.reason:
             raise Preempted(f"stopped on {self.reason} before {next_step}; run the same command to resume")
 
-    def stop_name(self) -> str | None:
+    def mailbox_name(self) -> str | None:
         return None
 
 

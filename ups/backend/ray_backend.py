@@ -30,35 +30,35 @@ class RayBackend:
     def __init__(self, trials: int = 0, say: Callable[[str], None] | None = None) -> None:
         self.trials = trials  # concurrent sweep trials an embedded Ray must hold
         self.reason: str | None = None
-        self.flag: Any = None
-        self._flag_name: str | None = None
+        self.mailbox: Any = None
+        self._mailbox_name: str | None = None
         self.say: Callable[[str], None] = say or (lambda msg: print(msg, flush=True))
         self.emit: Emit = ignore  # where the workers' events go (the pipeline's console)
 
     def start(self, cfg: Config, rundir: RunDir) -> None:
         from ups import runtime
-        from ups.train.stop import StopFlag, flag_name
+        from ups.train.stop import DriverMailbox, mailbox_name
 
         runtime.connect(cfg, trials=self.trials)
         logs = runtime.logs_dir()
         self.say(f"Ray's logs: {logs}" if logs else "Ray's logs: on the cluster's head (`ray logs`, the dashboard)")
-        self._flag_name = flag_name(f"{rundir.dir.uri}#{uuid.uuid4().hex}")
+        self._mailbox_name = mailbox_name(f"{rundir.dir.uri}#{uuid.uuid4().hex}")
         # Ray types `@ray.remote(num_cpus=0)` on a class as returning the bare class (no .options).
-        self.flag = StopFlag.options(name=self._flag_name).remote()  # type: ignore[attr-defined]
+        self.mailbox = DriverMailbox.options(name=self._mailbox_name).remote()  # type: ignore[attr-defined]
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.reason = "SIGTERM"
         print("SIGTERM: asking the running stage to checkpoint and stop", flush=True)
-        self.flag.set.remote(self.reason)
+        self.mailbox.set.remote(self.reason)
 
     def check_stop(self, next_step: str) -> None:
         if self.reason:
             raise Preempted(f"stopped on {self.reason} before {next_step}; run the same command to resume")
 
-    def stop_name(self) -> str | None:
-        return self._flag_name
+    def mailbox_name(self) -> str | None:
+        return self._mailbox_name
 
     def generate(self, gen: GenerateConfig, path: str) -> None:
         from ups.data.generate import generate
@@ -116,7 +116,7 @@ class RayBackend:
         )  # fmt: skip
         from ups.events import MailboxPump
 
-        with MailboxPump(self.flag, self.emit):
+        with MailboxPump(self.mailbox, self.emit):
             result = trainer.fit()
         assert isinstance(result, Result)  # fit() is annotated with the V1 class; V2 returns its own
         results = [StageResult.from_dict(r) for r in (result.return_value or [])]

@@ -35,13 +35,13 @@ PREEMPTION_PATIENCE_S = 60.0  # past a notice's deadline, how long to wait for t
 
 
 class RayContext:
-    def __init__(self, stop_flag: str | None, spill: SpillFolder | None = None) -> None:
+    def __init__(self, mailbox: str | None, spill: SpillFolder | None = None) -> None:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self.comm = Dist(self.device)
         self._data: dict[str, Trajectories] = {}
-        self._stop = StopWatcher(stop_flag if self.rank == 0 else None)
+        self._stop = StopWatcher(mailbox if self.rank == 0 else None)
         self._spill = spill
 
     def dataset(self, split: str) -> Trajectories:
@@ -105,11 +105,11 @@ def train_loop_per_worker(payload: dict[str, Any]) -> list[dict[str, Any]]:
     quiet_train_logs()
     jobs = [TrainJob.from_dict(j) for j in payload["jobs"]]
     spill_dir = jobs[0].cfg.get("data", {}).get("spill_dir")
-    ctx = RayContext(jobs[0].stop_flag, SpillFolder(spill_dir) if jobs[0].spill else None)
+    ctx = RayContext(jobs[0].mailbox, SpillFolder(spill_dir) if jobs[0].spill else None)
     emit: Emit = ignore
-    if ctx.rank == 0 and jobs[0].stop_flag:
+    if ctx.rank == 0 and jobs[0].mailbox:
         with contextlib.suppress(ValueError):  # no driver-side actor: a test driving the loop directly
-            emit = remote_emit(ray.get_actor(jobs[0].stop_flag))  # the driver's actor carries the events
+            emit = remote_emit(ray.get_actor(jobs[0].mailbox))  # the driver's actor carries the events
     try:
         return [r.to_dict() for r in run_stages(jobs, ctx, emit)]
     finally:

@@ -16,7 +16,7 @@ import ray
 
 
 @ray.remote(num_cpus=0)
-class StopFlag:
+class DriverMailbox:
     """The driver's one actor for its workers: the stop flag they poll, and a mailbox for the
     events rank 0 sends the driver (ups/events.py), held until the driver takes them."""
 
@@ -38,7 +38,7 @@ class StopFlag:
         return out
 
 
-def flag_name(run_uri: str) -> str:
+def mailbox_name(run_uri: str) -> str:
     return "ups-stop-" + hashlib.sha1(run_uri.encode()).hexdigest()[:16]
 
 

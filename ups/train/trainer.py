@@ -115,8 +115,8 @@ class StageTrainer:
         self.progress = Progress()
         self.history: list[dict[str, Any]] = []
         self.best_weights: dict[str, torch.Tensor] | None = None
-        self.preempted = False  # a stop was requested (SIGTERM): checkpointed and returning
-        self.noticed = False  # a node preemption notice was answered with a checkpoint
+        self.stop_requested = False  # a stop was requested (SIGTERM): checkpointed and returning
+        self.preemption_answered = False  # a node preemption notice was answered with a checkpoint
         self.first_step: float | None = None
 
     # -- the whole stage ------------------------------------------------------------------------
@@ -271,11 +271,11 @@ class StageTrainer:
             every = self.cfg.checkpoint.every_steps
             notice = None
             if p.global_step % STOP_CHECK_STEPS == 0:
-                self.preempted = self.ctx.comm.any(self.ctx.stop_requested())
-                if not self.preempted and not self.noticed:
+                self.stop_requested = self.ctx.comm.any(self.ctx.stop_requested())
+                if not self.stop_requested and not self.preemption_answered:
                     notice = self.ctx.preemption_notice()
             periodic = every and p.global_step % every == 0 and m + 1 < self.micro_per_epoch
-            if self.preempted or notice is not None or periodic:
+            if self.stop_requested or notice is not None or periodic:
                 self._carry_epoch_sums()
                 self.checkpoint(
                     {
@@ -283,14 +283,14 @@ class StageTrainer:
                         "epoch": epoch + 1,
                         "global_step": p.global_step,
                         "mid_epoch": True,
-                        "preempted": self.preempted,
+                        "preempted": self.stop_requested,  # the row's key as older runs wrote it
                         "preemption_notice": notice is not None,
                     }
                 )
-            if self.preempted:
+            if self.stop_requested:
                 return False
             if notice is not None:
-                self.noticed = True
+                self.preemption_answered = True
                 left = f", {max(notice - time.time(), 0):.0f} s before the node goes" if notice else ""
                 self._say(
                     f"preemption notice{left}: checkpointed at epoch {epoch + 1}, micro-batch {p.micro}; "
@@ -437,11 +437,11 @@ class StageTrainer:
         p = self.progress
         best = BestMetric(self.stage.val_metric, p.best, p.best_epoch)
         result = StageResult(
-            stage=self.name, status="interrupted" if self.preempted else "completed", epochs=p.epoch, best=best,
+            stage=self.name, status="interrupted" if self.stop_requested else "completed", epochs=p.epoch, best=best,
             stopped_early=p.stopped_early, world_size=self.world, restarts=p.restarts, world_sizes=p.world_sizes,
             first_step_unix=self.first_step, attempt=self.job.attempt,
         )  # fmt: skip
-        if self.preempted:
+        if self.stop_requested:
             if self.rank == 0:
                 self._say(f"stop requested: checkpointed at epoch {p.epoch + 1}, micro-batch {p.micro}")
         elif self.rank == 0:
@@ -454,7 +454,7 @@ class StageTrainer:
             result.weights_sha256 = write_export(self.job.export_uri, self.name, tensors, best, self.job.config_digest)
         self.phases.done("export")
         result.phases_s = self.phases.times
-        if not self.preempted:
+        if not self.stop_requested:
             if self.rank == 0:
                 stage_folder(self.job.export_uri).write_json(result.to_dict(), RESULT_FILE)
             # The other ranks may go on to a stage that reads this export: wait until it is written.
