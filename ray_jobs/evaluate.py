@@ -35,6 +35,7 @@ def main() -> int:
     from ups.data import views
     from ups.preflight import check_consistent, check_resources
     from ups.run import RunDir
+    from ups.stages import registry
     from ups.storage import Storage, redact
 
     parent, name = run_folder(args.run)
@@ -46,7 +47,7 @@ def main() -> int:
         raise ConfigError(f"--run {uri}: not a run folder (no summary.json)")
     cfg, summary = rundir.config(), rundir.summary()  # summary.json's records checked as it is read
     records = summary.stages
-    for stage in ("autoencoder", "operator"):
+    for stage in registry.surrogate_stages():  # those providing the encoder, decoder and operator
         if stage not in records or not records[stage].completed:
             raise ConfigError(f"--run {uri}: stage {stage} has not completed; nothing to evaluate")
     if cfg.eval.corrector == "auto" and summary.corrector:  # the corrector the run chose on val

@@ -40,6 +40,7 @@ from ups.data import views
 from ups.data.views import DataMeta
 from ups.eval.evaluate import corrector_stages
 from ups.exports import EXPORT_FILE, Exports
+from ups.stages import registry
 from ups.storage import Storage, redact
 from ups.train.state import from_bytes, tensors_sha256
 
@@ -47,7 +48,6 @@ ARTIFACT_FILE, WEIGHTS_FILE, META_FILE, CONFIG_FILE, CARD_FILE = (
     "artifact.json", "model.safetensors", "meta.json", "config.yaml", "README.md",
 )  # fmt: skip
 FORMAT = 1
-SURROGATE_STAGES = ("autoencoder", "operator")  # always needed; plus the selected corrector's stage
 METRIC_KEYS = ("nRMSE", "operator_nRMSE", "persistence_nRMSE", "recon_nRMSE", "one_step_nRMSE", "fno_nRMSE",
                "diffusion_nRMSE", "consistency_nRMSE", "RMSE", "cRMSE", "bRMSE")  # fmt: skip
 
@@ -132,7 +132,7 @@ def _needed(cfg: Config, completed: set[str]) -> list[str]:
         extra = next((s for s in stages.values() if s in completed), None)
     else:
         extra = {str(k): v for k, v in stages.items()}.get(cfg.eval.corrector)  # "none" has no stage
-    return [*SURROGATE_STAGES, *([extra] if extra else [])]
+    return [*registry.surrogate_stages(), *([extra] if extra else [])]
 
 
 def _metrics(summary: RunSummary) -> dict[str, dict[str, float]]:

@@ -98,9 +98,9 @@ def check_stages(cfg: Config, where: Where) -> None:
         for need in registry.get(s).needs:
             if need not in active:
                 raise ConfigError(f"{where(f'stages.{s}.epochs')}: stages.{s} needs stages.{need}, which has 0 epochs")
-    if active == ["fno_baseline"]:
+    if not registry.surrogate_stages(active) and registry.provider("baseline", active):
         return  # the baseline trained alone (`train --only fno_baseline`): no surrogate to assemble
-    for s in ("autoencoder", "operator"):
+    for s in registry.surrogate_stages():  # the stages that provide the encoder, decoder and operator
         if s not in active:
             raise ConfigError(
                 f"{where(f'stages.{s}.epochs')}: stages.{s}.epochs must be > 0 "

@@ -47,7 +47,7 @@ def build_corrector(
     net = factory.build(
         "denoiser", cfg.model, meta, cfg.latent, consistency=kind == "consistency", sigma_min=diff.sigma_min
     )
-    net.load_state_dict(ex[registry.get(stage).export_keys[0]])
+    net.load_state_dict(ex[registry.get(stage).provides["corrector"]])
     return Corrector(kind, net.to(device).eval(), float(ex["residual_scale"]), diff.sigma_min, diff.sigma_max,
                      diff.sample_steps, cfg.eval.noise_scale, feedback=diff.states == "true")  # fmt: skip
 
@@ -58,10 +58,11 @@ def build_surrogate(cfg: Config, meta: DataMeta, exports: Exports, device: torch
     corrector beside it and the pipeline keeps the best, or none if none beats the operator alone)."""
     enc = factory.build("encoder", cfg.model, meta, cfg.latent)
     dec = factory.build("decoder", cfg.model, meta, cfg.latent)
-    enc.load_state_dict(exports["autoencoder"]["encoder"])
-    dec.load_state_dict(exports["autoencoder"]["decoder"])
+    # Each network from the trained stage that declares it provides the role (Stage.provides).
+    enc.load_state_dict(registry.weights("encoder", exports))
+    dec.load_state_dict(registry.weights("decoder", exports))
     op = factory.build("operator", cfg.model, meta, cfg.latent)
-    op.load_state_dict(exports["operator"]["operator"])
+    op.load_state_dict(registry.weights("operator", exports))
     requested = cfg.eval.corrector
     kind: CorrectorKind | None
     if requested == "auto":
@@ -185,11 +186,11 @@ def _floors(model: Surrogate, u: torch.Tensor, task: torch.Tensor, init: int, st
 
 
 def build_baseline(cfg: Config, meta: DataMeta, exports: dict[str, dict], device: str = "cpu") -> FNO | None:
-    """The FNO baseline from its export, if the run trained one."""
-    if "fno_baseline" not in exports:
+    """The FNO baseline from its export, if the run trained a stage that provides the baseline."""
+    if registry.provider("baseline", exports) is None:
         return None
     net = cast(FNO, factory.build("baseline", cfg.model, meta, cfg.latent))
-    net.load_state_dict(exports["fno_baseline"]["fno"])
+    net.load_state_dict(registry.weights("baseline", exports))
     return net.to(device).eval()
 
 
@@ -246,7 +247,7 @@ def evaluate_split(
     backend calls it directly, the Ray backend inside a task)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     baseline = build_baseline(cfg, meta, exports, device)
-    if "operator" not in exports and baseline is not None:  # the baseline trained alone
+    if registry.provider("operator", exports) is None and baseline is not None:  # the baseline trained alone
         return evaluate_baseline(baseline, meta, tasks, split, cfg)
     model = build_surrogate(cfg, meta, exports, device)
     rivals = None

@@ -42,6 +42,7 @@ class AutoencoderStage(Stage[Autoencoder, AutoencoderStageConfig]):
     name = "autoencoder"
     config_cls = AutoencoderStageConfig
     export_keys = ("encoder", "decoder")
+    provides = {"encoder": "encoder", "decoder": "decoder"}
     inputs = "fields"
     val_metric = "val_recon_nrmse"
 

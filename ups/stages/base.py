@@ -29,6 +29,13 @@ Inputs = Literal["fields", "latents"]  # physical trajectories, or the latent ca
 ModuleT = TypeVar("ModuleT", bound=nn.Module)  # the stage's trainable module, as `build()` returns it
 ConfigT = TypeVar("ConfigT", bound=StageConfig)  # the stage's `stages.<name>` config section
 
+# What a stage's export can provide to a trained surrogate. Evaluation, preflight, `ray_jobs.evaluate`
+# and the artifact assemble the surrogate from these declarations (ups/stages/registry.py `provider`),
+# never from stage names. Every surrogate needs SURROGATE_ROLES; a corrector is optional; a baseline
+# trained alone is the run's model.
+Role = Literal["encoder", "decoder", "operator", "corrector", "baseline", "prior"]
+SURROGATE_ROLES: tuple[Role, ...] = ("encoder", "decoder", "operator")
+
 
 class Stage(Generic[ModuleT, ConfigT]):
     """One stage: declared once, registered with `ups.stages.registry.register`.
@@ -43,6 +50,7 @@ class Stage(Generic[ModuleT, ConfigT]):
     val_metric: ClassVar[str]  # lower is better; early stopping and the best weights follow it
     export_keys: ClassVar[tuple[str, ...]] = ()  # what `export()` returns (checked when it is written)
     corrector: ClassVar[CorrectorKind | None] = None  # the `eval.corrector` kind this stage's export provides
+    provides: ClassVar[dict[Role, str]] = {}  # role -> the key of `export()` that holds its weights
 
     def __init__(
         self, cfg: ConfigBase, meta: DataMeta, handoff: dict[str, dict[str, Any]], device: torch.device

@@ -47,6 +47,7 @@ class ConsistencyDistillStage(Stage[StudentObjective, ConsistencyStageConfig]):
     name = "consistency_distill"
     config_cls = ConsistencyStageConfig
     export_keys = ("student", "residual_scale")
+    provides = {"corrector": "student"}
     corrector = "consistency"
     needs = ("operator", "diffusion_residual")
     val_metric = "val_distill_mse"

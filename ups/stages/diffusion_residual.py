@@ -148,6 +148,7 @@ class DiffusionResidualStage(Stage[DenoiserObjective, DiffusionStageConfig]):
     name = "diffusion_residual"
     config_cls = DiffusionStageConfig
     export_keys = ("denoiser", "residual_scale")
+    provides = {"corrector": "denoiser"}
     corrector = "diffusion"
     needs = ("operator",)
     val_metric = "val_denoise_loss"

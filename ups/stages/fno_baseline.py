@@ -92,6 +92,7 @@ class FNOBaselineStage(Stage[FNOObjective, FNOStageConfig]):
     inputs = "fields"
     val_metric = "val_fno_rollout_nrmse"
     export_keys = ("fno",)
+    provides = {"baseline": "fno"}
 
     @classmethod
     def samples_per_trajectory(cls, frames: int, stage_cfg: FNOStageConfig, initial_step: int = 1) -> int:

@@ -52,6 +52,7 @@ class OperatorStage(Stage[OperatorObjective, OperatorStageConfig]):
     name = "operator"
     config_cls = OperatorStageConfig
     export_keys = ("operator",)
+    provides = {"operator": "operator"}
     needs = ("autoencoder",)  # the decoder, for decoded validation
     val_metric = "val_rollout_nrmse"
 

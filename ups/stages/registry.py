@@ -2,17 +2,19 @@
 pipeline's order, the `stages.*` config schema (ups/config.py), which stages a later one reads,
 which exports evaluation assembles, and each stage's seed (a function of its name).
 
-A stage module defines a `Stage` subclass (name, config class, inputs, needs, val metric) and
+A stage module defines a `Stage` subclass (name, config class, inputs, needs, val metric, the
+roles its export provides to the surrogate: `provides`) and
 decorates it with `@register`; the pipeline order is registration order, and a stage may only
 need stages registered before it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from ups.stages.base import Stage
+    from ups.stages.base import Role, Stage
 
 StageClass = TypeVar("StageClass", bound="type[Stage[Any, Any]]")
 
@@ -26,6 +28,9 @@ def register(cls: StageClass) -> StageClass:
     missing = [n for n in cls.needs if n not in _STAGES]
     if missing:
         raise ValueError(f"stage {cls.name!r} needs {missing}, which must be registered before it")
+    unexported = [key for key in cls.provides.values() if key not in cls.export_keys]
+    if unexported:
+        raise ValueError(f"stage {cls.name!r} provides roles from {unexported}, which are not in its export_keys")
     _STAGES[cls.name] = cls
     return cls
 
@@ -52,3 +57,38 @@ def get(name: str) -> type[Stage[Any, Any]]:
         return _STAGES[name]
     except KeyError:
         raise KeyError(f"no stage named {name!r} (registered: {', '.join(_STAGES)})") from None
+
+
+def providers(role: Role) -> tuple[str, ...]:
+    """The stages whose export provides `role` to the surrogate, in pipeline order."""
+    return tuple(name for name, cls in _STAGES.items() if role in cls.provides)
+
+
+def provider(role: Role, among: Iterable[str] | None = None) -> str | None:
+    """The stage that provides `role`: the latest-registered provider, restricted to `among` (the
+    stages a run trained, or its active ones) when given; None when no such stage provides it."""
+    pool = None if among is None else set(among)
+    found = [name for name in providers(role) if pool is None or name in pool]
+    return found[-1] if found else None
+
+
+def surrogate_stages(among: Iterable[str] | None = None) -> tuple[str, ...]:
+    """The stages that provide what every surrogate needs (encoder, decoder, operator), in pipeline
+    order, once each; a role no stage provides is left out (callers name what is missing)."""
+    from ups.stages.base import SURROGATE_ROLES
+
+    out: list[str] = []
+    for role in SURROGATE_ROLES:
+        stage = provider(role, among)
+        if stage is not None and stage not in out:
+            out.append(stage)
+    return tuple(sorted(out, key=list(_STAGES).index))
+
+
+def weights(role: Role, exports: Any) -> Any:
+    """The weights that provide `role` among a run's exports (stage -> export dict), or KeyError
+    naming the role when no trained stage provides it."""
+    stage = provider(role, exports)
+    if stage is None:
+        raise KeyError(f"no trained stage provides the {role} (providers: {', '.join(providers(role)) or 'none'})")
+    return exports[stage][_STAGES[stage].provides[role]]

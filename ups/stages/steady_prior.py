@@ -35,6 +35,7 @@ class SteadyPriorStage(Stage[PriorObjective, SteadyStageConfig]):
     name = "steady_prior"
     config_cls = SteadyStageConfig
     export_keys = ("prior",)
+    provides = {"prior": "prior"}
     val_metric = "val_steady_mse"
 
     @classmethod
