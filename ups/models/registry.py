@@ -6,6 +6,10 @@ in (`LatentSpace`) and any options its caller passes (a consistency student's si
 sees the rest of the config, so a network cannot come to depend on another component's settings.
 This module imports nothing of the project: model modules import it to register, and
 `ups.models.factory` (which imports the built-in model modules) looks builders up in it.
+
+Not yet done (issue 28): each architecture owning its config class (a pydantic discriminated union
+on `arch`). Today there is one `model.<role>` section per role in ups/schema.py, shared by every
+architecture of that role, so an architecture with keys of its own adds them to that section.
 """
 
 from __future__ import annotations
