@@ -180,7 +180,7 @@ def stage_job(
 
     folder = Path(folder)
     return TrainJob(
-        stage=stage, cfg=C.to_dict(cfg), config_digest=C.digest(cfg), meta=meta.to_dict(), run_uri=str(folder),
+        stage=stage, cfg=C.to_wire(cfg), config_digest=C.digest(cfg), meta=meta.to_dict(), run_uri=str(folder),
         export_uri=str(folder / "stages" / stage / "export.pt"), checkpoint_uri=str(folder / "ray" / stage),
         handoff={n: uri for n, (uri, _) in handoff.items()}, handoff_sha256={n: sha for n, (_, sha) in handoff.items()},
     )  # fmt: skip

@@ -64,8 +64,29 @@ def test_the_baseline_trains_alone_for_a_time_budget_and_is_the_runs_model(tmp_p
     summary = pipeline.run(loaded, opts)
     fno = summary.stages["fno_baseline"]
     assert fno.status == "completed" and fno.epochs == 1  # the budget stopped it after its first epoch
+    ran = fno.trained_with  # what the worker trained with, after the trip from the driver
+    assert ran is not None and ran["batch_size"] == 20 and ran["optimizer"]["name"] == "adam"
+    assert ran["scheduler"]["name"] == "step" and ran["ema_decay"] == 0.0 and ran["grad_clip"] == 0.0
     assert {n for n, r in summary.stages.items() if r.status == "completed"} == {"fno_baseline"}
     for ev in (summary.eval, summary.eval_test):
         assert ev is not None and np.isfinite(ev.nRMSE)
         assert ev.scores["fno_nRMSE"] == ev.nRMSE and np.isfinite(ev.persistence_nRMSE)
         assert ev.corrector == "none"
+
+
+def test_the_protocol_survives_the_trip_to_the_worker(tmp_path):
+    """The worker rebuilds the config from what the driver sends: it must still know which keys the
+    user left unset, or the protocol fills nothing and the FNO trains under the recipe's batch and
+    optimizer (as it once did: batch 128, AdamW without weight decay)."""
+    from pathlib import Path
+
+    tiny2d = Path(__file__).resolve().parent / "configs" / "tiny2d.yaml"
+    cfg = C.load_config(tiny2d, [f"data.path={tmp_path / 'tiny.h5'}", "stages.fno_baseline.epochs=3",
+                                 "stages.fno_baseline.optimizer.lr=5e-4"]).cfg  # fmt: skip
+    worker = C.from_dict(C.to_wire(cfg))
+    here, there = C.stage_config(cfg, "fno_baseline", 2), C.stage_config(worker, "fno_baseline", 2)
+    assert there == here
+    assert (there.batch_size, there.optimizer.name, there.optimizer.weight_decay) == (20, "adam", 1e-4)
+    assert there.optimizer.lr == 5e-4  # the one leaf the user set; the protocol's Adam around it
+    assert there.scheduler.name == "step" and there.ema_decay == 0.0 and there.grad_clip == 0.0
+    assert C.digest(worker) == C.digest(cfg)  # the same run, however it travelled

@@ -112,8 +112,16 @@ def rebuild_schema() -> None:
         StagesConfig, Config = _assemble()
 
 
+def to_wire(cfg: Config) -> dict[str, Any]:
+    """The config as it crosses a process boundary (a TrainJob, a Ray task): only the keys that were
+    set, so the receiving side's `from_dict` knows, as the driver did, which keys the user left at
+    their defaults. A stage that fills unset keys from the data (the FNO baseline's protocol) depends
+    on it: a full dump marks every key as set, and the worker would train with the recipe's keys."""
+    return cfg.model_dump(mode="json", exclude_unset=True)
+
+
 def from_dict(tree: dict[str, Any]) -> Config:
-    """A resolved config that crossed a process boundary as a dict (it was validated once already)."""
+    """A config that crossed a process boundary as a dict (`to_wire`; it was validated once already)."""
     return Config.model_validate(tree)
 
 

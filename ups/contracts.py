@@ -65,7 +65,7 @@ class TrainJob:
     """One stage's training, as the driver describes it to the trainer."""
 
     stage: str
-    cfg: dict[str, Any]  # the resolved config (ups.config.to_dict)
+    cfg: dict[str, Any]  # the config, only the keys set (ups.config.to_wire)
     config_digest: str
     meta: dict[str, Any]  # DataMeta.to_dict()
     run_uri: str  # the run folder (metrics.jsonl)
@@ -107,6 +107,9 @@ class StageResult:
     first_step_unix: float | None = None
     phases_s: dict[str, float] = field(default_factory=dict)
     attempt: str = ""  # the TrainJob.attempt that produced it
+    # The settings the worker trained with, after every default and protocol was applied (batch,
+    # steps per epoch, optimizer, schedule, EMA, clip): what ran, not what the config file said.
+    trained_with: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -137,6 +140,7 @@ class StageRecord:
     wall_time_s: float | None = None
     phases_s: dict[str, float] | None = None
     first_step_unix: float | None = None
+    trained_with: dict[str, Any] | None = None  # StageResult.trained_with
 
     @property
     def completed(self) -> bool:
@@ -162,6 +166,7 @@ class StageRecord:
             wall_time_s=round(wall_time_s, 2),
             phases_s=result.phases_s,
             first_step_unix=result.first_step_unix,
+            trained_with=result.trained_with or None,
         )
 
     def to_dict(self) -> dict[str, Any]:

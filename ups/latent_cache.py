@@ -258,7 +258,7 @@ def build_or_reuse(
     kwargs: dict[str, Any] = {  # Encode's constructor arguments, for an actor or in process
         "export_uri": encoder_export_uri,
         "export_sha256": encoder_sha256,
-        "cfg": C.to_dict(cfg),
+        "cfg": C.to_wire(cfg),
         "meta": meta.to_dict(),
         "out_uri": run.uri_of(tmp),
     }

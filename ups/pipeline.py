@@ -276,7 +276,7 @@ def _job(
 ) -> TrainJob:  # fmt: skip
     needs = registry.get(name).needs
     return TrainJob(
-        stage=name, cfg=C.to_dict(cfg), config_digest=info["config_digest"], meta=meta.to_dict(),
+        stage=name, cfg=C.to_wire(cfg), config_digest=info["config_digest"], meta=meta.to_dict(),
         run_uri=rundir.dir.uri, export_uri=rundir.dir.uri_of("stages", name, EXPORT_FILE),
         checkpoint_uri=rundir.dir.uri_of("ray", group),
         handoff={n: rundir.dir.uri_of("stages", n, EXPORT_FILE) for n in needs},

@@ -131,7 +131,7 @@ class RayBackend:
 
         cfg = eval_config(cfg, max_samples, horizon)
         task = ray.remote(_evaluate_job).options(**task_options(cfg))
-        return ray.get(task.remote(C.to_dict(cfg), meta.to_dict(), exports, tasks, split))
+        return ray.get(task.remote(C.to_wire(cfg), meta.to_dict(), exports, tasks, split))
 
 
 def task_options(cfg: Config) -> dict[str, Any]:

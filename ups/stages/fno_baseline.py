@@ -16,6 +16,9 @@ fills every training key the config leaves unset:
   batch 20, the loss summed over the rollout's frames of each frame's relative L2 error;
 - `auto` (the default): `pdebench` on 1D data, `fno2d` on 2D;
 - `recipe`: nothing filled, the training keys of the run apply as to any stage.
+A key the user set wins, down to one leaf: `optimizer.lr: 5e-4` keeps the protocol's Adam and
+weight decay at that rate. Which keys were set must survive the trip to the worker, so configs cross
+processes as `ups.config.to_wire` (the set keys only), never as a full dump.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel
 from torch import nn
 
 from ups.eval.rollout import frame_nrmse, norm_stats, to_physical
@@ -57,7 +61,13 @@ class FNOStageConfig(StageConfig):
             "ema_decay": 0.0,
             "grad_clip": 0.0,
         }
-        update = {k: v for k, v in fill.items() if k not in self.model_fields_set}
+        update: dict[str, object] = {}
+        for key, value in fill.items():
+            mine = getattr(self, key)
+            if key not in self.model_fields_set:
+                update[key] = value
+            elif isinstance(value, BaseModel):  # e.g. only `optimizer.lr` set: the protocol's optimizer at that lr
+                update[key] = value.model_copy(update={k: getattr(mine, k) for k in mine.model_fields_set})
         return self.model_copy(update={**update, "protocol": protocol})
 
 

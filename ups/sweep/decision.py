@@ -121,8 +121,8 @@ def _time_inference(
         ray.remote(_timing_job)
         .options(**opts)
         .remote(
-            C.to_dict(cand_cfg),
-            C.to_dict(champ_cfg),
+            C.to_wire(cand_cfg),
+            C.to_wire(champ_cfg),
             meta.to_dict(),
             cand_exports,
             champ_exports,

@@ -25,7 +25,7 @@ def check_space(loaded: C.LoadedConfig, infos: dict[str, FileInfo | None]) -> No
     draw passes the checks the sweep itself passed: each `choice`/`grid` value, and the bounds and an
     interior (non-integer) point of each numeric domain, one key at a time, through the config
     schema and preflight's config checks against the data (`infos`)."""
-    cfg, base = loaded.cfg, C.to_dict(loaded.cfg)
+    cfg, base = loaded.cfg, C.to_wire(loaded.cfg)
     where = C.source_of("sweep.space", loaded.sources, str(loaded.path))
     if not cfg.sweep.space:
         raise ConfigError(f"{where}: sweep.space: empty (nothing to search)")

@@ -126,7 +126,7 @@ def _run(loaded: C.LoadedConfig, name: str, storage: str, say: Callable[[str], N
     )
     trainable = tune.with_resources(
         tune.with_parameters(
-            trial, base=C.to_dict(cfg), trials_uri=sweep_dir.uri_of("trials"), sweep=name, stage=sc.stage
+            trial, base=C.to_wire(cfg), trials_uri=sweep_dir.uri_of("trials"), sweep=name, stage=sc.stage
         ),
         # The trial's own process, plus a bundle for the Ray Data work it runs itself (cache build,
         # re-blocking): Tune captures a trial's child tasks into its placement group.

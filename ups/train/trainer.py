@@ -118,6 +118,7 @@ class StageTrainer:
         self.stop_requested = False  # a stop was requested (SIGTERM): checkpointed and returning
         self.preemption_answered = False  # a node preemption notice was answered with a checkpoint
         self.first_step: float | None = None
+        self.trained_with: dict[str, Any] = {}  # what prepare() settled on (StageResult.trained_with)
 
     # -- the whole stage ------------------------------------------------------------------------
 
@@ -194,6 +195,12 @@ class StageTrainer:
         ema_decay = tcfg.ema_decay if self.scfg.ema_decay is None else self.scfg.ema_decay
         self.grad_clip = tcfg.grad_clip if self.scfg.grad_clip is None else self.scfg.grad_clip
         self.ema = ema_model(self.module, ema_decay) if ema_decay else None
+        self.trained_with = {
+            "batch_size": batch, "steps_per_epoch": self.steps_per_epoch, "world_size": self.world,
+            "optimizer": self.scfg.optimizer.model_dump(mode="json"),
+            "scheduler": self.scfg.scheduler.model_dump(mode="json"), "ema_decay": ema_decay or 0.0,
+            "grad_clip": self.grad_clip or 0.0,
+        }  # fmt: skip
         self.phases.done("optimizer")  # includes waiting for the slowest rank at the first collective
 
     def restore(self) -> None:
@@ -439,7 +446,7 @@ class StageTrainer:
         result = StageResult(
             stage=self.name, status="interrupted" if self.stop_requested else "completed", epochs=p.epoch, best=best,
             stopped_early=p.stopped_early, world_size=self.world, restarts=p.restarts, world_sizes=p.world_sizes,
-            first_step_unix=self.first_step, attempt=self.job.attempt,
+            first_step_unix=self.first_step, attempt=self.job.attempt, trained_with=self.trained_with,
         )  # fmt: skip
         if self.stop_requested:
             if self.rank == 0:
