@@ -29,14 +29,6 @@ from ups.storage import check_creatable_parent
 
 Where = Callable[[str], str]
 BYTES_PER_PARAMETER = 20  # float32 weights, gradients, Adam's two moments and the EMA copy
-_ROLE_STAGES = {  # the stages that build each network role (its memory counts when one is on)
-    "encoder": ("autoencoder", "operator"),
-    "decoder": ("autoencoder", "operator"),
-    "operator": ("operator", "diffusion_residual"),
-    "denoiser": ("diffusion_residual", "consistency_distill"),
-    "steady": ("steady_prior",),
-    "baseline": ("fno_baseline",),
-}
 
 
 def preflight(loaded: C.LoadedConfig, *, ray: bool = True, trials: int = 0) -> dict[str, FileInfo | None]:
@@ -314,7 +306,7 @@ def estimate_parameters(cfg: Config, dims: int, channels: int) -> dict[str, int]
         + b.depth * (spectral(b.width, b.modes) + b.width * b.width)
         + 128 * (b.width + channels),
     }
-    return {role: n for role, n in sizes.items() if on.intersection(_ROLE_STAGES[role])}
+    return {role: n for role, n in sizes.items() if on.intersection(registry.builders(role))}
 
 
 def check_model_size(cfg: Config, dims: int, channels: int, where: Where) -> None:

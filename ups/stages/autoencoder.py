@@ -43,6 +43,7 @@ class AutoencoderStage(Stage[Autoencoder, AutoencoderStageConfig]):
     config_cls = AutoencoderStageConfig
     export_keys = ("encoder", "decoder")
     provides = {"encoder": "encoder", "decoder": "decoder"}
+    builds = ("encoder", "decoder")
     inputs = "fields"
     val_metric = "val_recon_nrmse"
 

@@ -51,6 +51,9 @@ class Stage(Generic[ModuleT, ConfigT]):
     export_keys: ClassVar[tuple[str, ...]] = ()  # what `export()` returns (checked when it is written)
     corrector: ClassVar[CorrectorKind | None] = None  # the `eval.corrector` kind this stage's export provides
     provides: ClassVar[dict[Role, str]] = {}  # role -> the key of `export()` that holds its weights
+    # The networks (`model.<role>` of ups/models/factory.py) this stage holds in memory while it
+    # trains, trainable or frozen: preflight sizes a run's memory from the active stages' networks.
+    builds: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, cfg: ConfigBase, meta: DataMeta, handoff: dict[str, dict[str, Any]], device: torch.device

@@ -48,6 +48,7 @@ class ConsistencyDistillStage(Stage[StudentObjective, ConsistencyStageConfig]):
     config_cls = ConsistencyStageConfig
     export_keys = ("student", "residual_scale")
     provides = {"corrector": "student"}
+    builds = ("denoiser",)
     corrector = "consistency"
     needs = ("operator", "diffusion_residual")
     val_metric = "val_distill_mse"

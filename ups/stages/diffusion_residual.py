@@ -149,6 +149,7 @@ class DiffusionResidualStage(Stage[DenoiserObjective, DiffusionStageConfig]):
     config_cls = DiffusionStageConfig
     export_keys = ("denoiser", "residual_scale")
     provides = {"corrector": "denoiser"}
+    builds = ("operator", "denoiser")
     corrector = "diffusion"
     needs = ("operator",)
     val_metric = "val_denoise_loss"

@@ -103,6 +103,7 @@ class FNOBaselineStage(Stage[FNOObjective, FNOStageConfig]):
     val_metric = "val_fno_rollout_nrmse"
     export_keys = ("fno",)
     provides = {"baseline": "fno"}
+    builds = ("baseline",)
 
     @classmethod
     def samples_per_trajectory(cls, frames: int, stage_cfg: FNOStageConfig, initial_step: int = 1) -> int:

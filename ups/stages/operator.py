@@ -53,6 +53,7 @@ class OperatorStage(Stage[OperatorObjective, OperatorStageConfig]):
     config_cls = OperatorStageConfig
     export_keys = ("operator",)
     provides = {"operator": "operator"}
+    builds = ("encoder", "decoder", "operator")
     needs = ("autoencoder",)  # the decoder, for decoded validation
     val_metric = "val_rollout_nrmse"
 

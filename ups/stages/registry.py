@@ -64,6 +64,11 @@ def providers(role: Role) -> tuple[str, ...]:
     return tuple(name for name, cls in _STAGES.items() if role in cls.provides)
 
 
+def builders(network: str) -> tuple[str, ...]:
+    """The stages that hold the `model.<network>` network in memory while they train (Stage.builds)."""
+    return tuple(name for name, cls in _STAGES.items() if network in cls.builds)
+
+
 def provider(role: Role, among: Iterable[str] | None = None) -> str | None:
     """The stage that provides `role`: the latest-registered provider, restricted to `among` (the
     stages a run trained, or its active ones) when given; None when no such stage provides it."""

@@ -36,6 +36,7 @@ class SteadyPriorStage(Stage[PriorObjective, SteadyStageConfig]):
     config_cls = SteadyStageConfig
     export_keys = ("prior",)
     provides = {"prior": "prior"}
+    builds = ("steady",)
     val_metric = "val_steady_mse"
 
     @classmethod
