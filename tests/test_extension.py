@@ -43,8 +43,13 @@ def _skip(cfg, meta, latent):
 '''
 
 STAGE_MODULE = '''
+from ups.schema import PosInt, StageConfig
 from ups.stages.base import Stage
 from ups.stages.registry import register
+
+
+class MultiFrameConfig(StageConfig):
+    frames_in: PosInt = 3  # this stage's own key, under stages.multiframe_ext
 
 
 @register
@@ -52,6 +57,8 @@ class MultiFrameOperator(Stage):
     """A stage that provides the operator role (its export's "mf_operator" key)."""
 
     name = "multiframe_ext"
+    config_cls = MultiFrameConfig
+    builds = ("encoder", "operator")
     needs = ("autoencoder",)
     val_metric = "val_nRMSE"
     export_keys = ("mf_operator",)
@@ -98,6 +105,12 @@ def test_a_new_architecture_validates_and_is_built_from_its_own_section(extensio
 def test_a_new_stage_is_ordered_and_found_by_role(extension) -> None:
     _, stage = extension
     assert registry.names()[-1] == "multiframe_ext"  # planned after the stages it may need
+    # Its config section exists as soon as it is registered, with its own keys checked there.
+    cfg = C.validate({"stages": {"multiframe_ext": {"epochs": 2, "frames_in": 4}}})
+    assert C.stage_config(cfg, "multiframe_ext").frames_in == 4  # type: ignore[attr-defined]
+    with pytest.raises(C.ConfigError, match="frames_in"):
+        C.validate({"stages": {"multiframe_ext": {"frames_in": 0}}})
+    assert "multiframe_ext" in registry.builders("operator")  # preflight sizes its networks
     assert registry.get("multiframe_ext") is stage.MultiFrameOperator
     assert registry.providers("operator") == ("operator", "multiframe_ext")
     # Preflight and `ray_jobs.evaluate` ask which stages provide what every surrogate needs.

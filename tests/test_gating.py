@@ -503,7 +503,7 @@ def test_local_lock_gives_up_after_its_timeout_while_another_process_holds_it(re
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        assert_refused(registry, match=r"registry .*fam is locked by another driver \(waited 0.5 s\)")
+        assert_refused(registry, match=r"champion store .*fam is locked by another driver \(waited 0.5 s\)")
     finally:
         holder.kill()
         holder.wait()

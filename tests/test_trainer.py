@@ -94,10 +94,8 @@ class ToyStage(Stage):
 @pytest.fixture(scope="module")
 def toy() -> Iterator[type[Stage]]:
     registry.register(ToyStage)
-    C.rebuild_schema()
     yield ToyStage
     registry.unregister("toy")
-    C.rebuild_schema()
 
 
 def meta() -> DataMeta:
@@ -270,12 +268,10 @@ def upgrade(toy) -> Iterator:
     def to(config_cls: type[ToyConfig] = ToyConfigV2) -> None:
         registry.unregister("toy")
         registry.register(type("ToyStageNext", (ToyStageV2,), {"config_cls": config_cls}))
-        C.rebuild_schema()
 
     yield to
     registry.unregister("toy")
     registry.register(ToyStage)
-    C.rebuild_schema()
 
 
 def test_a_run_resumes_across_an_upgrade_that_adds_a_defaulted_key_and_ends_bit_identical(upgrade, tmp_path, capsys):

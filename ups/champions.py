@@ -99,7 +99,7 @@ class ChampionStore:
             coordination.acquire(lease, timeout_s)
         except coordination.Busy:
             raise ChampionLockError(
-                f"registry {self.dir.root} is locked by another driver (waited {timeout_s:g} s)"
+                f"champion store {self.dir.root} is locked by another driver (waited {timeout_s:g} s)"
             ) from None
         lease.keep_alive(self.lease_s / 3)
         self._held.lease = lease
@@ -118,9 +118,9 @@ class ChampionStore:
             return  # flock cannot be lost while its file is open
         lease: coordination.Lease | None = getattr(self._held, "lease", None)
         if lease is None:
-            raise ChampionLockError(f"registry {self.dir.root}: written to without its lock")
+            raise ChampionLockError(f"champion store {self.dir.root}: written to without its lock")
         if not lease.held():
-            raise ChampionLockError(f"registry {self.dir.root}: lost its lock to another driver")
+            raise ChampionLockError(f"champion store {self.dir.root}: lost its lock to another driver")
 
     def _slot_of(self, checkpoint: object) -> str | None:
         """The champion-* folder directly in this registry that `checkpoint` names, else None: the

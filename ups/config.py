@@ -112,6 +112,9 @@ def rebuild_schema() -> None:
         StagesConfig, Config = _assemble()
 
 
+registry.on_change(rebuild_schema)  # a stage registered from now on gets its `stages.<name>` section
+
+
 def to_wire(cfg: Config) -> dict[str, Any]:
     """The config as it crosses a process boundary (a TrainJob, a Ray task): only the keys that were
     set, so the receiving side's `from_dict` knows, as the driver did, which keys the user left at

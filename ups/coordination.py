@@ -1,5 +1,5 @@
 """One holder at a time: the lease behind the run lock (ups/runlock.py: one driver per run) and
-the registry lock (ups/gating.py: one promoter per family).
+the champion store's lock (ups/champions.py: one promoter per family).
 
 A `Lease` is one would-be holder's hold on one lock file. `lease_for` picks how by where the file
 lives, and each way states what it guarantees under which assumptions:

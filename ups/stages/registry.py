@@ -10,7 +10,7 @@ need stages registered before it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -19,6 +19,19 @@ if TYPE_CHECKING:
 StageClass = TypeVar("StageClass", bound="type[Stage[Any, Any]]")
 
 _STAGES: dict[str, type[Stage[Any, Any]]] = {}
+# Called after every register/unregister: ups/config.py re-derives the `stages.*` schema, so a stage
+# registered after import (a plugin, a test's toy stage) has its config section like a built-in one.
+# A callback, not an import: the config sits above the registry it is assembled from.
+_ON_CHANGE: list[Callable[[], None]] = []
+
+
+def on_change(callback: Callable[[], None]) -> None:
+    _ON_CHANGE.append(callback)
+
+
+def _changed() -> None:
+    for callback in _ON_CHANGE:
+        callback()
 
 
 def register(cls: StageClass) -> StageClass:
@@ -32,6 +45,7 @@ def register(cls: StageClass) -> StageClass:
     if unexported:
         raise ValueError(f"stage {cls.name!r} provides roles from {unexported}, which are not in its export_keys")
     _STAGES[cls.name] = cls
+    _changed()
     return cls
 
 
@@ -41,6 +55,7 @@ def unregister(name: str) -> None:
     if dependents:
         raise ValueError(f"stage {name!r} is needed by {dependents}")
     del _STAGES[name]
+    _changed()
 
 
 def stages() -> dict[str, type[Stage[Any, Any]]]:
