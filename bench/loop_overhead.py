@@ -1,9 +1,10 @@
 """The same trainer with and without Ray Train: the operator stage's StageTrainer under
-TorchTrainer (1 worker, 1 CPU) vs over a LocalContext in a fresh single-thread process, same
+TorchTrainer (1 worker, `--threads` CPUs) vs over a LocalContext in a fresh process with as many
+torch threads, same
 config, TrainJob and latent cache. Figure: median over rounds of the paired samples/s ratio
 ray / local (goal >= 0.97).
 
-    .venv/bin/python bench/loop_overhead.py [--rounds 6] [--epochs 6] [--full-pipeline]
+    .venv/bin/python bench/loop_overhead.py [--rounds 6] [--epochs 6] [--threads 1] [--full-pipeline]
 
 Both sides report the trainer's own `samples_per_s` (training steps only: validation, the
 checkpoint and Ray's report() are outside it) for each epoch after the first, read from the
@@ -14,8 +15,8 @@ round's metrics.jsonl; a round's figure is the median over its epochs.
   `RayBackend.train`, the call the pipeline makes for that group, on the same materialized cache
   (`--full-pipeline`: the whole pipeline every round, and that round's cache for both sides).
 - Local: `LocalBackend.train` (StageTrainer over a LocalContext: the `--no-ray` path) on that
-  cache in a fresh process with OMP_NUM_THREADS=1 and torch.set_num_threads(1), as a 1-CPU Ray
-  worker gets.
+  cache in a fresh process with OMP_NUM_THREADS=N and torch.set_num_threads(N), N = `--threads`,
+  the CPUs the Ray worker is given.
 
 This VM's single-thread speed drifts by +-25% over tens of seconds, so the two alternate in
 ABBA order (Ray local, local Ray, Ray local, ...) and each round's ratio pairs measurements a few
@@ -52,10 +53,10 @@ from _common import (
 STAGE = "operator"
 
 
-def overrides(epochs: int) -> list[str]:
+def overrides(epochs: int, threads: int) -> list[str]:
     return [
         "scaling.num_workers=1",
-        "scaling.cpus_per_worker=1",
+        f"scaling.cpus_per_worker={threads}",
         "stages.autoencoder.epochs=1",
         f"stages.{STAGE}.epochs={epochs}",
         f"stages.{STAGE}.patience=null",
@@ -72,8 +73,8 @@ def local_main(spec_path: str) -> None:
     from ups.backend.local_backend import LocalBackend
     from ups.contracts import TrainJob
 
-    torch.set_num_threads(1)
     spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(spec["threads"])
     job = TrainJob.from_dict(spec["job"])
     results, _ = LocalBackend(device="cpu", say=quiet).train(
         job.stage, [job], cache_latents(spec["summary"]), C.from_dict(job.cfg), []
@@ -81,11 +82,12 @@ def local_main(spec_path: str) -> None:
     assert results[0].status == "completed", results[0]
 
 
-def local_round(job, summary: dict) -> list[dict]:
+def local_round(job, summary: dict, threads: int) -> list[dict]:
     spec = Path(job.run_uri) / "local_job.json"
     spec.parent.mkdir(parents=True, exist_ok=True)
-    spec.write_text(json.dumps({"job": job.to_dict(), "summary": {"latent_cache": summary["latent_cache"]}}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    spec.write_text(json.dumps({"job": job.to_dict(), "summary": {"latent_cache": summary["latent_cache"]},
+                                "threads": threads}))  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     proc = subprocess.run(
         [sys.executable, __file__, "--local", str(spec)], env=env, cwd=ROOT, capture_output=True, text=True
     )
@@ -102,6 +104,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=6, help="paired rounds (Ray + local each)")
     ap.add_argument("--epochs", type=int, default=6, help="operator epochs per run (the first is not counted)")
+    ap.add_argument("--threads", type=int, default=1, help="CPUs of the Ray worker = torch threads of the local side")
     ap.add_argument("--full-pipeline", action="store_true", help="run the whole Ray pipeline in every Ray round")
     ap.add_argument("--local", help=argparse.SUPPRESS)  # internal: the local side, in a fresh process
     args = ap.parse_args()
@@ -113,7 +116,7 @@ def main() -> None:
 
     from ups.backend.ray_backend import RayBackend
 
-    loaded = smoke(*overrides(args.epochs))
+    loaded = smoke(*overrides(args.epochs, args.threads))
     cfg = loaded.cfg
     meta = data_meta(cfg)
     backend = RayBackend(say=quiet)
@@ -143,7 +146,8 @@ def main() -> None:
         return read_rows(job.run_uri, STAGE)
 
     def local_side(i: int) -> list[dict]:
-        return local_round(stage_job(STAGE, cfg, meta, base / f"local-{i}", run_handoff(summary, STAGE)), summary)
+        job = stage_job(STAGE, cfg, meta, base / f"local-{i}", run_handoff(summary, STAGE))
+        return local_round(job, summary, args.threads)
 
     for i in range(args.rounds):
         # ABBA: round 0 must start on Ray (it builds the cache); odd rounds start locally.
@@ -160,6 +164,7 @@ def main() -> None:
             flush=True,
         )
 
+    ray_threads = ray_rows[0].get("torch_threads")  # what the Ray worker's torch actually used
     ratios = [statistics.median(r) / statistics.median(b) for r, b in zip(ray_sps, local_sps)]
     ray_all = [x for xs in ray_sps for x in xs]
     local_all = [x for xs in local_sps for x in xs]
@@ -185,7 +190,7 @@ def main() -> None:
             "stage": STAGE,
             "trainer": "ups.train.trainer.StageTrainer (Ray: RayContext under TorchTrainer; local: LocalContext)",
             "workers": 1,
-            "cpus_per_worker": 1,
+            "cpus_per_worker": args.threads,
             "batch": cfg.training.batch_size,
             "rounds": args.rounds,
             "order": "ABBA",
@@ -194,7 +199,8 @@ def main() -> None:
             "ray_rounds": "pipeline every round"
             if args.full_pipeline
             else "pipeline in round 0, RayBackend.train after",
-            "torch_threads": 1,
+            "torch_threads": args.threads,
+            "ray_worker_torch_threads": ray_threads,
             "wall_s": round(time.perf_counter() - t_start, 1),
         },
     )

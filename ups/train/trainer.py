@@ -199,7 +199,7 @@ class StageTrainer:
             "batch_size": batch, "steps_per_epoch": self.steps_per_epoch, "world_size": self.world,
             "optimizer": self.scfg.optimizer.model_dump(mode="json"),
             "scheduler": self.scfg.scheduler.model_dump(mode="json"), "ema_decay": ema_decay or 0.0,
-            "grad_clip": self.grad_clip or 0.0,
+            "grad_clip": self.grad_clip or 0.0, "torch_threads": torch.get_num_threads(),
         }  # fmt: skip
         self.phases.done("optimizer")  # includes waiting for the slowest rank at the first collective
 
@@ -393,7 +393,7 @@ class StageTrainer:
             "stage": self.name, "epoch": epoch + 1, "world_size": self.world, "train_loss": train_loss, **aux,
             **val_metrics, "lr": self.schedule.lr, "epoch_time_s": round(time.perf_counter() - self._t_start, 4),
             "samples_per_s": round(totals[1].item() / max(self._train_time, 1e-9), 2),
-            "global_step": p.global_step,
+            "global_step": p.global_step, "torch_threads": torch.get_num_threads(),
         }  # fmt: skip
         self.history.append(row)
         if self.rank == 0:
