@@ -16,7 +16,7 @@ Every method gets the same torch threads (`--threads`) and is timed on the whole
 nRMSE of the predicted frames against the file, on the model's (strided) grid.
 Prints ONE JSON line.
 
-    .venv/bin/python bench/speedup.py --run runs/NAME [--max-samples N] [--threads 1] [--repeats 3]
+    .venv/bin/python bench/speedup.py --run runs/NAME [--fno-run runs/FNO] [--max-samples N] [--threads 1] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -103,6 +103,8 @@ def fno_export(run: Path) -> dict[str, Any] | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="a run folder (the surrogate, its data and its FNO baseline)")
+    ap.add_argument("--fno-run", help="the run whose FNO baseline to time (default: --run); e.g. an FNO "
+                    "trained alone on the same data and split (`train --only fno_baseline`)")  # fmt: skip
     ap.add_argument("--max-samples", type=int, help="trajectories of the file the split is cut from "
                     "(default: the run's data.max_samples); the test split is its first test_fraction")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1, help="torch threads for every method (1)")
@@ -136,7 +138,8 @@ def main() -> None:
     pred, sec = timed(lambda: s.rollout(u0, steps), args.repeats)
     record("surrogate", pred, sec, corrector=s.meta.corrector)
 
-    tensors = fno_export(run)
+    fno_run = Path(args.fno_run).resolve() if args.fno_run else run
+    tensors = fno_export(fno_run)
     if tensors is not None:
         fno = build_baseline(cfg, meta, {"fno_baseline": tensors}, "cpu")
         assert fno is not None
@@ -189,7 +192,8 @@ def main() -> None:
         "speedup",
         {"methods": results, "solver_ladder": solver,
          "speedup": {name: speedup(name) for name in results if name != "solver"}},
-        setting={"run": str(run), "data": path, **spec, "trajectories": b, "frames_in": k, "steps": steps,
+        setting={"run": str(run), "fno_run": str(fno_run), "batch": cfg.eval.batch_size, "data": path,
+                 **spec, "trajectories": b, "frames_in": k, "steps": steps,
                  "grid": list(s.meta.grid), "native_cells": cells, "x_stride": xs, "t_stride": ts,
                  "threads": args.threads, "repeats": args.repeats},
     )  # fmt: skip
