@@ -62,6 +62,7 @@ def test_an_exported_artifact_loads_in_a_fresh_process_and_matches(trained, tmp_
         "README.md", "artifact.json", "config.yaml", "meta.json", "model.safetensors"]  # fmt: skip
     card = (art / "README.md").read_text()
     assert "| val |" in card and "persistence" in card and "trained with:" in card
+    assert "steps/epoch" in card and " lr " in card  # what each stage actually trained with
     np.save(tmp_path / "u0.npy", raw[:, :init])
     code = ("import sys, numpy as np; from ups import Surrogate; s = Surrogate.load(sys.argv[1], device='cpu'); "
             "assert 'ray' not in sys.modules; np.save(sys.argv[3], s.rollout(np.load(sys.argv[2])))")  # fmt: skip

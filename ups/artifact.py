@@ -358,8 +358,12 @@ def model_card(bundle: Bundle, record: dict[str, Any]) -> str:
     for name, rec in stages.items():
         if isinstance(rec, dict) and rec.get("status") == "completed":
             best = rec.get("best") or {}
+            ran = rec.get("trained_with") or {}
+            how = (f"; batch {ran['batch_size']} x {ran['steps_per_epoch']} steps/epoch, {ran['optimizer']['name']} "
+                   f"lr {ran['optimizer']['lr']:g}, {ran['scheduler']['name']} schedule, EMA {ran['ema_decay']:g}, "
+                   f"clip {ran['grad_clip']:g}") if ran else ""  # fmt: skip
             lines.append(f"- stage {name}: {rec.get('epochs')} epochs, {rec.get('wall_time_s', '?')} s, best "
-                         f"{best.get('metric', '?')}={best.get('value', float('nan')):.4g}")  # fmt: skip
+                         f"{best.get('metric', '?')}={best.get('value', float('nan')):.4g}{how}")  # fmt: skip
     lines += ["", "## Metrics (PDEBench nRMSE of the decoded autoregressive rollout)", ""]
     cols = [("nRMSE", "surrogate"), ("operator_nRMSE", "operator alone"), ("fno_nRMSE", "FNO baseline"),
             ("recon_nRMSE", "autoencoder floor"), ("one_step_nRMSE", "one step"),
