@@ -64,6 +64,11 @@ def wall_of(storage: Path, label: str, seed: int, summary: dict) -> float | None
     return json.loads(f.read_text())["wall_s"] if f.exists() else None
 
 
+def scores(ev: dict) -> dict:
+    """An evaluation's figures: summary.json keeps them at the top of `eval` (older runs: under `scores`)."""
+    return ev.get("scores", ev)
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
@@ -96,14 +101,14 @@ def main() -> None:
         extra: dict[str, list[float]] = {k: [] for k in KEYS[1:]}
         for seed in args.seeds:
             s = done[label, seed]
-            per["val"].append(s["eval"]["scores"]["nRMSE"])
-            per["test"].append(s["eval_test"]["scores"]["nRMSE"])
+            per["val"].append(scores(s["eval"])["nRMSE"])
+            per["test"].append(scores(s["eval_test"])["nRMSE"])
             wall = wall_of(storage, label, seed, s)
             if wall is not None:
                 per["wall"].append(wall)
             for k in extra:
-                if k in s["eval_test"]["scores"]:
-                    extra[k].append(s["eval_test"]["scores"][k])
+                if k in scores(s["eval_test"]):
+                    extra[k].append(scores(s["eval_test"])[k])
         cmd = " ".join(["python -m ray_jobs.train --config", args.config, *flags, "--set training.seed=S"])
         wall = f"{statistics.mean(per['wall']):.0f}" if per["wall"] else "-"
         floors = f"{mean_std(extra['persistence_nRMSE'])} | {mean_std(extra['recon_nRMSE'])}"

@@ -321,3 +321,9 @@ def test_per_seed_missing_grid(tmp_path):
     with h5py.File(path, "r+") as f:
         del f["0000/grid/y"]
     _expect(path, "'0000/grid/y'")
+
+
+def test_a_missing_file_is_named_missing_not_unreadable(tmp_path):
+    # os.access() is False for a path that is not there: the check for existence must come first.
+    with pytest.raises(PDEBenchFormatError, match=r"nope\.h5: does not exist"):
+        pdebench.inspect(str(tmp_path / "nope.h5"))

@@ -240,6 +240,8 @@ def _open(path: str) -> h5py.File:
     """Open for reading, or say in one line why a path is not a readable HDF5 file."""
     if files.is_remote(path):
         return _open_remote(path)
+    if not os.path.exists(path):
+        raise _err(path, "does not exist")
     if os.path.isdir(path):
         raise _err(path, "is a directory, not an HDF5 file")
     if not os.access(path, os.R_OK):
