@@ -18,6 +18,7 @@ from typing import Any
 import ray
 import ray.train
 import ray.train.torch
+import torch
 from torch import nn
 
 from ups.contracts import TrainJob
@@ -100,10 +101,19 @@ class RayContext:
             self._spill.close()
 
 
+def use_threads(cpus_per_worker: float) -> None:
+    """Torch's intra-op threads = the CPUs this worker was given (at least one), as the `--no-ray`
+    trainer uses the cores it has. Said explicitly rather than left to how Ray sets OMP_NUM_THREADS
+    for an actor: a worker with more threads than CPUs spins against Ray's own processes on a small
+    machine, one with fewer leaves its CPUs idle. Each metrics row records what was used."""
+    torch.set_num_threads(max(1, int(cpus_per_worker)))
+
+
 def train_loop_per_worker(payload: dict[str, Any]) -> list[dict[str, Any]]:
     """Train `payload["jobs"]` (TrainJob dicts) in turn; returns their StageResult dicts."""
     quiet_train_logs()
     jobs = [TrainJob.from_dict(j) for j in payload["jobs"]]
+    use_threads(jobs[0].cfg.get("scaling", {}).get("cpus_per_worker", 1.0))
     spill_dir = jobs[0].cfg.get("data", {}).get("spill_dir")
     ctx = RayContext(jobs[0].mailbox, SpillFolder(spill_dir) if jobs[0].spill else None)
     emit: Emit = ignore
