@@ -398,6 +398,25 @@ CASES = [
     Case("only-unknown-stage", "train", ["--only", "fno_baselin"], "--only fno_baselin: no stage named"),
     Case("only-nothing-to-train", "train", ["--only", "fno_baseline"], "nothing to train"),
     Case(
+        "equal-time-alone",
+        "train",
+        [
+            "--only",
+            "fno_baseline",
+            "--set",
+            "stages.fno_baseline.epochs=3",
+            "--set",
+            "stages.fno_baseline.equal_time=true",
+        ],
+        "stages.fno_baseline.equal_time",
+    ),  # fmt: skip
+    Case(
+        "equal-time-and-budget",
+        "train",
+        ["--set", "stages.fno_baseline.equal_time=true", "--set", "stages.fno_baseline.time_budget_s=30"],
+        "stages.fno_baseline",
+    ),  # fmt: skip
+    Case(
         "fourier-latent-dim",
         "train",
         ["--set", "model.encoder.arch=fourier", "--set", "model.decoder.arch=fourier"],

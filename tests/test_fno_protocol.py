@@ -90,3 +90,34 @@ def test_the_protocol_survives_the_trip_to_the_worker(tmp_path):
     assert there.optimizer.lr == 5e-4  # the one leaf the user set; the protocol's Adam around it
     assert there.scheduler.name == "step" and there.ema_decay == 0.0 and there.grad_clip == 0.0
     assert C.digest(worker) == C.digest(cfg)  # the same run, however it travelled
+
+
+def test_equal_time_gives_the_baseline_the_surrogates_training_time(tmp_path):
+    """`equal_time`: the FNO's budget is what the surrogate's stages spent in their epochs, as
+    summary.json records it, and the end-of-run table sets the two scores side by side."""
+    from pathlib import Path
+
+    from ups import pipeline
+    from ups.backend.local_backend import LocalBackend
+    from ups.report import summary_table
+
+    tiny2d = Path(__file__).resolve().parent / "configs" / "tiny2d.yaml"
+    sets = [f"data.path={tmp_path / 'tiny.h5'}", "stages.autoencoder.epochs=1", "stages.operator.epochs=1",
+            "stages.diffusion_residual.epochs=0", "stages.consistency_distill.epochs=0",
+            "stages.fno_baseline.epochs=3", "stages.fno_baseline.equal_time=true", "eval.plots=false"]  # fmt: skip
+    opts = pipeline.PipelineOptions(name="eq", storage=str(tmp_path / "runs"), quiet=True, backend=LocalBackend("cpu"))
+    summary = pipeline.run(C.load_config(tiny2d, sets), opts)
+    ae, op, fno = (summary.stages[n] for n in ("autoencoder", "operator", "fno_baseline"))
+    assert ae.train_s and op.train_s and fno.train_s and fno.trained_with
+    assert fno.trained_with["time_budget_s"] == round(ae.train_s + op.train_s, 2)
+    assert 1 <= fno.epochs <= 3  # the cap still holds; the time decides within it
+    (line,) = [ln for ln in summary_table(summary).splitlines() if ln.startswith("at equal training time")]
+    assert f"autoencoder {ae.train_s:.0f}s + operator {op.train_s:.0f}s" in line and f"{fno.epochs} epochs" in line
+
+
+def test_equal_time_and_a_time_budget_are_one_choice():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="equal_time=true .* time_budget_s=30"):
+        FNOStageConfig(epochs=5, equal_time=True, time_budget_s=30)

@@ -80,6 +80,9 @@ class TrainJob:
     # the same group (Ray restarted the workers) is not trained again; after a driver restart it
     # is resumed from its checkpoints as before.
     attempt: str = ""
+    # A time budget the driver sets, in place of the stage's own `time_budget_s` (a baseline given
+    # the surrogate's training time: stages.fno_baseline.equal_time).
+    time_budget_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,6 +113,9 @@ class StageResult:
     # The settings the worker trained with, after every default and protocol was applied (batch,
     # steps per epoch, optimizer, schedule, EMA, clip): what ran, not what the config file said.
     trained_with: dict[str, Any] = field(default_factory=dict)
+    # Wall time of the stage's epochs (training and validation), summed over every attempt that
+    # trained them: what a time budget counts, without worker start-up or hand-offs.
+    train_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -141,6 +147,7 @@ class StageRecord:
     phases_s: dict[str, float] | None = None
     first_step_unix: float | None = None
     trained_with: dict[str, Any] | None = None  # StageResult.trained_with
+    train_s: float | None = None  # StageResult.train_s
 
     @property
     def completed(self) -> bool:
@@ -165,6 +172,7 @@ class StageRecord:
             weights_sha256=result.weights_sha256,
             wall_time_s=round(wall_time_s, 2),
             phases_s=result.phases_s,
+            train_s=round(result.train_s, 2),
             first_step_unix=result.first_step_unix,
             trained_with=result.trained_with or None,
         )

@@ -165,8 +165,13 @@ def _stages_and_eval(
         jobs = [_job(name, folder, attempt, cfg, info, meta, rundir, records, opts, backend, streamed(tasks))
                 for name in group]  # fmt: skip
         where = f"{cfg.scaling.num_workers} worker(s)" if backend.name == "ray" else "this process (no Ray)"
-        for name in group:
-            say(f"== {name}: {C.stage_config(cfg, name).epochs} epochs on {where}")
+        for name, job in zip(group, jobs, strict=True):
+            epochs = C.stage_config(cfg, name).epochs
+            if job.time_budget_s is None:
+                say(f"== {name}: {epochs} epochs on {where}")
+            else:
+                say(f"== {name}: up to {epochs} epochs within {job.time_budget_s:.1f}s, the surrogate's training "
+                    f"time (equal_time), on {where}")  # fmt: skip
         callbacks = [cb for name in group for cb in opts.stage_callbacks.get(name, [])]
         t0 = time.perf_counter()
         with console.watch(f"{'+'.join(group)} working"):
@@ -282,8 +287,26 @@ def _job(
         handoff={n: rundir.dir.uri_of("stages", n, EXPORT_FILE) for n in needs},
         handoff_sha256={n: r.weights_sha256 for n in needs if (r := records.get(n)) and r.weights_sha256},
         accept_config_change=opts.accept_config_change, mailbox=backend.mailbox_name(), attempt=attempt,
-        spill=spill,
+        spill=spill, time_budget_s=_equal_time_budget(cfg, name, records),
     )  # fmt: skip
+
+
+def _equal_time_budget(cfg: Config, name: str, records: dict[str, StageRecord]) -> float | None:
+    """For a baseline with `equal_time`: the epochs' wall of every surrogate stage this run trained.
+
+    The surrogate's stages are those that build none of the baseline's networks; a stage trained
+    in an earlier run and reused counts with the time it took then (summary.json's `train_s`)."""
+    if not getattr(C.stage_config(cfg, name), "equal_time", False):
+        return None
+    mine = set(registry.get(name).builds)
+    spent = [
+        rec.train_s or 0.0
+        for other, rec in records.items()
+        if other != name and rec.completed and not mine & set(registry.get(other).builds)
+    ]
+    if not spent:
+        raise ValueError(f"stages.{name}.equal_time: no surrogate stage trained in this run to take the time of")
+    return round(sum(spent), 2)
 
 
 def _record(

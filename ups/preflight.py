@@ -91,7 +91,13 @@ def check_stages(cfg: Config, where: Where) -> None:
             if need not in active:
                 raise ConfigError(f"{where(f'stages.{s}.epochs')}: stages.{s} needs stages.{need}, which has 0 epochs")
     if not registry.surrogate_stages(active) and registry.provider("baseline", active):
-        return  # the baseline trained alone (`train --only fno_baseline`): no surrogate to assemble
+        for s in active:  # the baseline trained alone (`train --only fno_baseline`): no surrogate to assemble
+            if getattr(C.stage_config(cfg, s), "equal_time", False):
+                raise ConfigError(
+                    f"{where(f'stages.{s}.equal_time')}: stages.{s}.equal_time=true, but no surrogate stage "
+                    f"trains in this run to take the time of: set stages.{s}.time_budget_s instead"
+                )
+        return
     for s in registry.surrogate_stages():  # the stages that provide the encoder, decoder and operator
         if s not in active:
             raise ConfigError(

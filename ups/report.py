@@ -37,4 +37,24 @@ def summary_table(summary: RunSummary) -> str:
             if ev.corrector_selection:
                 sel = " | ".join(f"{k} {v:.4g}" for k, v in ev.corrector_selection.items())
                 lines.append(f"{' ' * len(key)}  corrector (val selects; none = operator alone): {sel}")
+    lines.extend(_equal_time_line(summary))
     return "\n".join(lines)
+
+
+def _equal_time_line(summary: RunSummary) -> list[str]:
+    """With `stages.fno_baseline.equal_time`: the two models' test scores beside the time each
+    trained, so the comparison the run was set up for reads in one line."""
+    fno = summary.stages.get("fno_baseline")
+    ev = summary.eval_test or summary.eval
+    if fno is None or not fno.completed or ev is None or ev.score("fno_nRMSE") is None:
+        return []
+    budget = (fno.trained_with or {}).get("time_budget_s")
+    if budget is None:
+        return []
+    surrogate = [(n, r) for n, r in summary.stages.items() if n != "fno_baseline" and r.completed and r.train_s]
+    spent = " + ".join(f"{n} {r.train_s:.0f}s" for n, r in surrogate)
+    return [
+        f"at equal training time [{ev.split}]: surrogate nRMSE {ev.nRMSE:.4g} ({spent}) | "
+        f"FNO baseline {ev.score('fno_nRMSE'):.4g} ({fno.train_s or 0:.0f}s of a {budget:g}s budget, "
+        f"{fno.epochs} epochs)"
+    ]

@@ -27,7 +27,7 @@ from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 from torch import nn
 
 from ups.eval.rollout import frame_nrmse, norm_stats, to_physical
@@ -46,6 +46,19 @@ class FNOStageConfig(StageConfig):
     epochs: NonNegInt = 0  # off unless a recipe trains the baseline
     rollout_horizon: PosInt | None = None  # unrolled steps per training window; None = to the end
     protocol: Protocol = "auto"  # whose training settings fill the keys left unset (module docstring)
+    # Train for as long as this run's surrogate stages trained (the sum of their epochs' wall,
+    # summary.json's `train_s`), so a run compares the two at equal time: `epochs` is then a cap
+    # and the time decides. Exclusive with `time_budget_s`.
+    equal_time: bool = False
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> FNOStageConfig:
+        if self.equal_time and self.time_budget_s is not None:
+            raise ValueError(
+                f"equal_time=true takes the surrogate's training time as the budget; "
+                f"time_budget_s={self.time_budget_s:g} sets another: set one of them"
+            )
+        return self
 
     def resolved(self, dims: int) -> FNOStageConfig:
         """This config with its protocol's settings in every training key the user left unset."""

@@ -108,6 +108,8 @@ class StageTrainer:
         self.name = job.stage
         self.cfg = C.from_dict(job.cfg)
         self.tcfg, self.scfg = self.cfg.training, C.stage_config(self.cfg, self.name)
+        # The driver's budget (a baseline given the surrogate's time) wins over the stage's own.
+        self.time_budget_s = job.time_budget_s if job.time_budget_s is not None else self.scfg.time_budget_s
         self.seed = stage_seed(self.tcfg.seed, self.name)
         self.rank, self.world, self.device = ctx.rank, ctx.world, ctx.device
         self.emit = emit if ctx.rank == 0 else ignore  # what the user sees comes from rank 0, via the driver
@@ -201,6 +203,8 @@ class StageTrainer:
             "scheduler": self.scfg.scheduler.model_dump(mode="json"), "ema_decay": ema_decay or 0.0,
             "grad_clip": self.grad_clip or 0.0, "torch_threads": torch.get_num_threads(),
         }  # fmt: skip
+        if self.time_budget_s is not None:
+            self.trained_with["time_budget_s"] = round(self.time_budget_s, 2)
         self.phases.done("optimizer")  # includes waiting for the slowest rank at the first collective
 
     def restore(self) -> None:
@@ -383,7 +387,7 @@ class StageTrainer:
         early_stop = self.scfg.patience is not None and p.bad_epochs >= self.scfg.patience
         epoch_s = time.perf_counter() - self._t_start
         p.elapsed_s += epoch_s
-        budget = self.scfg.time_budget_s
+        budget = self.time_budget_s
         # Stop before an epoch that would overrun the budget, judged by the one just done; every
         # rank stops together (any rank out of time stops all).
         p.out_of_time = budget is not None and self.ctx.comm.any(p.elapsed_s + epoch_s > budget)
@@ -402,7 +406,7 @@ class StageTrainer:
             self.emit(EpochRow(self.name, row, self.stage.val_metric, self.scfg.epochs))
             if p.out_of_time and p.stopped_early:
                 self._say(
-                    f"time budget {self.scfg.time_budget_s:g}s: stopped after epoch {epoch + 1} "
+                    f"time budget {budget:g}s: stopped after epoch {epoch + 1} "
                     f"({p.elapsed_s:.0f}s; the next would overrun), keeping epoch {p.best_epoch}"
                 )
         self.checkpoint(row)
@@ -447,6 +451,7 @@ class StageTrainer:
             stage=self.name, status="interrupted" if self.stop_requested else "completed", epochs=p.epoch, best=best,
             stopped_early=p.stopped_early, world_size=self.world, restarts=p.restarts, world_sizes=p.world_sizes,
             first_step_unix=self.first_step, attempt=self.job.attempt, trained_with=self.trained_with,
+            train_s=p.elapsed_s,
         )  # fmt: skip
         if self.stop_requested:
             if self.rank == 0:
