@@ -29,6 +29,12 @@ _LOCAL_ENV = {
     # one more actor process per stage on a small box.
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Ray starts its workers at nice 15 so that its own daemons stay responsive on a busy node. On
+    # a laptop the training worker *is* the work: niced, its torch threads lose the CPU to the
+    # raylet, GCS and dashboard (nice 0) at every OpenMP barrier, and a step at 2 threads ran at
+    # 0.75x the same step outside Ray (bench/RESULTS.md, "Ray workers at nice 15"). Nice 0 for
+    # the embedded Ray's workers; a cluster keeps Ray's default.
+    "RAY_worker_niceness": "0",
     "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
     "RAY_DATA_LOGGING_CONFIG": str(Path(__file__).with_name("ray_data_logging.yaml")),
 }
