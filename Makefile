@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-CONFIG ?= configs/smoke.yaml
+CONFIG ?= configs/quickstart.yaml
 
 .PHONY: setup run check test test-ray test-cluster bench clean
 

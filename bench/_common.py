@@ -78,12 +78,12 @@ def emit(bench: str, figures: dict[str, Any], **extra: Any) -> None:
 # -- pipeline runs -------------------------------------------------------------------------------
 
 
-def smoke(*overrides: str) -> LoadedConfig:
-    """configs/smoke.yaml plus per-bench overrides (its data is generated on first use)."""
+def smoke(*overrides: str, config: str | Path = ROOT / "configs" / "smoke.yaml") -> LoadedConfig:
+    """configs/smoke.yaml (or `config`) plus per-bench overrides (its data is generated on first use)."""
     from ups.config import load_config
 
     base = ["logging.wandb.enabled=false", "eval.test=false", "eval.plots=false", "checkpoint.every_steps=null"]
-    return load_config(ROOT / "configs" / "smoke.yaml", [*base, *overrides])
+    return load_config(config, [*base, *overrides])
 
 
 def ensure_data(loaded: LoadedConfig) -> None:

@@ -5,6 +5,10 @@ config, TrainJob and latent cache. Figure: median over rounds of the paired samp
 ray / local (goal >= 0.97).
 
     .venv/bin/python bench/loop_overhead.py [--rounds 6] [--epochs 6] [--threads 1] [--full-pipeline]
+                                            [--config configs/smoke.yaml]
+
+`--config configs/quickstart.yaml` measures a burgers1d-shaped stage (the anchored spectral
+operator on 256 points, a 4-step unroll): 20x the smoke step's work.
 
 Both sides report the trainer's own `samples_per_s` (training steps only: validation, the
 checkpoint and Ray's report() are outside it) for each epoch after the first, read from the
@@ -62,6 +66,7 @@ def overrides(epochs: int, threads: int) -> list[str]:
         f"stages.{STAGE}.patience=null",
         "stages.diffusion_residual.epochs=0",
         "stages.consistency_distill.epochs=0",
+        "stages.fno_baseline.epochs=0",
     ]
 
 
@@ -106,6 +111,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6, help="operator epochs per run (the first is not counted)")
     ap.add_argument("--threads", type=int, default=1, help="CPUs of the Ray worker = torch threads of the local side")
     ap.add_argument("--full-pipeline", action="store_true", help="run the whole Ray pipeline in every Ray round")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "smoke.yaml"), help="the recipe whose operator is timed")
     ap.add_argument("--local", help=argparse.SUPPRESS)  # internal: the local side, in a fresh process
     args = ap.parse_args()
     if args.local:
@@ -116,7 +122,7 @@ def main() -> None:
 
     from ups.backend.ray_backend import RayBackend
 
-    loaded = smoke(*overrides(args.epochs, args.threads))
+    loaded = smoke(*overrides(args.epochs, args.threads), config=args.config)
     cfg = loaded.cfg
     meta = data_meta(cfg)
     backend = RayBackend(say=quiet)
@@ -188,6 +194,7 @@ def main() -> None:
         },
         setting={
             "stage": STAGE,
+            "config": os.path.relpath(args.config, ROOT),
             "trainer": "ups.train.trainer.StageTrainer (Ray: RayContext under TorchTrainer; local: LocalContext)",
             "workers": 1,
             "cpus_per_worker": args.threads,

@@ -155,3 +155,15 @@ def test_help_works():
         timeout=60,
     )
     assert r.returncode == 0 and "--config" in r.stdout and "--storage" in r.stdout
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_config_loads_and_passes_preflight(name, monkeypatch):
+    """A recipe in configs/ (make run's among them) is a promise: it validates, and one whose data
+    it generates itself passes every check a run makes before Ray starts, on this machine."""
+    from ups.preflight import preflight
+
+    monkeypatch.chdir(ROOT)  # data paths are relative to the repository, as `make run` uses them
+    loaded = load_config(ROOT / "configs" / name)
+    if loaded.cfg.data.generate is not None:
+        preflight(loaded, ray=True)
