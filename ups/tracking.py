@@ -156,9 +156,14 @@ class WandbRun:
                 self.run.summary[k] = v
 
     def finish(self) -> None:
+        # `run.finish()` can return before W&B's service has written the offline `.wandb` file out
+        # (wandb 0.31: a reader in the same process found the re-run's folder empty, once in a
+        # Ray test session); tearing the service down waits for it, so the record is complete on
+        # disk when the pipeline returns. The next `wandb.init` of this process starts a new one.
         if self.run:
             self.run.finish()
             self.run = None
+            self._wandb.teardown()
 
 
 STEP_FILE = "wandb_step.json"
