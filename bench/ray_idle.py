@@ -22,7 +22,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def ray_cpu_s() -> float:
-    """User + system CPU seconds of every process whose command line names Ray."""
+    """User + system CPU seconds of every process whose command line names Ray (its binaries all
+    live under .../ray/, so that covers the raylet and gcs_server too)."""
     total = 0.0
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -32,7 +33,8 @@ def ray_cpu_s() -> float:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if pid != str(os.getpid()) and ("ray" in cmd or "raylet" in cmd or "gcs_server" in cmd):
+        # Not this process nor the bench driver waiting on it (their command lines name ray_idle.py).
+        if int(pid) not in (os.getpid(), os.getppid()) and "ray" in cmd:
             total += (int(fields[11]) + int(fields[12])) / TICK
     return total
 
