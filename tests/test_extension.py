@@ -21,25 +21,39 @@ from ups.models import registry as models
 from ups.stages import registry
 
 ARCH_MODULE = '''
+from typing import Literal
+
 from torch import nn
 
 from ups.models.registry import register
+from ups.schema import ArchConfig, NetSize, PosFloat
+
+
+class SkipConfig(ArchConfig):
+    """`model.operator` with `arch: skip_ext`: one key of its own."""
+
+    arch: Literal["skip_ext"] = "skip_ext"
+    init_scale: PosFloat = 1.0
+
+    def estimate_parameters(self, size: NetSize) -> int:
+        return 1
 
 
 class SkipOperator(nn.Module):
-    """z + a learned scale times z: a toy operator, enough to show the new arch is the one built."""
+    """z + scale * z with a learned scale: a toy operator, enough to show the new arch is the one
+    built, from its own section."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, init_scale: float) -> None:
         super().__init__()
-        self.scale = nn.Parameter(nn.init.zeros_(nn.Linear(dim, 1).weight[:1, :1].clone()))
+        self.scale = nn.Parameter(nn.init.constant_(nn.Linear(1, 1).weight.clone(), init_scale))
 
     def forward(self, z, dt, task):
         return z + self.scale * z
 
 
-@register("operator", "skip_ext")
-def _skip(cfg, meta, latent):
-    return SkipOperator(latent.dim)
+@register("operator", "skip_ext", config=SkipConfig)
+def _skip(cfg: SkipConfig, meta, latent):
+    return SkipOperator(cfg.init_scale)
 '''
 
 STAGE_MODULE = '''
@@ -84,7 +98,7 @@ def extension(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         yield arch, stage
     finally:
         registry.unregister("multiframe_ext")
-        models._BUILDERS.pop(("operator", "skip_ext"), None)
+        models.unregister("operator", "skip_ext")
         sys.modules.pop("ext_arch", None)
         sys.modules.pop("ext_stage", None)
 
@@ -92,14 +106,53 @@ def extension(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_a_new_architecture_validates_and_is_built_from_its_own_section(extension) -> None:
     arch, _ = extension
     assert "skip_ext" in factory.archs("operator")
-    cfg = C.validate({"model": {"operator": {"arch": "skip_ext"}}})
-    assert cfg.model.operator.arch == "skip_ext"
+    cfg = C.validate({"model": {"operator": {"arch": "skip_ext", "init_scale": 0.5}}})
+    assert isinstance(cfg.model.operator, arch.SkipConfig) and cfg.model.operator.init_scale == 0.5
     net = factory.build("operator", cfg.model, _meta(), cfg.latent)
     assert isinstance(net, arch.SkipOperator)
     z = torch.randn(2, cfg.latent.tokens, cfg.latent.dim)
-    assert torch.equal(net(z, None, None), z)  # a zero scale: the identity, as the toy defines it
+    assert torch.allclose(net(z, None, None), 1.5 * z)  # built from its own key
+    # Its key is its own: validated there, unknown to the other operators, and theirs unknown to it.
+    with pytest.raises(C.ConfigError, match=r"model\.operator\.init_scale: must be > 0"):
+        C.validate({"model": {"operator": {"arch": "skip_ext", "init_scale": 0}}})
+    with pytest.raises(C.ConfigError, match=r"unknown key 'model\.operator\.init_scale'"):
+        C.validate({"model": {"operator": {"arch": "transformer", "init_scale": 0.5}}})
+    with pytest.raises(
+        C.ConfigError, match=r"unknown key 'model\.operator\.heads' \(arch skip_ext takes: init_scale\)"
+    ):
+        C.validate({"model": {"operator": {"arch": "skip_ext", "heads": 2}}})
     with pytest.raises(C.ConfigError, match="unknown architecture 'nope'"):
         C.validate({"model": {"operator": {"arch": "nope"}}})
+    # Preflight sizes it through its own estimate; a resolved config round-trips through a file.
+    assert C.to_dict(cfg)["model"]["operator"] == {"arch": "skip_ext", "init_scale": 0.5}
+    assert C.validate(C.to_dict(cfg), stored=True) == cfg
+
+
+def test_switching_architecture_over_an_include_keeps_only_the_keys_the_new_one_has(tmp_path: Path) -> None:
+    """A recipe that includes another and changes a role's `arch` does not inherit the keys of the
+    architecture it replaced; a key set beside the new `arch` that it lacks is still refused."""
+    (tmp_path / "base.yaml").write_text("model:\n  operator: {arch: transformer, hidden: 48, heads: 2, depth: 2}\n")
+    (tmp_path / "over.yaml").write_text("include: base.yaml\nmodel:\n  operator: {arch: spectral, modes: 8}\n")
+    op = C.load_config(tmp_path / "over.yaml").cfg.model.operator
+    assert (op.arch, op.hidden, op.depth, op.modes) == ("spectral", 48, 2, 8)  # type: ignore[attr-defined]
+    op = C.load_config(tmp_path / "base.yaml", ["model.operator.arch=spectral"]).cfg.model.operator
+    assert (op.arch, op.hidden) == ("spectral", 48)  # type: ignore[attr-defined]
+    (tmp_path / "bad.yaml").write_text("include: base.yaml\nmodel:\n  operator: {arch: spectral, heads: 4}\n")
+    with pytest.raises(C.ConfigError, match=r"bad\.yaml: unknown key 'model\.operator\.heads'"):
+        C.load_config(tmp_path / "bad.yaml")
+
+
+def test_a_config_saved_before_architectures_owned_their_keys_still_loads() -> None:
+    """Run folders written when every architecture of a role shared one section name keys their
+    network never read (a spectral operator's `heads`); loaded as a stored config they are dropped,
+    so such a run resumes. A user's file with the same key is refused."""
+    old = {
+        "model": {"operator": {"arch": "spectral", "hidden": 32, "depth": 4, "heads": 4, "mlp_ratio": 2.0, "modes": 8}}
+    }
+    cfg = C.validate(old, stored=True)
+    assert C.to_dict(cfg)["model"]["operator"] == {"arch": "spectral", "hidden": 32, "depth": 4, "modes": 8}
+    with pytest.raises(C.ConfigError, match="unknown key 'model.operator.heads'"):
+        C.validate(old)
 
 
 def test_a_new_stage_is_ordered_and_found_by_role(extension) -> None:

@@ -14,11 +14,20 @@ import pytest
 import torch
 
 from ups import config as C
+from ups.config import ModelConfig
 from ups.data.views import DataMeta, Normalizer
 from ups.models import factory
-from ups.models.grid import ConvDecoder, ConvEncoder, SpectralTrunk, sample_periodic
+from ups.models.grid import (
+    ConvDecoder,
+    ConvDecoderConfig,
+    ConvEncoder,
+    ConvEncoderConfig,
+    SpectralOperatorConfig,
+    SpectralTrunk,
+    sample_periodic,
+)
 from ups.models.latent import LatentOperator
-from ups.schema import DecoderConfig, EncoderConfig, LatentConfig, ModelConfig, OperatorNetConfig
+from ups.schema import LatentConfig
 
 
 def grid1d(n: int) -> torch.Tensor:
@@ -33,8 +42,8 @@ def grid2d(nx: int, ny: int) -> torch.Tensor:
 def codec(shape: tuple[int, ...], channels: int = 1, dim: int = 8, p: int = 4) -> tuple[ConvEncoder, ConvDecoder]:
     torch.manual_seed(0)
     grid = grid1d(shape[0]) if len(shape) == 1 else grid2d(*shape)
-    enc = ConvEncoder(shape, channels, dim, EncoderConfig(arch="conv", hidden=16, depth=1, patch_size=p))
-    dec = ConvDecoder(grid, channels, dim, DecoderConfig(arch="conv", hidden=16, depth=1), p)
+    enc = ConvEncoder(shape, channels, dim, ConvEncoderConfig(hidden=16, depth=1, patch_size=p))
+    dec = ConvDecoder(grid, channels, dim, ConvDecoderConfig(hidden=16, depth=1), p)
     return enc, dec
 
 
@@ -68,8 +77,8 @@ def test_sample_periodic_is_linear_in_1d() -> None:
 
 def test_untrained_spectral_operator_is_persistence_and_training_moves_it() -> None:
     torch.manual_seed(0)
-    cfg = OperatorNetConfig(arch="spectral", hidden=8, depth=2, modes=4)
-    op = LatentOperator(8, 4, cfg, trunk=SpectralTrunk((8,), 4, 4, cfg.hidden, cfg.depth, cfg.modes))
+    cfg = SpectralOperatorConfig(hidden=8, depth=2, modes=4)
+    op = LatentOperator(cfg.hidden, lambda: SpectralTrunk((8,), 4, 4, cfg.hidden, cfg.depth, cfg.modes))
     z, dt = torch.randn(5, 8, 4), torch.full((5,), 0.05)
     torch.testing.assert_close(op(z, dt), z)
     target = torch.roll(z, 1, dims=1)

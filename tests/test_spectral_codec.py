@@ -13,10 +13,10 @@ import torch
 
 from ups import pipeline
 from ups.backend.local_backend import LocalBackend
-from ups.config import load_config
+from ups.config import ModelConfig, load_config
 from ups.models import factory
 from ups.models.spectral_codec import FourierDecoder, FourierEncoder, resample
-from ups.schema import EncoderConfig, LatentConfig, ModelConfig
+from ups.schema import LatentConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY2D = ROOT / "tests" / "configs" / "tiny2d.yaml"
@@ -61,7 +61,7 @@ def test_resample_keeps_the_modes_both_grids_hold():
 
 
 def test_the_fourier_codec_needs_latent_dim_equal_to_the_channels():
-    model = ModelConfig(encoder=EncoderConfig(arch="fourier", patch_size=4), decoder={"arch": "fourier"})
+    model = ModelConfig.model_validate({"encoder": {"arch": "fourier"}, "decoder": {"arch": "fourier"}})
     ok = factory.shape_errors(model, LatentConfig(tokens=16, dim=1), (16, 16), channels=1)
     assert ok == []
     bad = factory.shape_errors(model, LatentConfig(tokens=16, dim=4), (16, 16), channels=1)

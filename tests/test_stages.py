@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from ups import config as C
 from ups.config import Config, GenerateConfig
 from ups.data import views
 from ups.data.generate import generate
@@ -118,10 +119,12 @@ def test_a_stage_refuses_to_start_without_its_handoff(tiny):
 
 
 def test_operator_starts_as_persistence(tiny):
+    from ups.models import factory
     from ups.models.latent import LatentOperator
 
-    cfg, _, _, _ = tiny
-    op = LatentOperator(cfg.latent.tokens, cfg.latent.dim, cfg.model.operator)
+    cfg, meta, _, _ = tiny
+    op = factory.build("operator", cfg.model, meta, cfg.latent)
+    assert isinstance(op, LatentOperator)
     z = torch.randn(3, cfg.latent.tokens, cfg.latent.dim)
     assert torch.equal(op(z, torch.full((3,), 0.1)), z)
 
@@ -158,8 +161,7 @@ def test_the_fno_baseline_learns_and_is_scored_beside_the_surrogate(tiny):
 
 
 def test_fno_shapes_in_1d_and_2d():
-    from ups.models.fno import FNO
-    from ups.schema import FNOConfig
+    from ups.models.fno import FNO, FNOConfig
 
     cfg = FNOConfig(modes=3, width=8, depth=2)
     g1 = torch.rand(16, 1)
@@ -203,14 +205,12 @@ def test_rollout_state_residuals_follow_the_operators_own_rollout():
 
 def test_anchored_latent_trains_every_latent_stage_on_rollout_states(tiny):
     cfg, meta, train, val = tiny
-    cfg = cfg.model_copy(deep=True)
-    cfg.latent.tokens = 8
-    cfg.model.encoder.arch = cfg.model.decoder.arch = "conv"
-    cfg.model.encoder.patch_size = 4
-    cfg.model.operator.arch = "spectral"
-    cfg.model.operator.modes = cfg.model.denoiser.modes = 4
-    cfg.model.denoiser.arch = "spectral"
-    cfg.stages.diffusion_residual.states = "rollout"
+    tree = C.to_dict(cfg)  # the tiny config's sizes, with anchored architectures (as `--set` would switch them)
+    for item in ("latent.tokens=8", "model.encoder.arch=conv", "model.encoder.patch_size=4", "model.decoder.arch=conv",
+                 "model.operator.arch=spectral", "model.operator.modes=4", "model.denoiser.arch=spectral",
+                 "model.denoiser.modes=4", "stages.diffusion_residual.states=rollout"):  # fmt: skip
+        tree = C.apply_override(tree, item, {})
+    cfg = C.validate(tree)
     handoff = {}
     stage, ae, losses, v0, v1 = run_stage("autoencoder", cfg, meta, handoff, train, val, 100)
     assert falls(losses, 0.5) and v1 < v0, (losses[:3], losses[-3:], v0, v1)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from ups import config as C
@@ -314,6 +315,26 @@ def test_a_change_to_what_the_run_computes_is_still_refused_after_an_upgrade(upg
     with pytest.raises(C.ConfigError, match=f"config differs from the stored run \\(changed: {key}\\)"):
         rundir.check(cfg)
     assert rundir.open(cfg, accept_change=True)["config_digest"] == C.digest(cfg)  # unless the user accepts it
+
+
+def test_a_run_saved_when_architectures_shared_their_keys_resumes(toy, tmp_path):
+    """Before each architecture owned its config class, a saved config gave every network of a role
+    the same keys (the transformer operator a `modes`, the spectral one `heads`), and the run's digest
+    covered them. Such a folder resumes under its own digest; a real change to a network is refused."""
+    rundir = RunDir(Storage(str(tmp_path)), "old")
+    cfg = C.validate(tree())
+    rundir.open(cfg)
+    saved = C.to_dict(cfg)
+    saved["model"]["operator"]["modes"] = 16  # what the old schema wrote for the transformer operator
+    saved["model"]["decoder"].update(patch_size=4, steps=4)
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(saved))
+    info = json.loads((tmp_path / "old" / "run.json").read_text())
+    info["config_digest"] = "0" * 64  # the old schema's digest of that config
+    (tmp_path / "old" / "run.json").write_text(json.dumps(info))
+    assert rundir.check(cfg) == "same"
+    assert rundir.open(cfg)["config_digest"] == "0" * 64
+    with pytest.raises(C.ConfigError, match=r"changed: model\.operator\.hidden"):
+        rundir.check(C.validate({**tree(), "model": {"operator": {"hidden": 32}}}))
 
 
 def test_a_stage_seed_follows_its_name_not_its_position():

@@ -113,7 +113,7 @@ def _config(data: bytes, shown: str) -> Config:
         raise LoadError(f"{shown}: corrupt, not YAML") from None
     if not isinstance(tree, dict):
         raise LoadError(f"{shown}: corrupt, not a mapping of keys")
-    return validate(tree, default_source=shown)
+    return validate(tree, default_source=shown, stored=True)
 
 
 def _with_corrector(cfg: Config, chosen: Any, shown: str) -> Config:

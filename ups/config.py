@@ -4,9 +4,11 @@ A config file only says what differs from the schema's defaults. Every error a u
 file or on the command line becomes a `ConfigError` whose message is one line naming the file and
 the key, so entry points can print it and exit 2 before any cluster resource is used.
 
-The schema is assembled here from two halves: the sections in `ups/schema.py` and one
+The schema is assembled here from three parts: the sections in `ups/schema.py`; one
 `stages.<name>` section per registered stage (`ups/stages/registry.py`), each of the stage's own
-config class. Registering a stage is all it takes to give it a config section.
+config class; and one `model.<role>` section per role, the union of the config classes of the
+role's registered architectures (`ups/models/registry.py`), told apart by `arch`. Registering a
+stage or an architecture is all it takes to give it a config section.
 """
 
 from __future__ import annotations
@@ -16,22 +18,21 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 import yaml
-from pydantic import BaseModel, ValidationError, create_model, model_validator
+from pydantic import BaseModel, Discriminator, Tag, ValidationError, create_model, model_validator
 
 from ups.eval.metrics import KEYS
 from ups.models import factory
+from ups.models import registry as models
 from ups.schema import (  # noqa: F401  (re-exported: the schema's names are part of ups.config)
+    ArchConfig,
     CheckpointConfig,
     ConfigBase,
     ConfigError,
     DataConfig,
     Decay,
-    DecoderConfig,
-    DenoiserNetConfig,
-    EncoderConfig,
     EvalConfig,
     Fraction,
     GateConfig,
@@ -39,10 +40,8 @@ from ups.schema import (  # noqa: F401  (re-exported: the schema's names are par
     KeyedError,
     LatentConfig,
     LoggingConfig,
-    ModelConfig,
     NonNegFloat,
     NonNegInt,
-    OperatorNetConfig,
     OptimizerConfig,
     PosFloat,
     PosInt,
@@ -51,7 +50,6 @@ from ups.schema import (  # noqa: F401  (re-exported: the schema's names are par
     SchedulerConfig,
     Section,
     StageConfig,
-    SteadyNetConfig,
     SweepConfig,
     TrainingConfig,
     WandbConfig,
@@ -60,21 +58,15 @@ from ups.schema import (  # noqa: F401  (re-exported: the schema's names are par
 from ups.stages import registry
 
 if TYPE_CHECKING:
-    from ups.schema import StagesSection
+    from ups.schema import ModelSection, StagesSection
 
 
 class _Registered(ConfigBase):
-    """The checks of names that registries define: architectures, metrics, stages."""
+    """The checks of names that registries define: metrics, stages (architectures are checked by
+    the `model.<role>` unions themselves)."""
 
     @model_validator(mode="after")
     def _registered(self) -> _Registered:
-        for role in factory.ROLES:
-            arch = getattr(self.model, role).arch
-            if arch not in factory.archs(role):
-                raise KeyedError(
-                    f"model.{role}.arch",
-                    f"unknown architecture {arch!r} (registered: {', '.join(factory.archs(role))})",
-                )
         gated = (*KEYS, "wall_clock")  # wall_clock: gating's interleaved timing
         for metric in self.gate.ratios:
             if metric not in gated:
@@ -87,32 +79,63 @@ class _Registered(ConfigBase):
         return self
 
 
-def _assemble() -> tuple[type[BaseModel], type[BaseModel]]:
+def _arch_tag(role: str) -> Any:
+    """The discriminator of `model.<role>`: the section's `arch`, or the role's default when the
+    section names none (so a file that only sets `hidden` keeps the default architecture, and
+    `arch` does not count as a key the user set)."""
+    default = models.DEFAULT_ARCH[role]
+
+    def tag(value: Any) -> str:
+        arch = value.get("arch", default) if isinstance(value, dict) else getattr(value, "arch", default)
+        return arch if isinstance(arch, str) else repr(arch)
+
+    return Discriminator(tag)
+
+
+def _role_section(role: str) -> tuple[Any, ArchConfig]:
+    """`model.<role>`: the union of the role's registered config classes, and its default."""
+    classes = models.configs(role)
+    tagged = tuple(Annotated[cls, Tag(arch)] for arch, cls in classes.items())
+    union: Any = Annotated[Union[tagged], _arch_tag(role)]  # noqa: UP007
+    default: ArchConfig = classes[models.DEFAULT_ARCH[role]]()  # type: ignore[call-arg]  # arch has its default
+    return union, default
+
+
+def _assemble() -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
+    roles: dict[str, Any] = {role: _role_section(role) for role in models.ROLES}
+    model = create_model("ModelConfig", __base__=Section, **roles)
+    model.__doc__ = "`model`: one section per role, of the config class of the architecture its `arch` names."
     fields: dict[str, Any] = {name: (cls.config_cls, cls.config_cls()) for name, cls in registry.stages().items()}
     stages = create_model("StagesConfig", __base__=Section, **fields)
-    config = create_model("Config", __base__=_Registered, stages=(stages, stages()))
-    config.__doc__ = "The whole resolved config of a run (ups/schema.py + one section per registered stage)."
-    return stages, config
+    config = create_model("Config", __base__=_Registered, model=(model, model()), stages=(stages, stages()))
+    config.__doc__ = (
+        "The whole resolved config of a run (ups/schema.py + one section per registered architecture and stage)."
+    )
+    return model, stages, config
 
 
 if TYPE_CHECKING:
+    ModelConfig = ModelSection
     StagesConfig = StagesSection
 
     class Config(_Registered):
+        model: ModelConfig
         stages: StagesConfig
 
 else:
-    StagesConfig, Config = _assemble()
+    ModelConfig, StagesConfig, Config = _assemble()
 
 
 def rebuild_schema() -> None:
-    """Re-derive `StagesConfig` and `Config` after the stage registry changed (a test's toy stage)."""
-    global StagesConfig, Config
+    """Re-derive `ModelConfig`, `StagesConfig` and `Config` after a registry changed (a test's toy
+    stage or architecture)."""
+    global ModelConfig, StagesConfig, Config
     if not TYPE_CHECKING:  # type checkers know the stand-ins above, which a rebuild keeps
-        StagesConfig, Config = _assemble()
+        ModelConfig, StagesConfig, Config = _assemble()
 
 
 registry.on_change(rebuild_schema)  # a stage registered from now on gets its `stages.<name>` section
+models.on_change(rebuild_schema)  # an architecture registered from now on joins its role's `model.<role>`
 
 
 def to_wire(cfg: Config) -> dict[str, Any]:
@@ -293,12 +316,30 @@ def _read_yaml(path: Path, shown: str) -> dict[str, Any]:
     return data
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Mappings merge; lists and scalars replace."""
+def _deep_merge(base: dict[str, Any], over: dict[str, Any], at: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Mappings merge; lists and scalars replace. A `model.<role>` section that names another
+    architecture than the one it overrides keeps only the keys that architecture has."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        old = out.get(k)
+        if isinstance(v, dict) and isinstance(old, dict):
+            if at == ("model",) and "arch" in v:
+                old = _for_arch(k, old, v["arch"])
+            out[k] = _deep_merge(old, v, (*at, k))
+        else:
+            out[k] = v
     return out
+
+
+def _for_arch(role: str, section: dict[str, Any], arch: Any) -> dict[str, Any]:
+    """`section`, a `model.<role>` section set for one architecture, as a base for `arch`: the keys
+    `arch` does not have are dropped (a 2D recipe that includes a 1D one and switches the encoder
+    from conv to fourier does not inherit the conv encoder's `hidden`). Keys the overriding file or
+    flag sets itself are never dropped, so a key that does not fit its own `arch` is still an error."""
+    cls = models.configs(role).get(arch) if isinstance(arch, str) and role in models.ROLES else None
+    if cls is None or section.get("arch", models.DEFAULT_ARCH[role]) == arch:
+        return section  # the same architecture, or an unknown one that validation will name
+    return {k: v for k, v in section.items() if k in cls.model_fields}
 
 
 def _leaves(d: dict[str, Any], prefix: str = "") -> list[str]:
@@ -384,6 +425,8 @@ def apply_override(tree: dict[str, Any], item: str, sources: dict[str, str]) -> 
         elif not isinstance(nxt, dict):
             raise ConfigError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")
         node = nxt
+    if len(parts) == 3 and parts[0] == "model" and parts[2] == "arch":
+        tree["model"][parts[1]] = node = _for_arch(parts[1], node, value)  # the section, now for that arch
     node[parts[-1]] = value
     for k in [key] + ([f"{key}.{leaf}" for leaf in _leaves(value)] if isinstance(value, dict) else []):
         sources.pop(k, None)  # re-insert so the newest setting comes last
@@ -416,12 +459,45 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return LoadedConfig(cfg, path, sources)
 
 
-def validate(tree: dict[str, Any], sources: dict[str, str] | None = None, default_source: str = "config") -> Config:
+def validate(
+    tree: dict[str, Any], sources: dict[str, str] | None = None, default_source: str = "config", *, stored: bool = False
+) -> Config:
+    """The config a tree of keys describes, or one ConfigError line naming the file and the key.
+    `stored`: the tree is a resolved config a run, a champion or a bundle saved earlier, which may
+    hold keys an older schema gave every architecture of a role (`_SHARED_BEFORE_ARCH_CONFIGS`)."""
     sources = sources or {}
+    if stored:
+        tree = _without_keys_of_other_archs(tree)
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_explain(e, tree, sources, default_source)) from None
+
+
+# Until each architecture owned its config class, every architecture of a role shared one section
+# with these keys, so a saved config names (and its digest covers) keys its network never read.
+_SHARED_BEFORE_ARCH_CONFIGS = frozenset(
+    {"hidden", "depth", "heads", "mlp_ratio", "modes", "patch_size", "frequencies", "steps"}
+)
+
+
+def _without_keys_of_other_archs(tree: dict[str, Any]) -> dict[str, Any]:
+    """A saved config's tree without the shared keys its architectures do not have: the network
+    never read them, so dropping them changes nothing the run computes. A saved run then resumes
+    (run.py compares the stored config validated this way with the new one)."""
+    model = tree.get("model")
+    if not isinstance(model, dict):
+        return tree
+    sections = dict(model)
+    for role, section in model.items():
+        if not isinstance(section, dict) or role not in models.ROLES:
+            continue
+        cls = models.configs(role).get(section.get("arch", models.DEFAULT_ARCH[role]))
+        if cls is not None:
+            sections[role] = {
+                k: v for k, v in section.items() if k in cls.model_fields or k not in _SHARED_BEFORE_ARCH_CONFIGS
+            }
+    return {**tree, "model": sections}
 
 
 def source_of(key: str, sources: dict[str, str], default: str) -> str:
@@ -447,21 +523,26 @@ def _explain(e: ValidationError, tree: dict[str, Any], sources: dict[str, str], 
             keys, key=lambda k: max((i for i, s in enumerate(order) if s == k or s.startswith(k + ".")), default=-1)
         )
         return f"{source_of(last, sources, default)}: {ctx_err.key}: {ctx_err.msg}"
-    loc = [str(p) for p in err["loc"] if isinstance(p, str)]
-    # Pydantic appends union-member tags such as 'int' or 'tuple[int,int]'; keep field names only.
-    loc = [p for p in loc if not re.search(r"[\[\],]|^(int|str|float|list|tuple|none)$", p)]
+    loc, section = _walk(err["loc"])
     key = ".".join(loc)
     where = source_of(key, sources, default)
+    if err["type"] == "union_tag_invalid" and len(loc) == 2 and loc[0] == "model":
+        arch, registered = (err.get("ctx") or {}).get("tag"), ", ".join(factory.archs(loc[1]))
+        where = source_of(key + ".arch", sources, default)
+        return f"{where}: {key}.arch: unknown architecture {arch!r} (registered: {registered})"
     if err["type"] == "extra_forbidden":
         raw = str(err["loc"][-1])
         if "." in raw:  # `training.lr: 1` at some level of a YAML file
             nested = raw.split(".")
             shown = ": {".join(nested) + ": ..." + "}" * (len(nested) - 1)
             return f"{where}: key '{key}': dotted keys work with --set only; in YAML nest them ({shown})"
-        parent, _, leaf = key.rpartition(".")
-        known = _known_keys(parent)
+        leaf = loc[-1]
+        known = list(section.model_fields) if section is not None else []
         hint = difflib.get_close_matches(leaf, known, n=1, cutoff=0.6)
         suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        if not hint and section is not None and issubclass(section, ArchConfig):  # a key of another architecture
+            arch = section.model_fields["arch"].default
+            suggestion = f" (arch {arch} takes: {', '.join(k for k in known if k != 'arch') or 'no other keys'})"
         return f"{where}: unknown key '{key}'{suggestion}"
     msg = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
@@ -473,18 +554,32 @@ def _explain(e: ValidationError, tree: dict[str, Any], sources: dict[str, str], 
     return f"{where}: {key}: {msg}{got}"
 
 
-def _known_keys(dotted_parent: str) -> list[str]:
-    model: type[BaseModel] = Config
-    for part in filter(None, dotted_parent.split(".")):
-        field = model.model_fields.get(part)
-        ann = getattr(field, "annotation", None) if field else None
-        ann = next(
-            (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None
-        )
-        if ann is None:
-            return []
-        model = ann
-    return list(model.model_fields)
+def _walk(raw: tuple[int | str, ...]) -> tuple[list[str], type[BaseModel] | None]:
+    """An error's location as the user's dotted key, and the section that holds its last key.
+
+    Pydantic puts the member of a union it tried into the location: a `model.<role>` section's
+    architecture tag, or a type such as 'int' or 'tuple[int,int]'; walking the schema tells field
+    names from those."""
+    model: type[BaseModel] | None = Config
+    parts: list[str] = []
+    holder: type[BaseModel] | None = None
+    for p in (str(p) for p in raw if isinstance(p, str)):
+        if model is not None:  # inside a section: p is one of its keys, or one it does not have
+            parts.append(p)
+            holder, field = model, model.model_fields.get(p)
+            model = _section_class(field.annotation) if field is not None else None
+        elif len(parts) == 2 and parts[0] == "model" and p in models.configs(parts[1]):
+            model = models.configs(parts[1])[p]  # the architecture tag: go on inside its class
+        elif not re.search(r"[\[\],]|^(int|str|float|list|tuple|none)$", p):
+            parts.append(p)  # a key inside a free-form mapping
+    return parts, holder
+
+
+def _section_class(annotation: Any) -> type[BaseModel] | None:
+    """The section class a field holds (through Optional); None for a value or a union of sections."""
+    args = getattr(annotation, "__args__", (annotation,))
+    members = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+    return members[0] if len(members) == 1 else None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from ups.config import Config, ConfigError
 from ups.data import files, pdebench, views
 from ups.data.pdebench import FileInfo
 from ups.models import factory
-from ups.schema import DenoiserNetConfig, GenerateConfig, OperatorNetConfig, SteadyNetConfig
+from ups.schema import GenerateConfig, NetSize
 from ups.stages import registry
 from ups.storage import check_creatable_parent
 
@@ -65,8 +65,8 @@ def check_config(cfg: Config, infos: dict[str, FileInfo | None], where: Where) -
     search space."""
     check_stages(cfg, where)
     grid = grid_shape(cfg, infos)
-    p = cfg.model.encoder.patch_size
-    if any(n % p for n in grid):
+    p = getattr(cfg.model.encoder, "patch_size", None)  # an encoder that reads the grid in patches
+    if p is not None and any(n % p for n in grid):
         raise ConfigError(
             f"{where('model.encoder.patch_size')}: model.encoder.patch_size={p} does not divide "
             f"the grid {grid} (after data.x_stride={cfg.data.x_stride})"
@@ -277,42 +277,15 @@ def check_generate_size(g: GenerateConfig, path: str, where: Where, allow_large:
 
 def estimate_parameters(cfg: Config, dims: int, channels: int) -> dict[str, int]:
     """Parameters of each network role the active stages build, from the config alone (no network
-    is built, so an absurd size costs nothing): the dominant terms of the registered architectures
-    (attention and MLP blocks, spectral weights, embeddings), within a small factor of the truth."""
-    m, tokens, dim = cfg.model, cfg.latent.tokens, cfg.latent.dim
-    fourier = lambda f: dims * (1 + 2 * f)
+    is built, so an absurd size costs nothing): each architecture's config estimates its own
+    network's dominant terms (`ArchConfig.estimate_parameters`), within a small factor of the truth."""
+    size = NetSize(dims, channels, cfg.latent.tokens, cfg.latent.dim, cfg.data.initial_step)
     on = {s for s in registry.names() if C.stage_config(cfg, s).epochs > 0}
-
-    def block(h: int, r: float, cond: bool) -> int:  # attention 4h², MLP 2rh², adaLN 6h²
-        return int((4 + 2 * r + (6 if cond else 0)) * h * h)
-
-    def spectral(width: int, modes: int) -> int:  # complex weights on modes per axis (two corners in 2D)
-        return 2 * width * width * modes**dims * (2 if dims == 2 else 1)
-
-    def trunk(net: OperatorNetConfig | DenoiserNetConfig | SteadyNetConfig, inputs: int, outputs: int) -> int:
-        h = net.hidden
-        if net.arch == "spectral":
-            layer = spectral(h, getattr(net, "modes", 0)) + h * h
-        else:
-            layer = block(h, net.mlp_ratio, True)
-        return 2 * h * h + inputs * h + tokens * h + net.depth * layer + h * outputs
-
-    e, dec, b = m.encoder, m.decoder, m.baseline
-    sizes = {
-        "encoder": (e.patch_size**dims * channels + fourier(e.frequencies)) * e.hidden
-        + (e.depth + 1) * block(e.hidden, e.mlp_ratio, False)
-        + tokens * e.hidden
-        + e.hidden * dim,
-        "decoder": (fourier(dec.frequencies) + dim + dec.hidden + channels) * dec.hidden
-        + dec.depth * block(dec.hidden, dec.mlp_ratio, False),
-        "operator": trunk(m.operator, dim, dim),
-        "denoiser": trunk(m.denoiser, 2 * dim, dim),
-        "steady": trunk(m.steady, dim, dim),
-        "baseline": (cfg.data.initial_step * channels + dims) * b.width
-        + b.depth * (spectral(b.width, b.modes) + b.width * b.width)
-        + 128 * (b.width + channels),
+    return {
+        role: getattr(cfg.model, role).estimate_parameters(size)
+        for role in factory.ROLES
+        if on.intersection(registry.builders(role))
     }
-    return {role: n for role, n in sizes.items() if on.intersection(registry.builders(role))}
 
 
 def check_model_size(cfg: Config, dims: int, channels: int, where: Where) -> None:
@@ -326,10 +299,11 @@ def check_model_size(cfg: Config, dims: int, channels: int, where: Where) -> Non
     if need > memory:
         role = max(sizes, key=lambda r: sizes[r])
         net = getattr(cfg.model, role)
-        shape = f"width {net.width}" if role == "baseline" else f"hidden {net.hidden}"
-        key = f"model.{role}.{'width' if role == 'baseline' else 'hidden'}"
+        scale = [k for k in (net.width_key, "depth") if k in type(net).model_fields]
+        shape = [f"{k} {getattr(net, k)}" for k in scale]
+        key = f"model.{role}.{scale[0]}" if scale else f"model.{role}"
         raise ConfigError(
-            f"{where(key)}: model.{role}: about {sizes[role]:.2g} parameters ({shape}, depth {net.depth}, "
+            f"{where(key)}: model.{role}: about {sizes[role]:.2g} parameters ({', '.join([net.arch, *shape])}, "
             f"latent {cfg.latent.tokens} x {cfg.latent.dim}); training the model needs about {human(need)} "
             f"({BYTES_PER_PARAMETER} bytes a parameter), this machine has {human(memory)}; "
             f"set scaling.allow_large: true if the workers have more"

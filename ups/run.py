@@ -196,7 +196,7 @@ class RunDir:
     def config(self) -> C.Config:
         """The run's stored, resolved config, validated again under today's schema (the file may have
         been edited; keys added since it was written take their defaults)."""
-        return C.validate(self._stored_tree(), default_source=redact(self.dir.uri_of(CONFIG_FILE)))
+        return C.validate(self._stored_tree(), default_source=redact(self.dir.uri_of(CONFIG_FILE)), stored=True)
 
     def _stored_tree(self) -> dict[str, Any]:
         where = redact(self.dir.uri_of(CONFIG_FILE))

@@ -1,8 +1,10 @@
-"""The config sections that do not depend on which stages exist: data, latent, networks,
-optimizers, schedules, training, scaling, checkpoints, evaluation, sweeps, gates, logging.
+"""The config sections that do not depend on which stages and networks exist: data, latent,
+optimizers, schedules, training, scaling, checkpoints, evaluation, sweeps, gates, logging, and
+the base class of every architecture's config.
 
-Stage-specific sections live with their stage (`ups/stages/<stage>.py`) and `ups/config.py`
-assembles the whole schema from the stage registry. This module sits on the bottom floor: models,
+Stage-specific sections live with their stage (`ups/stages/<stage>.py`), each architecture's
+`model.<role>` section with its network (`ups/models/*.py`), and `ups/config.py` assembles the
+whole schema from the stage and model registries. This module sits on the bottom floor: models,
 data and stages import it; it imports only the leaf modules whose rules its checks apply (errors,
 names, storage's URI redaction).
 """
@@ -11,7 +13,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator, model_validator
 
@@ -154,64 +157,48 @@ class LatentConfig(Section):
     dim: PosInt = 32
 
 
-class _Net(Section):
-    arch: str = "transformer"  # a registered architecture for this role (ups/models/factory.py)
-    hidden: PosInt = 64
-    depth: NonNegInt = 2
-    heads: PosInt = 4
-    mlp_ratio: PosFloat = 2.0
+@dataclass(frozen=True)
+class NetSize:
+    """What a network's parameter count depends on besides its own config: preflight's estimate."""
 
-    @model_validator(mode="after")
-    def _heads_divide_hidden(self) -> _Net:
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden={self.hidden} is not divisible by heads={self.heads}")
-        return self
+    dims: int  # spatial dimensions of the data
+    channels: int  # field channels
+    tokens: int  # latent tokens
+    dim: int  # numbers per latent token
+    frames: int  # frames a grid network is given (data.initial_step)
 
 
-class EncoderConfig(_Net):
-    arch: str = "patch_attention"
-    patch_size: PosInt = 4
-    depth: NonNegInt = 1
-    frequencies: PosInt = 6  # Fourier features of patch centres
+class ArchConfig(Section):
+    """`model.<role>`: one architecture's own keys. Each architecture subclasses this next to its
+    network (ups/models/*.py), narrows `arch` to its name (`arch: Literal["spectral"] = "spectral"`)
+    and registers both (`ups.models.registry.register(..., config=...)`); ups/config.py makes each
+    role's section the union of its registered classes, told apart by `arch`. So a key belongs to
+    the architecture that reads it: `heads` on a spectral operator is an unknown key, not a silent
+    no-op."""
+
+    arch: str
+
+    def estimate_parameters(self, size: NetSize) -> int:
+        """The network's dominant parameter count, computed without building it, so preflight can
+        refuse a model that cannot fit before anything is allocated. 0 = not estimated."""
+        return 0
+
+    # The key that scales the network (preflight names it when a model is too large).
+    width_key: ClassVar[str] = "hidden"
 
 
-class DecoderConfig(_Net):
-    arch: str = "cross_attention"
-    frequencies: PosInt = 8  # Fourier features of the query coordinates
+if TYPE_CHECKING:
 
+    class ModelSection(Section):
+        """`model`: one section per role, each of the registered class its `arch` names
+        (assembled by ups/config.py from the model registry)."""
 
-class OperatorNetConfig(_Net):
-    hidden: PosInt = 96
-    depth: NonNegInt = 3
-    modes: PosInt = 16  # Fourier modes per axis (arch: spectral)
-
-
-class DenoiserNetConfig(_Net):
-    hidden: PosInt = 96
-    depth: NonNegInt = 2
-    modes: PosInt = 16  # Fourier modes per axis (arch: spectral)
-
-
-class SteadyNetConfig(_Net):
-    steps: PosInt = 4  # refinement iterations
-
-
-class FNOConfig(Section):
-    """The FNO baseline (ups/models/fno.py); PDEBench's: 12 modes, width 20, 4 layers."""
-
-    arch: str = "fno"
-    modes: PosInt = 12
-    width: PosInt = 20
-    depth: PosInt = 4
-
-
-class ModelConfig(Section):
-    encoder: EncoderConfig = EncoderConfig()
-    decoder: DecoderConfig = DecoderConfig()
-    operator: OperatorNetConfig = OperatorNetConfig()
-    denoiser: DenoiserNetConfig = DenoiserNetConfig()
-    steady: SteadyNetConfig = SteadyNetConfig()
-    baseline: FNOConfig = FNOConfig()
+        encoder: ArchConfig
+        decoder: ArchConfig
+        operator: ArchConfig
+        denoiser: ArchConfig
+        steady: ArchConfig
+        baseline: ArchConfig
 
 
 class OptimizerConfig(Section):
@@ -480,7 +467,6 @@ class ConfigBase(Section):
 
     data: DataConfig = DataConfig()
     latent: LatentConfig = LatentConfig()
-    model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     scaling: ScalingConfig = ScalingConfig()
     ray: RayConfig = RayConfig()
@@ -490,6 +476,7 @@ class ConfigBase(Section):
     sweep: SweepConfig = SweepConfig()
     gate: GateConfig = GateConfig()
     if TYPE_CHECKING:
+        model: ModelSection  # added by ups.config from the model registry
         stages: StagesSection  # added by ups.config from the stage registry
 
     @model_validator(mode="after")

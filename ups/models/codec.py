@@ -9,14 +9,22 @@ the full grid (or anywhere else).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
-from ups.models.layers import MLP, Block, CrossBlock, fourier_dim, fourier_features
+from ups.models.layers import (
+    MLP,
+    AttentionNetConfig,
+    Block,
+    CrossBlock,
+    block_parameters,
+    fourier_dim,
+    fourier_features,
+)
 from ups.models.registry import LatentSpace, register
-from ups.schema import DecoderConfig, EncoderConfig
+from ups.schema import NetSize, NonNegInt, PosInt
 
 if TYPE_CHECKING:
     from ups.data.views import DataMeta
@@ -32,10 +40,36 @@ def patchify(u: torch.Tensor, p: int) -> torch.Tensor:
     return u.reshape(b, (x // p) * (y // p), p * p * c)
 
 
+class PatchAttentionConfig(AttentionNetConfig):
+    """`model.encoder` with `arch: patch_attention` (the default encoder)."""
+
+    arch: Literal["patch_attention"] = "patch_attention"
+    patch_size: PosInt = 4
+    depth: NonNegInt = 1
+    frequencies: PosInt = 6  # Fourier features of patch centres
+
+    def estimate_parameters(self, size: NetSize) -> int:
+        h = self.hidden
+        embed = (self.patch_size**size.dims * size.channels + fourier_dim(size.dims, self.frequencies)) * h
+        return embed + (self.depth + 1) * block_parameters(h, self.mlp_ratio, False) + size.tokens * h + h * size.dim
+
+
+class CrossAttentionConfig(AttentionNetConfig):
+    """`model.decoder` with `arch: cross_attention` (the default decoder)."""
+
+    arch: Literal["cross_attention"] = "cross_attention"
+    frequencies: PosInt = 8  # Fourier features of the query coordinates
+
+    def estimate_parameters(self, size: NetSize) -> int:
+        h = self.hidden
+        inputs = fourier_dim(size.dims, self.frequencies) + size.dim + h + size.channels
+        return inputs * h + self.depth * block_parameters(h, self.mlp_ratio, False)
+
+
 class GridEncoder(nn.Module):
     centres: torch.Tensor  # (patches, d) patch centres, a non-persistent buffer
 
-    def __init__(self, grid: torch.Tensor, channels: int, tokens: int, dim: int, cfg: EncoderConfig) -> None:
+    def __init__(self, grid: torch.Tensor, channels: int, tokens: int, dim: int, cfg: PatchAttentionConfig) -> None:
         """`grid`: (X[, Y], d) positions in [0, 1); its patch centres are fixed buffers."""
         super().__init__()
         self.p, self.frequencies = cfg.patch_size, cfg.frequencies
@@ -59,7 +93,7 @@ class GridEncoder(nn.Module):
 
 
 class AnyPointDecoder(nn.Module):
-    def __init__(self, spatial_dims: int, channels: int, dim: int, cfg: DecoderConfig) -> None:
+    def __init__(self, spatial_dims: int, channels: int, dim: int, cfg: CrossAttentionConfig) -> None:
         super().__init__()
         self.frequencies = cfg.frequencies
         self.query = nn.Linear(fourier_dim(spatial_dims, cfg.frequencies), cfg.hidden)
@@ -79,11 +113,11 @@ class AnyPointDecoder(nn.Module):
 # -- Registered builders (`model.<role>.arch`) --------------------------------------------------
 
 
-@register("encoder", "patch_attention")
-def _encoder(cfg: EncoderConfig, meta: DataMeta, latent: LatentSpace) -> GridEncoder:
+@register("encoder", "patch_attention", config=PatchAttentionConfig)
+def _encoder(cfg: PatchAttentionConfig, meta: DataMeta, latent: LatentSpace) -> GridEncoder:
     return GridEncoder(torch.as_tensor(meta.grid), meta.channels, latent.tokens, latent.dim, cfg)
 
 
-@register("decoder", "cross_attention")
-def _decoder(cfg: DecoderConfig, meta: DataMeta, latent: LatentSpace) -> AnyPointDecoder:
+@register("decoder", "cross_attention", config=CrossAttentionConfig)
+def _decoder(cfg: CrossAttentionConfig, meta: DataMeta, latent: LatentSpace) -> AnyPointDecoder:
     return AnyPointDecoder(meta.grid.shape[-1], meta.channels, latent.dim, cfg)

@@ -1,7 +1,8 @@
 """Networks by role and architecture: `model.<role>.arch` in the config picks the class.
 
-A new architecture is a new class plus one `@register("operator", "my_arch")` builder next to it
-(ups/models/registry.py); nothing else changes. Every network is built here, the same way in
+A new architecture is one module: its network, its config class and one
+`@register("operator", "my_arch", config=MyArchConfig)` builder (ups/models/registry.py), imported
+once; nothing else changes. Every network is built here, the same way in
 stages, evaluation, the latent cache and benchmarks: `build(role, cfg.model, meta, cfg.latent)`.
 The builder gets its own `model.<role>` section only; numbers that belong to another component
 (a consistency student's sigma_min, which is the diffusion stage's) are passed by the caller.
@@ -24,23 +25,23 @@ from ups.models.registry import ANCHORED, CHANNELS_AS_DIM, NEEDS_ANCHORED, ROLES
 
 if TYPE_CHECKING:
     from ups.data.views import DataMeta
-    from ups.schema import LatentConfig, ModelConfig
+    from ups.schema import LatentConfig, ModelSection
 
 __all__ = ["ROLES", "LatentSpace", "archs", "build", "latent_space", "register", "shape_errors"]
 
 
-def latent_space(model: ModelConfig, latent: LatentConfig, spatial_shape: tuple[int, ...]) -> LatentSpace:
+def latent_space(model: ModelSection, latent: LatentConfig, spatial_shape: tuple[int, ...]) -> LatentSpace:
     """The latent the encoder of `model` makes on this grid (`latent.tokens` x `latent.dim`, and the
     latent grid when the encoder is anchored)."""
     enc = model.encoder
     if enc.arch not in ANCHORED:
         return LatentSpace(latent.tokens, latent.dim)
-    p = enc.patch_size
+    p: int = enc.patch_size  # type: ignore[attr-defined]  # registry: an anchored encoder has one
     return LatentSpace(latent.tokens, latent.dim, p, tuple(n // p for n in spatial_shape))
 
 
 def shape_errors(
-    model: ModelConfig, latent: LatentConfig, spatial_shape: tuple[int, ...], channels: int | None = None
+    model: ModelSection, latent: LatentConfig, spatial_shape: tuple[int, ...], channels: int | None = None
 ) -> list[tuple[str, str]]:
     """(key, message) for every network that cannot work with this latent on this grid (and, when
     given, this many field channels)."""
@@ -76,7 +77,7 @@ def shape_errors(
     return errors
 
 
-def build(role: str, model: ModelConfig, meta: DataMeta, latent: LatentConfig, **options: Any) -> nn.Module:
+def build(role: str, model: ModelSection, meta: DataMeta, latent: LatentConfig, **options: Any) -> nn.Module:
     """A freshly initialised network for `role`, of the architecture `model.<role>.arch` names.
 
     `options` go to the builder as they are (the denoiser's `consistency` and `sigma_min`)."""

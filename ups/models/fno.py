@@ -8,16 +8,36 @@ Written here (not imported from neuraloperator) so the baseline has no extra dep
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from ups.models.registry import LatentSpace, register
-from ups.schema import FNOConfig
+from ups.schema import ArchConfig, NetSize, PosInt
 
 if TYPE_CHECKING:
     from ups.data.views import DataMeta
+
+
+class FNOConfig(ArchConfig):
+    """`model.baseline` with `arch: fno`; PDEBench's FNO: 12 modes, width 20, 4 layers."""
+
+    arch: Literal["fno"] = "fno"
+    modes: PosInt = 12
+    width: PosInt = 20
+    depth: PosInt = 4
+    width_key: ClassVar[str] = "width"
+
+    def estimate_parameters(self, size: NetSize) -> int:
+        w = self.width
+        lift = (size.frames * size.channels + size.dims) * w
+        return lift + self.depth * (spectral_parameters(w, self.modes, size.dims) + w * w) + 128 * (w + size.channels)
+
+
+def spectral_parameters(width: int, modes: int, dims: int) -> int:
+    """Real numbers in one SpectralConv's complex weights (two corners of modes in 2D)."""
+    return 2 * width * width * modes**dims * (2 if dims == 2 else 1)
 
 
 class SpectralConv(nn.Module):
@@ -80,6 +100,6 @@ class FNO(nn.Module):
         return torch.stack(out, dim=1)
 
 
-@register("baseline", "fno")
+@register("baseline", "fno", config=FNOConfig)
 def _fno(cfg: FNOConfig, meta: DataMeta, latent: LatentSpace) -> FNO:
     return FNO(torch.as_tensor(meta.grid), meta.channels, meta.initial_step, cfg)  # on the grid: no latent

@@ -16,16 +16,17 @@ evaluation work unchanged.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ups.models.fno import SpectralConv
+from ups.models.fno import SpectralConv, spectral_parameters
 from ups.models.latent import LatentOperator, ResidualDenoiser
+from ups.models.layers import conditioned_trunk_parameters
 from ups.models.registry import LatentSpace, register
-from ups.schema import DecoderConfig, DenoiserNetConfig, EncoderConfig, OperatorNetConfig
+from ups.schema import ArchConfig, NetSize, NonNegInt, PosInt
 
 if TYPE_CHECKING:
     from ups.data.views import DataMeta
@@ -39,6 +40,62 @@ def _conv_cls(dims: int) -> type[nn.Conv1d] | type[nn.Conv2d]:
 
 def _conv(dims: int, cin: int, cout: int, kernel: int = KERNEL) -> nn.Module:
     return _conv_cls(dims)(cin, cout, kernel, padding=kernel // 2, padding_mode="circular")
+
+
+class ConvEncoderConfig(ArchConfig):
+    """`model.encoder` with `arch: conv`: `depth` residual blocks of `hidden` channels on the grid
+    and again on the coarse grid of `patch_size` cells per token."""
+
+    arch: Literal["conv"] = "conv"
+    hidden: PosInt = 64
+    depth: NonNegInt = 1
+    patch_size: PosInt = 4
+
+    def estimate_parameters(self, size: NetSize) -> int:
+        w, k = self.hidden, KERNEL**size.dims
+        return k * (size.channels * w + 4 * self.depth * w * w) + w * w * self.patch_size**size.dims + w * size.dim
+
+
+class ConvDecoderConfig(ArchConfig):
+    """`model.decoder` with `arch: conv`, the mirror of the conv encoder (whose patch size it uses)."""
+
+    arch: Literal["conv"] = "conv"
+    hidden: PosInt = 64
+    depth: NonNegInt = 2
+
+    def estimate_parameters(self, size: NetSize) -> int:
+        w, k = self.hidden, KERNEL**size.dims
+        return size.dim * w + 4 * self.depth * w * w * k + w * w * 4**size.dims + w * size.channels
+
+
+class _SpectralTrunkConfig(ArchConfig):
+    hidden: PosInt = 96
+    depth: NonNegInt = 3
+    modes: PosInt = 16  # Fourier modes per axis of the latent grid
+
+    def _trunk_parameters(self, size: NetSize, inputs: int) -> int:
+        h = self.hidden
+        layer = spectral_parameters(h, self.modes, size.dims) + h * h
+        return conditioned_trunk_parameters(h, self.depth, layer, inputs, size.dim, size.tokens)
+
+
+class SpectralOperatorConfig(_SpectralTrunkConfig):
+    """`model.operator` with `arch: spectral`: an FNO over the latent grid (SpectralTrunk)."""
+
+    arch: Literal["spectral"] = "spectral"
+
+    def estimate_parameters(self, size: NetSize) -> int:
+        return self._trunk_parameters(size, size.dim)
+
+
+class SpectralDenoiserConfig(_SpectralTrunkConfig):
+    """`model.denoiser` with `arch: spectral`."""
+
+    arch: Literal["spectral"] = "spectral"
+    depth: NonNegInt = 2
+
+    def estimate_parameters(self, size: NetSize) -> int:
+        return self._trunk_parameters(size, 2 * size.dim)
 
 
 class ResBlock(nn.Module):
@@ -68,7 +125,7 @@ class ConvEncoder(nn.Module):
     """(B, X[, Y], C) -> (B, prod(X/p ..), dim): convolutions, a strided patch convolution, more
     convolutions on the coarse grid. `depth` residual blocks at each resolution."""
 
-    def __init__(self, spatial_shape: tuple[int, ...], channels: int, dim: int, cfg: EncoderConfig) -> None:
+    def __init__(self, spatial_shape: tuple[int, ...], channels: int, dim: int, cfg: ConvEncoderConfig) -> None:
         super().__init__()
         d, p, w = len(spatial_shape), cfg.patch_size, cfg.hidden
         conv = _conv_cls(d)
@@ -91,7 +148,7 @@ class ConvDecoder(nn.Module):
     on random query points and evaluation reads the grid exactly.
     """
 
-    def __init__(self, grid: torch.Tensor, channels: int, dim: int, cfg: DecoderConfig, patch_size: int) -> None:
+    def __init__(self, grid: torch.Tensor, channels: int, dim: int, cfg: ConvDecoderConfig, patch_size: int) -> None:
         super().__init__()
         self.shape = tuple(grid.shape[:-1])
         self.coarse_shape = latent_shape(self.shape, patch_size)
@@ -183,25 +240,25 @@ class SpectralTrunk(nn.Module):
 # -- Registered builders (`model.<role>.arch`) --------------------------------------------------
 
 
-@register("encoder", "conv", anchored=True)
-def _encoder(cfg: EncoderConfig, meta: DataMeta, latent: LatentSpace) -> ConvEncoder:
+@register("encoder", "conv", config=ConvEncoderConfig, anchored=True)
+def _encoder(cfg: ConvEncoderConfig, meta: DataMeta, latent: LatentSpace) -> ConvEncoder:
     return ConvEncoder(meta.spatial_shape, meta.channels, latent.dim, cfg)
 
 
-@register("decoder", "conv", needs_anchored=True)
-def _decoder(cfg: DecoderConfig, meta: DataMeta, latent: LatentSpace) -> ConvDecoder:
+@register("decoder", "conv", config=ConvDecoderConfig, needs_anchored=True)
+def _decoder(cfg: ConvDecoderConfig, meta: DataMeta, latent: LatentSpace) -> ConvDecoder:
     return ConvDecoder(torch.as_tensor(meta.grid), meta.channels, latent.dim, cfg, _anchored(latent)[1])
 
 
-@register("operator", "spectral", needs_anchored=True)
-def _operator(cfg: OperatorNetConfig, meta: DataMeta, latent: LatentSpace) -> LatentOperator:
+@register("operator", "spectral", config=SpectralOperatorConfig, needs_anchored=True)
+def _operator(cfg: SpectralOperatorConfig, meta: DataMeta, latent: LatentSpace) -> LatentOperator:
     trunk = SpectralTrunk(_anchored(latent)[0], latent.dim, latent.dim, cfg.hidden, cfg.depth, cfg.modes)
-    return LatentOperator(latent.tokens, latent.dim, cfg, len(meta.tasks), trunk=trunk)
+    return LatentOperator(cfg.hidden, lambda: trunk, len(meta.tasks))  # the trunk's weights are drawn first
 
 
-@register("denoiser", "spectral", needs_anchored=True)
+@register("denoiser", "spectral", config=SpectralDenoiserConfig, needs_anchored=True)
 def _denoiser(
-    cfg: DenoiserNetConfig,
+    cfg: SpectralDenoiserConfig,
     meta: DataMeta,
     latent: LatentSpace,
     *,
@@ -210,7 +267,7 @@ def _denoiser(
 ) -> ResidualDenoiser:
     dim = latent.dim
     trunk = SpectralTrunk(_anchored(latent)[0], 2 * dim, dim, cfg.hidden, cfg.depth, cfg.modes)
-    return ResidualDenoiser(latent.tokens, dim, cfg, consistency=consistency, sigma_min=sigma_min, trunk=trunk)
+    return ResidualDenoiser(cfg.hidden, lambda: trunk, consistency=consistency, sigma_min=sigma_min)
 
 
 def _anchored(latent: LatentSpace) -> tuple[tuple[int, ...], int]:

@@ -3,17 +3,66 @@ one-step consistency student), and the steady prior."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
-from ups.models.layers import MLP, TokenTransformer, sinusoidal_embedding
+from ups.models.layers import (
+    MLP,
+    AttentionNetConfig,
+    TokenTransformer,
+    block_parameters,
+    conditioned_trunk_parameters,
+    sinusoidal_embedding,
+)
 from ups.models.registry import LatentSpace, register
-from ups.schema import DenoiserNetConfig, OperatorNetConfig, SteadyNetConfig
+from ups.schema import NetSize, NonNegInt, PosInt
 
 if TYPE_CHECKING:
     from ups.data.views import DataMeta
+
+
+class TransformerOperatorConfig(AttentionNetConfig):
+    """`model.operator` with `arch: transformer` (the default operator)."""
+
+    arch: Literal["transformer"] = "transformer"
+    hidden: PosInt = 96
+    depth: NonNegInt = 3
+
+    def estimate_parameters(self, size: NetSize) -> int:
+        return _trunk_parameters(self, size, size.dim)
+
+
+class TransformerDenoiserConfig(AttentionNetConfig):
+    """`model.denoiser` with `arch: transformer` (the default corrector network)."""
+
+    arch: Literal["transformer"] = "transformer"
+    hidden: PosInt = 96
+    depth: NonNegInt = 2
+
+    def estimate_parameters(self, size: NetSize) -> int:
+        return _trunk_parameters(self, size, 2 * size.dim)
+
+
+class TransformerSteadyConfig(AttentionNetConfig):
+    """`model.steady` with `arch: transformer`."""
+
+    arch: Literal["transformer"] = "transformer"
+    steps: PosInt = 4  # refinement iterations
+
+    def estimate_parameters(self, size: NetSize) -> int:
+        return _trunk_parameters(self, size, size.dim)
+
+
+def _trunk_parameters(cfg: AttentionNetConfig, size: NetSize, inputs: int) -> int:
+    layer = block_parameters(cfg.hidden, cfg.mlp_ratio, True)
+    return conditioned_trunk_parameters(cfg.hidden, cfg.depth, layer, inputs, size.dim, size.tokens)
+
+
+def _token_transformer(tokens: int, inputs: int, dim: int, cfg: AttentionNetConfig) -> Callable[[], nn.Module]:
+    return lambda: TokenTransformer(tokens, inputs, dim, cfg.hidden, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.hidden)
 
 
 class LatentOperator(nn.Module):
@@ -24,17 +73,15 @@ class LatentOperator(nn.Module):
     the persistence baseline and training can only move away from it by learning something.
     """
 
-    def __init__(
-        self, tokens: int, dim: int, cfg: OperatorNetConfig, num_tasks: int = 1, trunk: nn.Module | None = None
-    ) -> None:
-        """`trunk`: any (x, cond) -> update network with cond of size cfg.hidden; default a TokenTransformer."""
+    def __init__(self, hidden: int, make_trunk: Callable[[], nn.Module], num_tasks: int = 1) -> None:
+        """`make_trunk`: builds any (x, cond) -> update network with cond of size `hidden` (a
+        TokenTransformer, a SpectralTrunk); called after the embeddings, so the order in which a
+        seed's weights are drawn is the builder's to keep."""
         super().__init__()
-        self.dt_embed = MLP(cfg.hidden, cfg.hidden)
-        self.task_embed = nn.Embedding(num_tasks, cfg.hidden) if num_tasks > 1 else None
-        self.trunk = trunk or TokenTransformer(
-            tokens, dim, dim, cfg.hidden, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.hidden
-        )
-        self.hidden = cfg.hidden
+        self.dt_embed = MLP(hidden, hidden)
+        self.task_embed = nn.Embedding(num_tasks, hidden) if num_tasks > 1 else None
+        self.trunk = make_trunk()
+        self.hidden = hidden
 
     def forward(self, z: torch.Tensor, dt: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
         cond = self.dt_embed(sinusoidal_embedding(torch.log(dt), self.hidden).to(z.dtype))
@@ -53,24 +100,21 @@ class ResidualDenoiser(nn.Module):
 
     def __init__(
         self,
-        tokens: int,
-        dim: int,
-        cfg: DenoiserNetConfig,
+        hidden: int,
+        make_trunk: Callable[[], nn.Module],
         *,
         consistency: bool = False,
         sigma_min: float | None = None,
-        trunk: nn.Module | None = None,
     ) -> None:
-        """`sigma_min` (consistency only): the lowest noise level, where f(x, sigma_min) = x; the
-        caller passes its diffusion's (stages.diffusion_residual.sigma_min)."""
+        """`make_trunk`: builds the (concat(x, c), σ-embedding) -> residual network. `sigma_min`
+        (consistency only): the lowest noise level, where f(x, sigma_min) = x; the caller passes
+        its diffusion's (stages.diffusion_residual.sigma_min)."""
         if consistency and sigma_min is None:
             raise ValueError("a consistency denoiser needs sigma_min (the lowest noise level of its diffusion)")
         super().__init__()
-        self.noise_embed = MLP(cfg.hidden, cfg.hidden)
-        self.trunk = trunk or TokenTransformer(
-            tokens, 2 * dim, dim, cfg.hidden, cfg.depth, cfg.heads, cfg.mlp_ratio, cfg.hidden
-        )
-        self.hidden, self.consistency, self.sigma_min = cfg.hidden, consistency, sigma_min or 0.0
+        self.noise_embed = MLP(hidden, hidden)
+        self.trunk = make_trunk()
+        self.hidden, self.consistency, self.sigma_min = hidden, consistency, sigma_min or 0.0
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         s = sigma.to(x.dtype)[:, None, None]
@@ -110,7 +154,7 @@ def heun_sample(denoiser: nn.Module, cond: torch.Tensor, x: torch.Tensor, sigmas
 class SteadyPrior(nn.Module):
     """Iterative refinement z <- z + g(z, k/K) toward the terminal (steady) latent of a trajectory."""
 
-    def __init__(self, tokens: int, dim: int, cfg: SteadyNetConfig) -> None:
+    def __init__(self, tokens: int, dim: int, cfg: TransformerSteadyConfig) -> None:
         super().__init__()
         self.steps, self.hidden = cfg.steps, cfg.hidden
         self.step_embed = MLP(cfg.hidden, cfg.hidden)
@@ -126,23 +170,24 @@ class SteadyPrior(nn.Module):
 # -- Registered builders (`model.<role>.arch`) --------------------------------------------------
 
 
-@register("operator", "transformer")
-def _operator(cfg: OperatorNetConfig, meta: DataMeta, latent: LatentSpace) -> LatentOperator:
-    return LatentOperator(latent.tokens, latent.dim, cfg, len(meta.tasks))
+@register("operator", "transformer", config=TransformerOperatorConfig)
+def _operator(cfg: TransformerOperatorConfig, meta: DataMeta, latent: LatentSpace) -> LatentOperator:
+    return LatentOperator(cfg.hidden, _token_transformer(latent.tokens, latent.dim, latent.dim, cfg), len(meta.tasks))
 
 
-@register("denoiser", "transformer")
+@register("denoiser", "transformer", config=TransformerDenoiserConfig)
 def _denoiser(
-    cfg: DenoiserNetConfig,
+    cfg: TransformerDenoiserConfig,
     meta: DataMeta,
     latent: LatentSpace,
     *,
     consistency: bool = False,
     sigma_min: float | None = None,
 ) -> ResidualDenoiser:
-    return ResidualDenoiser(latent.tokens, latent.dim, cfg, consistency=consistency, sigma_min=sigma_min)
+    trunk = _token_transformer(latent.tokens, 2 * latent.dim, latent.dim, cfg)
+    return ResidualDenoiser(cfg.hidden, trunk, consistency=consistency, sigma_min=sigma_min)
 
 
-@register("steady", "transformer")
-def _steady(cfg: SteadyNetConfig, meta: DataMeta, latent: LatentSpace) -> SteadyPrior:
+@register("steady", "transformer", config=TransformerSteadyConfig)
+def _steady(cfg: TransformerSteadyConfig, meta: DataMeta, latent: LatentSpace) -> SteadyPrior:
     return SteadyPrior(latent.tokens, latent.dim, cfg)

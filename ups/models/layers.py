@@ -6,7 +6,37 @@ import math
 
 import torch
 import torch.nn.functional as F
+from pydantic import model_validator
 from torch import nn
+
+from ups.schema import ArchConfig, NonNegInt, PosFloat, PosInt
+
+
+class AttentionNetConfig(ArchConfig):
+    """The keys of a network made of attention blocks (`Block`, `CrossBlock`, `TokenTransformer`);
+    each attention architecture's config subclasses it and sets its own defaults."""
+
+    hidden: PosInt = 64
+    depth: NonNegInt = 2
+    heads: PosInt = 4
+    mlp_ratio: PosFloat = 2.0
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> AttentionNetConfig:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden={self.hidden} is not divisible by heads={self.heads}")
+        return self
+
+
+def block_parameters(hidden: int, mlp_ratio: float, conditioned: bool) -> int:
+    """Weights of one attention block: attention 4h², MLP 2rh², adaLN conditioning 6h²."""
+    return int((4 + 2 * mlp_ratio + (6 if conditioned else 0)) * hidden * hidden)
+
+
+def conditioned_trunk_parameters(hidden: int, depth: int, layer: int, inputs: int, outputs: int, tokens: int) -> int:
+    """A latent network's dominant weights: its condition MLP, input, position and output
+    projections, and `depth` layers of `layer` weights each."""
+    return 2 * hidden * hidden + inputs * hidden + tokens * hidden + depth * layer + hidden * outputs
 
 
 def fourier_features(pos: torch.Tensor, frequencies: int) -> torch.Tensor:

@@ -17,14 +17,14 @@ No trainable parameters: the autoencoder stage only checks and exports it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
 from ups.models.grid import _channels_first, _channels_last, latent_shape, sample_periodic
 from ups.models.registry import LatentSpace, register
-from ups.schema import DecoderConfig, EncoderConfig
+from ups.schema import ArchConfig, PosInt
 
 if TYPE_CHECKING:
     from ups.data.views import DataMeta
@@ -88,12 +88,25 @@ class FourierDecoder(nn.Module):
         return sample_periodic(self.field(z), points, self.origin)
 
 
-@register("encoder", "fourier", anchored=True, channels_as_dim=True)
-def _encoder(cfg: EncoderConfig, meta: DataMeta, latent: LatentSpace) -> FourierEncoder:
+class FourierEncoderConfig(ArchConfig):
+    """`model.encoder` with `arch: fourier`: nothing to learn, only the coarse grid's patch size."""
+
+    arch: Literal["fourier"] = "fourier"
+    patch_size: PosInt = 4
+
+
+class FourierDecoderConfig(ArchConfig):
+    """`model.decoder` with `arch: fourier`: no keys (the patch size is the encoder's)."""
+
+    arch: Literal["fourier"] = "fourier"
+
+
+@register("encoder", "fourier", config=FourierEncoderConfig, anchored=True, channels_as_dim=True)
+def _encoder(cfg: FourierEncoderConfig, meta: DataMeta, latent: LatentSpace) -> FourierEncoder:
     return FourierEncoder(meta.spatial_shape, cfg.patch_size)
 
 
-@register("decoder", "fourier", needs_anchored=True, channels_as_dim=True)
-def _decoder(cfg: DecoderConfig, meta: DataMeta, latent: LatentSpace) -> FourierDecoder:
+@register("decoder", "fourier", config=FourierDecoderConfig, needs_anchored=True, channels_as_dim=True)
+def _decoder(cfg: FourierDecoderConfig, meta: DataMeta, latent: LatentSpace) -> FourierDecoder:
     assert latent.patch_size is not None  # needs_anchored: the factory refused anything else
     return FourierDecoder(torch.as_tensor(meta.grid), latent.patch_size)

@@ -92,7 +92,7 @@ def decide(
 def _champion_config(champions: ChampionStore, champ: ChampionRecord) -> Config:
     """The champion's config, read from its own folder of the registry."""
     config_uri, _ = champions.champion_files(champ)
-    return C.validate(yaml.safe_load(Storage(config_uri).read_text()))
+    return C.validate(yaml.safe_load(Storage(config_uri).read_text()), stored=True)
 
 
 def _champion_exports(champions: ChampionStore, champ: ChampionRecord) -> dict[str, dict]:
