@@ -15,7 +15,7 @@ import torch
 from ups.data import views
 from ups.eval.evaluate import build_surrogate, evaluate
 from ups.pipeline import load_exports
-from ups.run import RunDir
+from ups.rundir import RunDir
 from ups.storage import Storage
 
 

@@ -20,7 +20,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=6)
     args = ap.parse_args()
-    from ups import runtime
+    from ups import ray_session
 
     def config(workers: int):
         return smoke(
@@ -31,7 +31,7 @@ def main() -> None:
             "stages.consistency_distill.epochs=0",
         )
 
-    runtime.connect(config(2).cfg)  # one embedded Ray for both runs, sized for the larger one
+    ray_session.connect(config(2).cfg)  # one embedded Ray for both runs, sized for the larger one
     runs = {}
     for workers in (1, 2):
         runs[workers] = stage_rows(run_pipeline(config(workers), f"bench-scaling-{workers}w"), "operator")

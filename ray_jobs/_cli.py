@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from ups.config import ConfigError, LoadedConfig, load_config
 from ups.names import MAX_LEN, check_name, slug
-from ups.run import default_name
+from ups.rundir import default_name
 from ups.storage import check_storage, redact
 
 
@@ -48,7 +48,7 @@ def parser(job: str, description: str, *, run_flags: bool = True) -> argparse.Ar
 def environment() -> None:
     """The environment variables every job reads, put right or refused before anything uses them:
     WANDB_MODE in W&B's own spelling (`OFFLINE` -> offline, empty -> unset), RAY_ADDRESS well-formed."""
-    from ups.runtime import check_address
+    from ups.ray_session import check_address
     from ups.tracking import normalise_env
 
     normalise_env()
@@ -58,7 +58,7 @@ def environment() -> None:
 def load(args: argparse.Namespace) -> tuple[LoadedConfig, str]:
     """The config and the run name, after the flags that become paths are checked (before Ray, before writes)."""
     if getattr(args, "verbose", False):
-        os.environ["UPS_VERBOSE"] = "1"  # read by ups.runtime when it starts or joins Ray
+        os.environ["UPS_VERBOSE"] = "1"  # read by ups.ray_session when it starts or joins Ray
     environment()
     name = getattr(args, "name", None)
     if hasattr(args, "storage"):

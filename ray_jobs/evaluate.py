@@ -34,7 +34,7 @@ def main() -> int:
     from ups.console import Console
     from ups.data import views
     from ups.preflight import check_consistent, check_resources
-    from ups.run import RunDir
+    from ups.rundir import RunDir
     from ups.stages import registry
     from ups.storage import Storage, redact
 

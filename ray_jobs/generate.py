@@ -53,9 +53,9 @@ def main() -> int:
 
     use_ray = not args.no_ray
     if use_ray:
-        from ups import runtime
+        from ups import ray_session
 
-        runtime.connect(cfg)
+        ray_session.connect(cfg)
     generate(cfg.data.generate, out, use_ray=use_ray)
     return 0
 

@@ -41,7 +41,7 @@ def main() -> int:
         return print_config(loaded)
     if args.validate_only:
         from ups.preflight import describe, preflight
-        from ups.run import RunDir
+        from ups.rundir import RunDir
         from ups.storage import Storage
 
         infos = preflight(loaded, ray=not args.no_ray)

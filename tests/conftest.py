@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ups.runtime import _LOCAL_ENV  # noqa: E402
+from ups.ray_session import _LOCAL_ENV  # noqa: E402
 
 for _k, _v in {
     **_LOCAL_ENV,
@@ -37,7 +37,7 @@ def ray_session():
     """A local Ray with 4 logical CPUs on 2 cores: 2 training workers plus Ray Data and eval."""
     import ray
 
-    from ups import runtime
+    from ups import ray_session
     from ups.config import Config
 
     if not ray.is_initialized():
@@ -49,7 +49,7 @@ def ray_session():
             configure_logging=False,
             log_to_driver=False,  # as the jobs run it: what users see reaches the driver as events
         )
-    runtime.configure_data(Config(), local=True)
+    ray_session.configure_data(Config(), local=True)
     yield ray
     ray.shutdown()
 

@@ -34,7 +34,7 @@ from ups.contracts import BestMetric, ChampionRecord, EvalMetrics, RunSummary
 from ups.data import pdebench, views
 from ups.exports import read_export, write_export
 from ups.gating import Candidate, Measures, decide
-from ups.run import RunDir
+from ups.rundir import RunDir
 from ups.schema import ConfigError, GateConfig
 from ups.storage import LinkEscape, Storage
 from ups.train import state

@@ -17,7 +17,7 @@ from ups import config as C
 from ups import preflight
 from ups.data import pdebench, views
 from ups.models import factory
-from ups.runtime import address_problem
+from ups.ray_session import address_problem
 from ups.storage import redact, redact_all
 from ups.tracking import read_key_file
 from ups.train.spill import SpillFolder, host_tag, spill_owner

@@ -15,7 +15,7 @@ import pytest
 from ray_jobs import _cli
 from ups.config import ConfigError, LoadedConfig, load_config
 from ups.names import MAX_LEN, check_name, slug
-from ups.run import RunDir
+from ups.rundir import RunDir
 from ups.storage import PathEscape, Storage, check_storage, redact, redact_all
 
 ROOT = Path(__file__).resolve().parents[1]

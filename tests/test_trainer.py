@@ -22,7 +22,7 @@ from ups.contracts import BestMetric, ChampionRecord, EvalMetrics, RunSummary, S
 from ups.data.views import DataMeta, Normalizer
 from ups.eval.selection import choose_corrector
 from ups.exports import ExportMismatch, read_export, write_export
-from ups.run import RunDir
+from ups.rundir import RunDir
 from ups.schema import NonNegInt, PosFloat, StageConfig
 from ups.stages import registry
 from ups.stages.base import Stage, Sums, task_sums

@@ -38,7 +38,7 @@ HEAD_TYPE = "ray.head.default"  # the fake provider's fixed name for the head's 
 STATE_FILE = "cluster.json"
 # Environment of every process of the cluster. The autoscaler looks every second (a cloud head's
 # 5 s is slow for tests), a dead node is noticed after 10 s, and Ray Train's preemption watcher,
-# which an embedded local Ray turns off (ups/runtime.py), is on and polls every second.
+# which an embedded local Ray turns off (ups/ray_session.py), is on and polls every second.
 CLUSTER_ENV = {
     "RAY_FAKE_CLUSTER": "1",
     "AUTOSCALER_UPDATE_INTERVAL_S": "1",

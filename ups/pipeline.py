@@ -44,7 +44,7 @@ from ups.exports import EXPORT_FILE, ExportMismatch, Exports, read_export
 from ups.latent_cache import build_or_reuse, streamed
 from ups.preflight import preflight
 from ups.report import summary_table
-from ups.run import SUMMARY_FILE, RunDir
+from ups.rundir import SUMMARY_FILE, RunDir
 from ups.runlock import RunLock
 from ups.stages import registry
 from ups.storage import Storage, redact

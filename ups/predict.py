@@ -399,12 +399,12 @@ def ray_config(bundle: Bundle, opts: Options) -> Any:
 def _on_ray(p: Plan, bundle: Bundle, opts: Options, say: Callable[[str], None]) -> Iterator[dict[str, np.ndarray]]:
     import ray.data
 
-    from ups import runtime
+    from ups import ray_session
 
     ctx = ray.data.DataContext.get_current()
     limits = ctx.execution_options.resource_limits  # this driver's, put back after (a test session's Ray)
-    runtime.connect(ray_config(bundle, opts))
-    logs = runtime.logs_dir()
+    ray_session.connect(ray_config(bundle, opts))
+    logs = ray_session.logs_dir()
     say(f"Ray's logs: {logs}" if logs else "Ray's logs: on the cluster's head (`ray logs`, the dashboard)")
     chunks = p.chunks()
     ds = ray.data.from_items(chunks, override_num_blocks=len(chunks)).map_batches(
@@ -416,7 +416,7 @@ def _on_ray(p: Plan, bundle: Bundle, opts: Options, say: Callable[[str], None]) 
         num_cpus=opts.cpus_per_actor,
         num_gpus=1 if opts.gpu else 0,
     )
-    # In order (runtime.configure_data sets preserve_order); the writer places rows by index anyway.
+    # In order (ray_session.configure_data sets preserve_order); the writer places rows by index anyway.
     try:
         yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
     finally:

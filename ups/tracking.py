@@ -22,7 +22,7 @@ from ups.storage import Storage
 if TYPE_CHECKING:
     from ups.config import Config
     from ups.contracts import RunSummary
-    from ups.run import RunDir
+    from ups.rundir import RunDir
 
 METRICS_FILE = "metrics.jsonl"
 

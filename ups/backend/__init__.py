@@ -15,7 +15,7 @@ from ups.data.views import DataMeta, Task
 from ups.events import Emit
 from ups.exports import Exports
 from ups.latent_cache import LatentCache
-from ups.run import RunDir
+from ups.rundir import RunDir
 
 
 class Preempted(RuntimeError):

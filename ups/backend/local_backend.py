@@ -22,7 +22,7 @@ from ups.data.views import DataMeta, Task
 from ups.events import Emit, ignore
 from ups.exports import Exports
 from ups.latent_cache import LatentCache, fields_trajectories, streamed
-from ups.run import RunDir
+from ups.rundir import RunDir
 from ups.train.context import LocalContext
 from ups.train.shard import Trajectories
 from ups.train.spill import SpillFolder

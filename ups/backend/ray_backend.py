@@ -18,7 +18,7 @@ from ups.data.views import DataMeta, Task
 from ups.events import Emit, ignore
 from ups.exports import Exports
 from ups.latent_cache import LatentCache, fields_dataset
-from ups.run import RunDir
+from ups.rundir import RunDir
 
 if TYPE_CHECKING:
     from ray.data import Dataset
@@ -36,11 +36,11 @@ class RayBackend:
         self.emit: Emit = ignore  # where the workers' events go (the pipeline's console)
 
     def start(self, cfg: Config, rundir: RunDir) -> None:
-        from ups import runtime
+        from ups import ray_session
         from ups.train.stop import DriverMailbox, mailbox_name
 
-        runtime.connect(cfg, trials=self.trials)
-        logs = runtime.logs_dir()
+        ray_session.connect(cfg, trials=self.trials)
+        logs = ray_session.logs_dir()
         self.say(f"Ray's logs: {logs}" if logs else "Ray's logs: on the cluster's head (`ray logs`, the dashboard)")
         self._mailbox_name = mailbox_name(f"{rundir.dir.uri}#{uuid.uuid4().hex}")
         # Ray types `@ray.remote(num_cpus=0)` on a class as returning the bare class (no .options).

@@ -33,7 +33,7 @@ def decide(
     """The gating policy (ups/gating.py) on the best trial, its measurements bound to Ray tasks;
     then the champion's test metrics, which are reported and never select anything."""
     from ups import pipeline
-    from ups.run import RunDir
+    from ups.rundir import RunDir
 
     family = family_of(cfg, meta)
     out: dict[str, Any] = {

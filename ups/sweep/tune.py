@@ -103,12 +103,12 @@ def _run(loaded: C.LoadedConfig, name: str, storage: str, say: Callable[[str], N
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from ups import pipeline, runtime
+    from ups import pipeline, ray_session
     from ups.backend.ray_backend import RayBackend
 
     root = Storage(storage)
     sweep_dir = root.sub(name)
-    runtime.connect(cfg, trials=cfg.sweep.max_concurrent_trials)
+    ray_session.connect(cfg, trials=cfg.sweep.max_concurrent_trials)
     pipeline.ensure_data(cfg, {p: None for p in cfg.data.paths if not files.exists(p)}, RayBackend(say=say), say)
 
     sc = cfg.sweep.scheduler

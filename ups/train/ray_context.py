@@ -23,7 +23,7 @@ from torch import nn
 
 from ups.contracts import TrainJob
 from ups.events import Emit, ignore, remote_emit
-from ups.runtime import quiet_train_logs
+from ups.ray_session import quiet_train_logs
 from ups.storage import Storage
 from ups.train.context import Dist
 from ups.train.shard import Trajectories, collect
