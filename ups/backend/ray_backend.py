@@ -17,11 +17,15 @@ from ups.contracts import EvalResult, StageResult, TrainJob
 from ups.data.views import DataMeta, Task
 from ups.events import Emit, ignore
 from ups.exports import Exports
-from ups.latent_cache import LatentCache, fields_dataset
+from ups.latent_cache import LatentCache, fields_dataset, fields_table, streamed
 from ups.rundir import RunDir
+from ups.train.shard import DirectRows
 
 if TYPE_CHECKING:
     from ray.data import Dataset
+
+
+TRAINED_SPLITS = ("train", "val")  # what a worker group reads: it trains on one and validates on the other
 
 
 class RayBackend:
@@ -34,12 +38,14 @@ class RayBackend:
         self._mailbox_name: str | None = None
         self.say: Callable[[str], None] = say or (lambda msg: print(msg, flush=True))
         self.emit: Emit = ignore  # where the workers' events go (the pipeline's console)
+        self.one_process = False  # every worker group is one process: it reads its data without Ray Data
 
     def start(self, cfg: Config, rundir: RunDir) -> None:
         from ups import ray_session
         from ups.train.stop import DriverMailbox, mailbox_name
 
         ray_session.connect(cfg, trials=self.trials)
+        self.one_process = cfg.scaling.num_workers == 1  # an elastic [min, max] may grow: it splits
         logs = ray_session.logs_dir()
         self.say(f"Ray's logs: {logs}" if logs else "Ray's logs: on the cluster's head (`ray logs`, the dashboard)")
         self._mailbox_name = mailbox_name(f"{rundir.dir.uri}#{uuid.uuid4().hex}")
@@ -65,17 +71,23 @@ class RayBackend:
 
         generate(gen, path, use_ray=True)
 
-    def field_data(self, tasks: list[Task]) -> dict[str, Dataset]:
-        return {"train": fields_dataset(tasks, "train"), "val": fields_dataset(tasks, "val")}
+    def field_data(self, tasks: list[Task]) -> dict[str, Dataset | DirectRows]:
+        if self.one_process and not streamed(tasks):  # the group reads the table the driver puts (DirectRows)
+            import ray
 
-    def latent_data(self, cache: LatentCache, stream: bool = False) -> dict[str, Dataset]:
+            table = lambda split: fields_table(tasks, (split,)).drop_columns(["split"])  # noqa: E731
+            return {s: DirectRows(table=ray.put(table(s))) for s in TRAINED_SPLITS}
+        return {s: fields_dataset(tasks, s) for s in TRAINED_SPLITS}
+
+    def latent_data(self, cache: LatentCache, stream: bool = False) -> dict[str, Dataset | DirectRows]:
         # Lazy in both modes: every worker group reads the cache's files afresh (the worker then
         # holds its shard in memory or spills it, by `stream`). Materializing once would save those
         # reads, but its blocks live in the object stores of the nodes that read them: a spot
         # reclaim of such a node leaves the restarted group to Ray's lineage reconstruction, and in
         # CI that replay failed the run (StreamingGeneratorReplayInconsistentError, Ray 2.60).
-        del stream
-        return {"train": cache.dataset("train"), "val": cache.dataset("val")}
+        if self.one_process and not stream:  # the group reads the cache's files itself (DirectRows)
+            return {s: DirectRows(tuple(cache.files(s)), ("u",) if s == "train" else ()) for s in TRAINED_SPLITS}
+        return {s: cache.dataset(s) for s in TRAINED_SPLITS}
 
     def train(
         self, group: str, jobs: list[TrainJob], data: Any, cfg: Config, callbacks: list[Any]
@@ -91,11 +103,13 @@ class RayBackend:
 
         from ups.train.ray_context import train_loop_per_worker
 
+        direct = {split: rows for split, rows in data.items() if isinstance(rows, DirectRows)}
+        datasets = {split: ds for split, ds in data.items() if split not in direct}
         sc = cfg.scaling
         resources = {"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {}), **sc.resources}
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"jobs": [j.to_dict() for j in jobs]},
+            train_loop_config={"jobs": [j.to_dict() for j in jobs], "direct": direct},
             scaling_config=ScalingConfig(
                 num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources,
                 elastic_resize_monitor_interval_s=sc.elastic_resize_interval_s,
@@ -109,9 +123,10 @@ class RayBackend:
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
                 logging_config=LoggingConfig(log_level="WARNING"), callbacks=callbacks,
             ),
-            datasets=data,
+            datasets=datasets or None,
             dataset_config=ray.train.DataConfig(
-                datasets_to_split=["train"], execution_options=ExecutionOptions(preserve_order=True)
+                datasets_to_split=["train"] if "train" in datasets else [],
+                execution_options=ExecutionOptions(preserve_order=True),
             ),
         )  # fmt: skip
         from ups.events import MailboxPump

@@ -26,7 +26,7 @@ from ups.events import Emit, ignore, remote_emit
 from ups.ray_session import quiet_train_logs
 from ups.storage import Storage
 from ups.train.context import Dist
-from ups.train.shard import Trajectories, collect
+from ups.train.shard import DirectRows, Trajectories, collect, from_table
 from ups.train.spill import SpillFolder, spill_iterator
 from ups.train.stop import StopWatcher
 from ups.train.trainer import run_stages
@@ -36,7 +36,10 @@ PREEMPTION_PATIENCE_S = 60.0  # past a notice's deadline, how long to wait for t
 
 
 class RayContext:
-    def __init__(self, mailbox: str | None, spill: SpillFolder | None = None) -> None:
+    def __init__(
+        self, mailbox: str | None, spill: SpillFolder | None = None, direct: dict[str, DirectRows] | None = None
+    ) -> None:
+        """`direct`: the splits this group reads without Ray Data (a group of one process)."""
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -44,8 +47,12 @@ class RayContext:
         self._data: dict[str, Trajectories] = {}
         self._stop = StopWatcher(mailbox if self.rank == 0 else None)
         self._spill = spill
+        self._direct = direct or {}
 
     def dataset(self, split: str) -> Trajectories:
+        if split not in self._data and split in self._direct:
+            rows = self._direct[split]
+            self._data[split] = from_table(ray.get(rows.table) if rows.table is not None else rows.read_files())
         if split not in self._data:  # a shard can be iterated once per worker group
             shard = ray.train.get_dataset_shard(split)
             self._data[split] = spill_iterator(shard, self._spill, split) if self._spill else collect(shard)
@@ -115,7 +122,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> list[dict[str, Any]]:
     jobs = [TrainJob.from_dict(j) for j in payload["jobs"]]
     use_threads(jobs[0].cfg.get("scaling", {}).get("cpus_per_worker", 1.0))
     spill_dir = jobs[0].cfg.get("data", {}).get("spill_dir")
-    ctx = RayContext(jobs[0].mailbox, SpillFolder(spill_dir) if jobs[0].spill else None)
+    ctx = RayContext(jobs[0].mailbox, SpillFolder(spill_dir) if jobs[0].spill else None, payload.get("direct"))
     emit: Emit = ignore
     if ctx.rank == 0 and jobs[0].mailbox:
         with contextlib.suppress(ValueError):  # no driver-side actor: a test driving the loop directly
