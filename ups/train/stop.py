@@ -43,9 +43,14 @@ def mailbox_name(run_uri: str) -> str:
 
 
 class StopWatcher:
-    """Rank 0's view of the flag, refreshed in the background so the hot loop never waits on it."""
+    """Rank 0's view of the flag, refreshed in the background so the hot loop never waits on it.
 
-    def __init__(self, name: str | None, poll_s: float = 0.5) -> None:
+    Every `poll_s` (2 s): each poll is an actor call whose thread takes a core from the worker's
+    torch threads, and on a 2-core machine at 0.5 s that cost the burgers1d-sized step about 4%
+    (bench/RESULTS.md, "What the worker's own polls cost"). A stop is seen up to 2 s later, well
+    inside the notice a spot reclaim or a scheduler's SIGTERM gives."""
+
+    def __init__(self, name: str | None, poll_s: float = 2.0) -> None:
         self.event = threading.Event()
         self._done = threading.Event()
         if name is None:
