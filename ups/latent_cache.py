@@ -30,7 +30,7 @@ from ups.data.views import SPLITS, DataMeta, FieldReader, Task
 from ups.exports import read_export
 from ups.models import factory
 from ups.storage import Storage
-from ups.train.shard import Trajectories, from_table
+from ups.train.shard import Trajectories, from_table, read_parquet
 from ups.train.spill import SpillFolder, spill
 
 if TYPE_CHECKING:
@@ -208,8 +208,7 @@ class LatentCache:
                     yield {c: _column(table, c) for c in table.column_names}
 
             return spill(batches(), spill_to, f"latents-{split}")
-        tables = [pq.read_table(pa.BufferReader(store.read_bytes(f))) for f in self.manifest["files"][split]]
-        table = pa.concat_tables(tables)
+        table = read_parquet(self.files(split))
         return from_table(table.drop_columns(["u"]) if split == "train" else table)
 
     def verify(self) -> str | None:

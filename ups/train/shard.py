@@ -59,7 +59,8 @@ class DirectRows:
     the driver put in the object store (an ObjectRef, resolved by the Ray context).
 
     Why: Ray Data's streaming split exists to divide rows between workers, and a group of one has
-    nothing to divide. Measured on the burgers1d-sized operator (bench/RESULTS.md, "ingest"), a
+    nothing to divide. Measured on the burgers1d-sized operator (bench/RESULTS.md, "Where `make
+    run`'s wall goes"), a
     shard read through it costs 2 s of iterator start, 7 s of split coordinator and 3 s of a
     footer-reader actor for 0.2 s of Parquet; the validation split another 3-6 s. The rows are
     the same either way and are sorted by trajectory id on arrival (`_tensors`), so training
@@ -70,12 +71,16 @@ class DirectRows:
     table: Any = None
 
     def read_files(self) -> pa.Table:
-        import pyarrow.parquet as pq
+        return read_parquet(self.files).drop_columns(list(self.drop))
 
-        from ups.storage import Storage
 
-        tables = [pq.read_table(pa.BufferReader(Storage(f).read_bytes())) for f in self.files]
-        return pa.concat_tables(tables).drop_columns(list(self.drop))
+def read_parquet(uris: list[str] | tuple[str, ...]) -> pa.Table:
+    """Parquet files (any storage URI) as one table, in the order given."""
+    import pyarrow.parquet as pq
+
+    from ups.storage import Storage
+
+    return pa.concat_tables([pq.read_table(pa.BufferReader(Storage(u).read_bytes())) for u in uris])
 
 
 def collect(iterator: Any, batch_rows: int = 256) -> Trajectories:
