@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ups import config as C
 from ups.stages.fno_baseline import FNOStageConfig, summed_relative_l2
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fno(**section: object) -> FNOStageConfig:
@@ -95,8 +99,6 @@ def test_the_protocol_survives_the_trip_to_the_worker(tmp_path):
 def test_equal_time_gives_the_baseline_the_surrogates_training_time(tmp_path):
     """`equal_time`: the FNO's budget is what the surrogate's stages spent in their epochs, as
     summary.json records it, and the end-of-run table sets the two scores side by side."""
-    from pathlib import Path
-
     from ups import pipeline
     from ups.backend.local_backend import LocalBackend
     from ups.report import summary_table
@@ -110,6 +112,13 @@ def test_equal_time_gives_the_baseline_the_surrogates_training_time(tmp_path):
     ae, op, fno = (summary.stages[n] for n in ("autoencoder", "operator", "fno_baseline"))
     assert ae.train_s and op.train_s and fno.train_s and fno.trained_with
     assert fno.trained_with["time_budget_s"] == round(ae.train_s + op.train_s, 2)
+    # Every stage trained in one group (in one process, as a Ray group of one does): the worker
+    # encoded the latent cache after the autoencoder and added the stages' time to the FNO's
+    # budget, which the driver could not know when it started the group.
+    run = tmp_path / "runs" / "eq"
+    assert fno.checkpoint and Path(fno.checkpoint).parent == run / "ray" / "autoencoder"
+    assert sorted(p.name for p in (run / "ray").iterdir()) == ["autoencoder"]
+    assert summary.latent_cache is not None and summary.latent_cache.reused is False
     assert 1 <= fno.epochs <= 3  # the cap still holds; the time decides within it
     (line,) = [ln for ln in summary_table(summary).splitlines() if ln.startswith("at equal training time")]
     assert f"autoencoder {ae.train_s:.0f}s + operator {op.train_s:.0f}s" in line and f"{fno.epochs} epochs" in line
@@ -121,3 +130,62 @@ def test_equal_time_and_a_time_budget_are_one_choice():
 
     with pytest.raises(ValidationError, match="equal_time=true .* time_budget_s=30"):
         FNOStageConfig(epochs=5, equal_time=True, time_budget_s=30)
+
+
+def test_a_group_of_one_process_trains_the_whole_pipeline(tmp_path):
+    """A backend whose group holds its data (one process, in memory) trains every stage in one
+    group: the latent cache is encoded inside it. Otherwise a group per run of same-input stages."""
+    from ups import pipeline
+    from ups.rundir import RunDir
+    from ups.storage import Storage
+
+    cfg = C.load_config(ROOT / "configs" / "quickstart.yaml").cfg  # AE, operator, FNO (equal_time)
+    rundir = RunDir(Storage(str(tmp_path)), "g")
+    split = pipeline._groups(cfg, rundir, {}, lambda _: None, mixed=False)
+    mixed = pipeline._groups(cfg, rundir, {}, lambda _: None, mixed=True)
+    assert split == [["autoencoder", "autoencoder"], ["operator", "operator"], ["fno_baseline", "fno_baseline"]]
+    assert mixed == [["autoencoder", "autoencoder", "operator", "fno_baseline"]]
+
+
+def test_a_stage_done_inside_the_group_is_recorded_before_the_group_ends(tmp_path, monkeypatch):
+    """One group trains the whole pipeline, so a driver that dies mid-operator must still find the
+    autoencoder done: it is recorded in summary.json when it finishes (StageDone), and the same
+    command then trains only what is left, on the cache the group built, to the same weights."""
+    import json
+
+    import pytest
+
+    from ups import pipeline
+    from ups.backend.local_backend import LocalBackend
+    from ups.train import trainer
+
+    tiny2d = ROOT / "tests" / "configs" / "tiny2d.yaml"
+    sets = [f"data.path={tmp_path / 'tiny.h5'}", "stages.autoencoder.epochs=1", "stages.operator.epochs=1",
+            "stages.diffusion_residual.epochs=0", "stages.consistency_distill.epochs=0",
+            "stages.fno_baseline.epochs=0", "eval.plots=false"]  # fmt: skip
+    run = lambda name: pipeline.run(  # noqa: E731
+        C.load_config(tiny2d, sets),
+        pipeline.PipelineOptions(name=name, storage=str(tmp_path / "runs"), quiet=True, backend=LocalBackend("cpu")),
+    )
+    reference = run("whole")
+
+    fit = trainer.StageTrainer.fit
+
+    def dies_in_the_operator(self: trainer.StageTrainer):  # the driver's process dies there
+        if self.name == "operator":
+            raise KeyboardInterrupt
+        return fit(self)
+
+    monkeypatch.setattr(trainer.StageTrainer, "fit", dies_in_the_operator)
+    with pytest.raises(KeyboardInterrupt):
+        run("cut")
+    recorded = json.loads((tmp_path / "runs" / "cut" / "summary.json").read_text())["stages"]
+    assert recorded["autoencoder"]["status"] == "completed" and "operator" not in recorded
+    monkeypatch.undo()
+
+    again = run("cut")
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows].count("autoencoder") == 1  # not trained again
+    assert again.latent_cache is not None and again.latent_cache.reused is True
+    for stage in ("autoencoder", "operator"):
+        assert again.stages[stage].weights_sha256 == reference.stages[stage].weights_sha256

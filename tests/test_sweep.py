@@ -42,6 +42,12 @@ def registry(storage: Path, summary: dict) -> ChampionStore:
     return ChampionStore(Storage(str(storage)), summary["family"])
 
 
+def operator_epoch_done(metrics: Path) -> bool:
+    """A trial's operator has finished an epoch (and checkpointed it: every epoch ends with one)."""
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    return any(json.loads(line).get("stage") == "operator" for line in lines if line.strip().endswith("}"))
+
+
 def test_first_sweep_promotes_best_trial_and_asha_stops_the_bad_one(first, storage):
     trials = {t["config"]["model.decoder.depth"]: t for t in first["trials"]}
     assert trials[2]["status"] == "completed"
@@ -92,7 +98,7 @@ def test_interrupted_better_sweep_resumes_and_is_promoted(first, ray_session, sm
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     trials = storage / "s2" / "trials"
     end = time.time() + 400
-    while time.time() < end and not list(trials.glob("*/ray/operator/checkpoint_2*")):
+    while time.time() < end and not any(operator_epoch_done(m) for m in trials.glob("*/metrics.jsonl")):
         time.sleep(0.5)
     os.kill(p.pid, signal.SIGKILL)  # the sweep driver dies mid-trial
     p.wait()

@@ -18,7 +18,16 @@ import yaml
 from torch import nn
 
 from ups import config as C
-from ups.contracts import BestMetric, ChampionRecord, EvalMetrics, RunSummary, StageRecord, StageResult, TrainJob
+from ups.contracts import (
+    BestMetric,
+    ChampionRecord,
+    EvalMetrics,
+    LatentBuild,
+    RunSummary,
+    StageRecord,
+    StageResult,
+    TrainJob,
+)
 from ups.data.views import DataMeta, Normalizer
 from ups.eval.selection import choose_corrector
 from ups.exports import ExportMismatch, read_export, write_export
@@ -360,6 +369,9 @@ def test_contracts_round_trip():
     assert StageRecord.skipped().to_dict() == {"status": "skipped", "epochs": 0}
     j = TrainJob("s", {}, "d", {}, "r", "e", "c", handoff={"a": "u"})
     assert TrainJob.from_dict(j.to_dict()) == j
+    j = TrainJob("s", {}, "d", {}, "r", "e", "c", equal_time_with=["a"], data_prefix="fields/",
+                 latent_build=LatentBuild("run", "enc", "sha"))  # fmt: skip
+    assert TrainJob.from_dict(json.loads(json.dumps(j.to_dict()))) == j
 
 
 def test_summary_and_registry_records_read_older_files_and_write_back_the_same_keys(tmp_path):

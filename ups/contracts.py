@@ -61,6 +61,22 @@ class BestMetric:
 
 
 @dataclass
+class LatentBuild:
+    """The latent cache, as a worker group that also trains the autoencoder must build it: a group
+    of one process trains every stage in turn, so the cache is encoded inside it, between the
+    autoencoder and the first latent stage, with the digest of the export this group just wrote
+    (ups/latent_cache.py: `build_or_reuse`; the driver checks and records the cache afterwards)."""
+
+    run_uri: str  # the run folder, which holds latent_cache/
+    encoder_export_uri: str
+    data_sha256: str
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> LatentBuild | None:
+        return cls(**_fields(cls, d)) if d else None
+
+
+@dataclass
 class TrainJob:
     """One stage's training, as the driver describes it to the trainer."""
 
@@ -83,6 +99,14 @@ class TrainJob:
     # A time budget the driver sets, in place of the stage's own `time_budget_s` (a baseline given
     # the surrogate's training time: stages.fno_baseline.equal_time).
     time_budget_s: float | None = None
+    # Stages trained earlier in this same worker group whose epochs' time (StageResult.train_s) the
+    # worker adds to `time_budget_s` before this stage starts: the driver cannot know it in advance.
+    equal_time_with: list[str] = field(default_factory=list)
+    # Prefix of this stage's splits in the group's data ("" -> "train"/"val"): a group of one
+    # process trains a later fields stage beside latent ones, its splits keyed "fields/train"...
+    data_prefix: str = ""
+    # Set on the first latent stage of a group that trains the autoencoder too: build the cache first.
+    latent_build: LatentBuild | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,7 +115,7 @@ class TrainJob:
     def from_dict(cls, d: dict[str, Any]) -> TrainJob:
         if "stop_flag" in d and "mailbox" not in d:  # the field's name before it said what the actor does
             d = {**d, "mailbox": d["stop_flag"]}
-        return cls(**_fields(cls, d))
+        return cls(**{**_fields(cls, d), "latent_build": LatentBuild.from_dict(d.get("latent_build"))})
 
 
 @dataclass

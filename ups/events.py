@@ -49,9 +49,19 @@ class StepProgress:
     eta_s: float  # to the end of the epoch, at this epoch's pace
 
 
-Event = Union[Say, EpochRow, StepProgress]
+@dataclass
+class StageDone:
+    """A stage of the group has finished (its export and result.json are written): the driver
+    records it in summary.json at once, so a driver that dies later in the same group finds it
+    done instead of training it again (its checkpoints may be gone: a group keeps the newest few)."""
+
+    stage: str
+    result: dict[str, Any]  # StageResult.to_dict()
+
+
+Event = Union[Say, EpochRow, StepProgress, StageDone]
 Emit = Callable[[Event], None]
-_KINDS: dict[str, type] = {c.__name__: c for c in (Say, EpochRow, StepProgress)}
+_KINDS: dict[str, type] = {c.__name__: c for c in (Say, EpochRow, StepProgress, StageDone)}
 
 
 def to_wire(event: Event) -> dict[str, Any]:

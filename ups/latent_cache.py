@@ -224,6 +224,17 @@ class LatentCache:
         return None
 
 
+def cache_build_id(run: Storage) -> str | None:
+    """The build id of the run's latent cache (None: no cache, or one built before ids)."""
+    if not run.exists(CACHE_DIR, MANIFEST):
+        return None
+    try:
+        found = run.read_json(CACHE_DIR, MANIFEST).get("build_id")
+    except (ValueError, AttributeError):  # a damaged manifest: build_or_reuse rebuilds the cache
+        return None
+    return found if isinstance(found, str) else None
+
+
 def build_or_reuse(
     run: Storage,
     tasks: list[Task],
@@ -316,6 +327,7 @@ def build_or_reuse(
         "dtype": "float32",
         "rows": rows,
         "build_time_s": round(time.perf_counter() - t0, 2),
+        "build_id": uuid.uuid4().hex,  # tells a rebuilt cache from the one found before (cache_build_id)
     }
     run.write_json(manifest, tmp, MANIFEST)
     run.delete_dir(CACHE_DIR)

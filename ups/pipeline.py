@@ -2,13 +2,16 @@
 
     preflight (no Ray) -> run folder -> backend (Ray, or this process) -> data (generated if
     missing) -> [autoencoder] -> latent cache -> [operator, diffusion_residual,
-    consistency_distill, steady_prior] -> evaluate (val; test for the report) -> summary.json
+    consistency_distill, steady_prior] -> [fno_baseline] -> evaluate (val; test for the report)
+    -> summary.json
 
 Consecutive stages that read the same data run in one worker group ([...] above): one
-TorchTrainer start instead of one per stage. Each still has its own checkpoints, its own
-metrics rows and summary record, and resumes mid-stage. A finished stage is recorded in
-summary.json with its export and weights digest; re-running the same command skips it and
-resumes the interrupted one from its newest valid checkpoint.
+TorchTrainer start instead of one per stage. A group of one process that holds its data in
+memory (`Backend.mixes_inputs`) trains every stage: one start for the whole pipeline, the latent
+cache encoded inside the group after the autoencoder. Each stage still has its own checkpoints,
+its own metrics rows and summary record, and resumes mid-stage. A finished stage is recorded in
+summary.json with its export and weights digest as soon as it finishes (StageDone); re-running
+the same command skips it and resumes the interrupted one from its newest valid checkpoint.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import shlex
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +34,7 @@ from ups.console import Console
 from ups.contracts import (
     EvalMetrics,
     EvalResult,
+    LatentBuild,
     LatentCacheRecord,
     RunSummary,
     StageRecord,
@@ -40,8 +44,9 @@ from ups.contracts import (
 from ups.data import views
 from ups.data.pdebench import FileInfo
 from ups.eval.selection import choose_corrector
+from ups.events import Emit, Event, StageDone
 from ups.exports import EXPORT_FILE, ExportMismatch, Exports, read_export
-from ups.latent_cache import build_or_reuse, streamed
+from ups.latent_cache import build_or_reuse, cache_build_id, streamed
 from ups.preflight import preflight
 from ups.report import summary_table
 from ups.rundir import SUMMARY_FILE, RunDir
@@ -49,6 +54,7 @@ from ups.runlock import RunLock
 from ups.stages import registry
 from ups.storage import Storage, redact
 from ups.tracking import RunLogger, wandb_settings
+from ups.train.context import TASKS
 
 __all__ = ["PipelineOptions", "Preempted", "check_data_digest", "evaluate_exports", "load_exports", "preflight", "run"]
 
@@ -123,7 +129,7 @@ def _stages_and_eval(
     say = console.say
     say(f"run {opts.name} -> {rundir.dir.shown}")
     backend = opts.backend or _ray_backend(say)
-    backend.emit = console.handle
+    backend.emit = _recorder(console.handle, rundir, summary)
     backend.start(cfg, rundir)
     if data is None:  # data.generate writes the missing files (on Ray, unless --no-ray)
         ensure_data(cfg, infos, backend, say)
@@ -143,40 +149,44 @@ def _stages_and_eval(
     rundir.write_summary(summary)  # the data digest, recorded at the start: resumes and evaluations check it
 
     latents: Any = None
-    for folder, *group in _groups(cfg, rundir, records, say):
+    for folder, *group in _groups(cfg, rundir, records, say, mixed=backend.mixes_inputs(streamed(tasks))):
         backend.check_stop(group[0])
-        inputs = registry.get(group[0]).inputs
-        if inputs == "fields":
-            data = backend.field_data(tasks)
-        else:
+        kinds = list(dict.fromkeys(registry.get(n).inputs for n in group))  # the first pending stage's first
+        prefix: dict[str, str] = {k: "" if i == 0 else f"{k}/" for i, k in enumerate(kinds)}  # TrainJob.data_prefix
+        group_data: dict[str, Any] = {}
+        build: LatentBuild | None = None
+        if "fields" in kinds:
+            group_data.update(_prefixed(backend.field_data(tasks), prefix["fields"]))
+        if "latents" in kinds and "autoencoder" in group:  # the group encodes the cache after the autoencoder
+            build = LatentBuild(rundir.dir.uri, rundir.dir.uri_of("stages", "autoencoder", EXPORT_FILE), data_sha)
+            group_data[TASKS] = tasks
+            built_before = cache_build_id(rundir.dir)
+        elif "latents" in kinds:
             if latents is None:
-                ae = records["autoencoder"]
-                assert ae.weights_sha256
-                ae_export = rundir.dir.uri_of("stages", "autoencoder", EXPORT_FILE)  # the run's own, not a record's
-                with console.phase("latent cache"):
-                    cache, reused = build_or_reuse(rundir.dir, tasks, meta, cfg, ae_export, ae.weights_sha256,
-                                                   data_sha, use_ray=backend.name == "ray", say=say)  # fmt: skip
-                summary.latent_cache = LatentCacheRecord(cache.uri, reused, cache.manifest["rows"],
-                                                         ae.weights_sha256)  # fmt: skip
-                say(f"   latent cache {'reused' if reused else 'built'} at {redact(cache.uri)}")
-                latents = backend.latent_data(cache, stream=streamed(tasks))
-            data = latents
+                latents = _driver_latents(rundir, tasks, meta, cfg, data_sha, summary, backend, console)
+            group_data.update(_prefixed(latents, prefix["latents"]))
         attempt = uuid.uuid4().hex
-        jobs = [_job(name, folder, attempt, cfg, info, meta, rundir, records, opts, backend, streamed(tasks))
-                for name in group]  # fmt: skip
+        first_latent = next((n for n in group if registry.get(n).inputs == "latents"), None)
+        jobs = [_job(name, folder, attempt, cfg, info, meta, rundir, records, opts, backend, streamed(tasks), group,
+                     prefix, build if name == first_latent else None) for name in group]  # fmt: skip
         where = f"{cfg.scaling.num_workers} worker(s)" if backend.name == "ray" else "this process (no Ray)"
         for name, job in zip(group, jobs, strict=True):
             epochs = C.stage_config(cfg, name).epochs
-            if job.time_budget_s is None:
+            if job.time_budget_s is None and not job.equal_time_with:
                 say(f"== {name}: {epochs} epochs on {where}")
+            elif job.equal_time_with:  # the worker adds the time of the stages before it in this group
+                say(f"== {name}: up to {epochs} epochs within the surrogate's training time (equal_time), "
+                    f"on {where}")  # fmt: skip
             else:
                 say(f"== {name}: up to {epochs} epochs within {job.time_budget_s:.1f}s, the surrogate's training "
                     f"time (equal_time), on {where}")  # fmt: skip
         callbacks = [cb for name in group for cb in opts.stage_callbacks.get(name, [])]
         t0 = time.perf_counter()
         with console.watch(f"{'+'.join(group)} working"):
-            results, checkpoint = backend.train(folder, jobs, data, cfg, callbacks)
+            results, checkpoint = backend.train(folder, jobs, group_data, cfg, callbacks)
         _record(results, time.perf_counter() - t0, rundir, checkpoint, records)
+        if build is not None and first_latent in {r.stage for r in results}:  # the group built or reused it
+            latents = _driver_latents(rundir, tasks, meta, cfg, data_sha, summary, backend, console, built_before)
         rundir.write_summary(summary)
         stopped = [r.stage for r in results if r.status == "interrupted"]
         if stopped:
@@ -244,19 +254,65 @@ def ensure_data(cfg: Config, infos: dict[str, FileInfo | None], backend: Backend
             backend.generate(cfg.data.generate, path)
 
 
+def _recorder(handle: Emit, rundir: RunDir, summary: RunSummary) -> Emit:
+    """The console's handler, and for StageDone a record in summary.json at once: a stage that
+    finished inside a group is known to be done if the driver dies before the group ends (the
+    group's end records it again, with the group's checkpoint and wall time)."""
+
+    def on_event(event: Event) -> None:
+        if not isinstance(event, StageDone):
+            handle(event)
+            return
+        r = StageResult.from_dict(event.result)
+        export = rundir.dir.uri_of("stages", r.stage, EXPORT_FILE)
+        summary.stages[r.stage] = StageRecord.of(r, export=export, checkpoint=None,
+                                                 wall_time_s=sum(r.phases_s.values()))  # fmt: skip
+        rundir.write_summary(summary)
+
+    return on_event
+
+
+def _driver_latents(
+    rundir: RunDir, tasks: list[views.Task], meta: views.DataMeta, cfg: Config, data_sha: str, summary: RunSummary,
+    backend: Backend, console: Console, built_before: str | None = "",
+) -> Any:  # fmt: skip
+    """The latent cache for the latent stages' groups, built here (or reused, its files verified)
+    and recorded in the summary; with `built_before` (the build id found before a group that
+    encoded it itself), only checked and recorded: reused if that group found it already there."""
+    ae = summary.stages["autoencoder"]
+    assert ae.weights_sha256
+    ae_export = rundir.dir.uri_of("stages", "autoencoder", EXPORT_FILE)  # the run's own, not a record's
+    checking = built_before != ""
+    with console.phase("latent cache"):
+        cache, reused = build_or_reuse(rundir.dir, tasks, meta, cfg, ae_export, ae.weights_sha256, data_sha,
+                                       use_ray=backend.remote_encode and not checking, say=console.say)  # fmt: skip
+    if checking:
+        reused = reused and cache.manifest.get("build_id") == built_before
+    summary.latent_cache = LatentCacheRecord(cache.uri, reused, cache.manifest["rows"], ae.weights_sha256)
+    console.say(f"   latent cache {'reused' if reused else 'built'} at {redact(cache.uri)}")
+    return backend.latent_data(cache, stream=streamed(tasks))
+
+
+def _prefixed(data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """A group's splits of one input kind, keyed as its stages' `TrainJob.data_prefix` asks."""
+    return {prefix + split: rows for split, rows in data.items()}
+
+
 def _groups(
-    cfg: Config, rundir: RunDir, records: dict[str, StageRecord], say: Callable[[str], None]
+    cfg: Config, rundir: RunDir, records: dict[str, StageRecord], say: Callable[[str], None], mixed: bool = False
 ) -> list[list[str]]:
     """The stages still to train, grouped: consecutive active stages with the same inputs form one
     group, named by its first active stage whether or not that one is still pending, so a resumed
-    run finds the group's checkpoints in the same `ray/<group>/` folder."""
+    run finds the group's checkpoints in the same `ray/<group>/` folder. Where the backend `mixed`
+    inputs (a group of one process), every active stage is in one group: one worker-group start
+    for the whole pipeline, the latent cache encoded inside it after the autoencoder."""
     static: list[list[str]] = []
     for name, stage in registry.stages().items():
         if C.stage_config(cfg, name).epochs == 0:
             records[name] = StageRecord.skipped()
             say(f"== {name}: skipped (0 epochs)")
             continue
-        if static and registry.get(static[-1][-1]).inputs == stage.inputs:
+        if static and (mixed or registry.get(static[-1][-1]).inputs == stage.inputs):
             static[-1].append(name)
         else:
             static.append([name])
@@ -278,8 +334,14 @@ def _groups(
 def _job(
     name: str, group: str, attempt: str, cfg: Config, info: dict[str, Any], meta: views.DataMeta, rundir: RunDir,
     records: dict[str, StageRecord], opts: PipelineOptions, backend: Backend, spill: bool = False,
+    members: list[str] | None = None, prefix: dict[str, str] | None = None, latent_build: LatentBuild | None = None,
 ) -> TrainJob:  # fmt: skip
+    """The job of stage `name` in a group whose pending stages are `members` (in order), whose
+    data keys each input kind's splits by `prefix`."""
+    members = members or [name]
     needs = registry.get(name).needs
+    inputs = registry.get(name).inputs
+    budget, with_group = _equal_time_budget(cfg, name, records, members[: members.index(name)])
     return TrainJob(
         stage=name, cfg=C.to_wire(cfg), config_digest=info["config_digest"], meta=meta.to_dict(),
         run_uri=rundir.dir.uri, export_uri=rundir.dir.uri_of("stages", name, EXPORT_FILE),
@@ -287,26 +349,30 @@ def _job(
         handoff={n: rundir.dir.uri_of("stages", n, EXPORT_FILE) for n in needs},
         handoff_sha256={n: r.weights_sha256 for n in needs if (r := records.get(n)) and r.weights_sha256},
         accept_config_change=opts.accept_config_change, mailbox=backend.mailbox_name(), attempt=attempt,
-        spill=spill, time_budget_s=_equal_time_budget(cfg, name, records),
+        spill=spill, time_budget_s=budget, equal_time_with=with_group, data_prefix=(prefix or {}).get(inputs, ""),
+        latent_build=latent_build,
     )  # fmt: skip
 
 
-def _equal_time_budget(cfg: Config, name: str, records: dict[str, StageRecord]) -> float | None:
+def _equal_time_budget(
+    cfg: Config, name: str, records: dict[str, StageRecord], before: Sequence[str] = ()
+) -> tuple[float | None, list[str]]:
     """For a baseline with `equal_time`: the epochs' wall of every surrogate stage this run trained.
 
     The surrogate's stages are those that build none of the baseline's networks; a stage trained
-    in an earlier run and reused counts with the time it took then (summary.json's `train_s`)."""
+    in an earlier run and reused counts with the time it took then (summary.json's `train_s`). Those
+    pending `before` it in its own group are returned by name: the worker adds their time when they
+    are done (TrainJob.equal_time_with). Without any: (the budget, [])."""
     if not getattr(C.stage_config(cfg, name), "equal_time", False):
-        return None
+        return None, []
     mine = set(registry.get(name).builds)
-    spent = [
-        rec.train_s or 0.0
-        for other, rec in records.items()
-        if other != name and rec.completed and not mine & set(registry.get(other).builds)
-    ]
-    if not spent:
+    surrogate = lambda other: other != name and not mine & set(registry.get(other).builds)  # noqa: E731
+    in_group = [other for other in before if surrogate(other)]
+    spent = [rec.train_s or 0.0 for other, rec in records.items()
+             if surrogate(other) and rec.completed and other not in in_group]  # fmt: skip
+    if not spent and not in_group:
         raise ValueError(f"stages.{name}.equal_time: no surrogate stage trained in this run to take the time of")
-    return round(sum(spent), 2)
+    return (sum(spent), in_group) if in_group else (round(sum(spent), 2), [])
 
 
 def _record(

@@ -25,6 +25,9 @@ class Preempted(RuntimeError):
 class Backend(Protocol):
     name: str
     emit: Emit  # where the training processes' events go; the pipeline points it at its console
+    # The driver's latent cache is encoded by the backend's workers (a cluster's, a GPU), not in the
+    # driver: on one machine without a GPU the driver encodes as fast, without an actor to start.
+    remote_encode: bool
 
     def start(self, cfg: Config, rundir: RunDir) -> None:
         """Connect (Ray) and install the SIGTERM handler."""
@@ -39,6 +42,12 @@ class Backend(Protocol):
     def latent_data(self, cache: LatentCache, stream: bool = False) -> Any:
         """The latent stages' train/val data from the cache, read once per pipeline run (`stream`:
         never held whole, by the driver, the object store or a worker)."""
+        ...
+
+    def mixes_inputs(self, stream: bool) -> bool:
+        """Whether one worker group may train every stage, of both inputs, encoding the latent
+        cache itself after the autoencoder (a group of one process that holds its data in memory):
+        on Ray that pays one worker-group start for the whole pipeline instead of one per input."""
         ...
 
     def train(

@@ -40,6 +40,7 @@ class _StoppableContext(LocalContext):
 
 class LocalBackend:
     name = "local"
+    remote_encode = False
 
     def __init__(self, device: str | None = None, say: Callable[[str], None] | None = None) -> None:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -69,6 +70,11 @@ class LocalBackend:
     def latent_data(self, cache: LatentCache, stream: bool = False) -> dict[str, Trajectories]:
         folder = SpillFolder(self.spill_dir) if stream else None
         return {s: cache.trajectories(s, folder) for s in ("train", "val")}
+
+    def mixes_inputs(self, stream: bool) -> bool:
+        # The data is in this process; streamed, the latent splits spill to disk, which the
+        # group's own cache build (ups.train.trainer.build_latents) does not do.
+        return not stream
 
     def train(
         self, group: str, jobs: list[TrainJob], data: Any, cfg: Config, callbacks: list[Any]

@@ -19,6 +19,7 @@ from ups.events import Emit, ignore
 from ups.exports import Exports
 from ups.latent_cache import LatentCache, fields_dataset, fields_table, streamed
 from ups.rundir import RunDir
+from ups.train.context import TASKS
 from ups.train.shard import DirectRows
 
 if TYPE_CHECKING:
@@ -39,12 +40,14 @@ class RayBackend:
         self.say: Callable[[str], None] = say or (lambda msg: print(msg, flush=True))
         self.emit: Emit = ignore  # where the workers' events go (the pipeline's console)
         self.one_process = False  # every worker group is one process: it reads its data without Ray Data
+        self.remote_encode = True
 
     def start(self, cfg: Config, rundir: RunDir) -> None:
         from ups import ray_session
         from ups.train.stop import DriverMailbox, mailbox_name
 
-        ray_session.connect(cfg, trials=self.trials)
+        embedded = ray_session.connect(cfg, trials=self.trials)
+        self.remote_encode = not embedded or cfg.scaling.use_gpu
         self.one_process = cfg.scaling.num_workers == 1  # an elastic [min, max] may grow: it splits
         logs = ray_session.logs_dir()
         self.say(f"Ray's logs: {logs}" if logs else "Ray's logs: on the cluster's head (`ray logs`, the dashboard)")
@@ -89,6 +92,11 @@ class RayBackend:
             return {s: DirectRows(tuple(cache.files(s)), ("u",) if s == "train" else ()) for s in TRAINED_SPLITS}
         return {s: cache.dataset(s) for s in TRAINED_SPLITS}
 
+    def mixes_inputs(self, stream: bool) -> bool:
+        # A group of one process reads every split itself (DirectRows), so it can hold both kinds;
+        # Ray Data's split takes only the datasets given at the group's start, named train and val.
+        return self.one_process and not stream
+
     def train(
         self, group: str, jobs: list[TrainJob], data: Any, cfg: Config, callbacks: list[Any]
     ) -> tuple[list[StageResult], str | None]:
@@ -103,13 +111,15 @@ class RayBackend:
 
         from ups.train.ray_context import train_loop_per_worker
 
+        tasks = data.get(TASKS)  # for a group that builds the latent cache itself (one process)
         direct = {split: rows for split, rows in data.items() if isinstance(rows, DirectRows)}
-        datasets = {split: ds for split, ds in data.items() if split not in direct}
+        datasets = {split: ds for split, ds in data.items() if split not in direct and split != TASKS}
         sc = cfg.scaling
         resources = {"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.use_gpu else {}), **sc.resources}
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"jobs": [j.to_dict() for j in jobs], "direct": direct},
+            train_loop_config={"jobs": [j.to_dict() for j in jobs], "direct": direct,
+                               "tasks": ray.put(tasks) if tasks is not None else None},  # fmt: skip
             scaling_config=ScalingConfig(
                 num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources,
                 elastic_resize_monitor_interval_s=sc.elastic_resize_interval_s,

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -24,6 +24,13 @@ from ups.contracts import TrainJob
 from ups.storage import Storage
 from ups.train.shard import Trajectories
 from ups.train.state import MANIFEST_FILE, CorruptCheckpoint, OtherStage, load_checkpoint
+
+if TYPE_CHECKING:
+    from ups.data.views import Task
+
+# A group's data key for the run's tasks (the fields of every split), given only to a group that
+# builds the latent cache itself (TrainJob.latent_build).
+TASKS = "tasks"
 
 
 class Dist:
@@ -73,6 +80,14 @@ class TrainContext(Protocol):
 
     def dataset(self, split: str) -> Trajectories:
         """This rank's share of a split (train: a shard; val: every row)."""
+        ...
+
+    def provide(self, split: str, rows: Trajectories) -> None:
+        """Make `rows` the split's data from now on (a latent cache built inside the group)."""
+        ...
+
+    def tasks(self) -> list[Task]:
+        """The run's tasks, for a group that builds the latent cache (its data's TASKS entry)."""
         ...
 
     def prepare(self, module: nn.Module) -> nn.Module:
@@ -126,15 +141,25 @@ class LocalContext:
     """One process, no Ray: the data is handed in, checkpoints are folders under the job's
     `checkpoint_uri` named `checkpoint_<UTC time>` (the newest `keep` are kept)."""
 
-    def __init__(self, data: dict[str, Trajectories], device: torch.device | str = "cpu", keep: int = 2) -> None:
+    def __init__(self, data: dict[str, Any], device: torch.device | str = "cpu", keep: int = 2) -> None:
         self.rank, self.world = 0, 1
         self.device = torch.device(device)
         self.comm = Dist(self.device)
-        self.data, self.keep = data, keep
+        self.data: dict[str, Trajectories] = {k: v for k, v in data.items() if k != TASKS}
+        self._tasks: list[Task] | None = data.get(TASKS)
+        self.keep = keep
         self._tmp: list[str] = []
 
     def dataset(self, split: str) -> Trajectories:
         return self.data[split]
+
+    def provide(self, split: str, rows: Trajectories) -> None:
+        self.data[split] = rows
+
+    def tasks(self) -> list[Task]:
+        if self._tasks is None:
+            raise RuntimeError("this group was given no tasks to build a latent cache from")
+        return self._tasks
 
     def prepare(self, module: nn.Module) -> nn.Module:
         return module

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ups.contracts import TrainJob
+from ups.data.views import Task
 from ups.events import Emit, ignore, remote_emit
 from ups.ray_session import quiet_train_logs
 from ups.storage import Storage
@@ -37,9 +38,11 @@ PREEMPTION_PATIENCE_S = 60.0  # past a notice's deadline, how long to wait for t
 
 class RayContext:
     def __init__(
-        self, mailbox: str | None, spill: SpillFolder | None = None, direct: dict[str, DirectRows] | None = None
-    ) -> None:
-        """`direct`: the splits this group reads without Ray Data (a group of one process)."""
+        self, mailbox: str | None, spill: SpillFolder | None = None, direct: dict[str, DirectRows] | None = None,
+        tasks: Any = None,
+    ) -> None:  # fmt: skip
+        """`direct`: the splits this group reads without Ray Data (a group of one process);
+        `tasks`: the run's tasks in the object store, for a group that builds the latent cache."""
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -48,6 +51,7 @@ class RayContext:
         self._stop = StopWatcher(mailbox if self.rank == 0 else None)
         self._spill = spill
         self._direct = direct or {}
+        self._tasks = tasks
 
     def dataset(self, split: str) -> Trajectories:
         if split not in self._data and split in self._direct:
@@ -57,6 +61,14 @@ class RayContext:
             shard = ray.train.get_dataset_shard(split)
             self._data[split] = spill_iterator(shard, self._spill, split) if self._spill else collect(shard)
         return self._data[split]
+
+    def provide(self, split: str, rows: Trajectories) -> None:
+        self._data[split] = rows
+
+    def tasks(self) -> list[Task]:
+        if self._tasks is None:
+            raise RuntimeError("this group was given no tasks to build a latent cache from")
+        return ray.get(self._tasks)
 
     def prepare(self, module: nn.Module) -> nn.Module:
         return ray.train.torch.prepare_model(module)
@@ -122,7 +134,8 @@ def train_loop_per_worker(payload: dict[str, Any]) -> list[dict[str, Any]]:
     jobs = [TrainJob.from_dict(j) for j in payload["jobs"]]
     use_threads(jobs[0].cfg.get("scaling", {}).get("cpus_per_worker", 1.0))
     spill_dir = jobs[0].cfg.get("data", {}).get("spill_dir")
-    ctx = RayContext(jobs[0].mailbox, SpillFolder(spill_dir) if jobs[0].spill else None, payload.get("direct"))
+    spill = SpillFolder(spill_dir) if jobs[0].spill else None
+    ctx = RayContext(jobs[0].mailbox, spill, payload.get("direct"), payload.get("tasks"))
     emit: Emit = ignore
     if ctx.rank == 0 and jobs[0].mailbox:
         with contextlib.suppress(ValueError):  # no driver-side actor: a test driving the loop directly

@@ -35,8 +35,9 @@ from torch import nn
 from ups import config as C
 from ups.contracts import BestMetric, StageResult, TrainJob
 from ups.data.views import DataMeta
-from ups.events import Emit, EpochRow, Say, StepProgress, ignore
+from ups.events import Emit, EpochRow, Say, StageDone, StepProgress, ignore
 from ups.exports import read_export, write_export
+from ups.latent_cache import build_or_reuse
 from ups.stages import registry
 from ups.stages.base import Stage
 from ups.storage import Storage
@@ -141,8 +142,8 @@ class StageTrainer:
     def fit_fixed(self) -> StageResult:
         """A stage with nothing to train (a fixed codec): validated once and exported as it is, so
         its val metric is in the run's record like any stage's, and later stages read its export."""
-        self.train_data: Trajectories = self.ctx.dataset("train")
-        self.val_data: Trajectories = self.ctx.dataset("val")
+        self.train_data: Trajectories = self.ctx.dataset(self.job.data_prefix + "train")
+        self.val_data: Trajectories = self.ctx.dataset(self.job.data_prefix + "val")
         self.stage.setup(self.train_data, self.val_data, self.ctx.comm.sum)
         self.val_rows = torch.arange(self.rank, len(self.val_data), self.world)
         self.eval_module = self.module
@@ -171,8 +172,8 @@ class StageTrainer:
 
     def ingest(self) -> None:
         """This rank's data, then the stage's once-per-start setup (e.g. frozen-operator residuals)."""
-        self.train_data = self.ctx.dataset("train")
-        self.val_data = self.ctx.dataset("val")
+        self.train_data = self.ctx.dataset(self.job.data_prefix + "train")
+        self.val_data = self.ctx.dataset(self.job.data_prefix + "val")
         self.phases.done("ingest")
         self.stage.setup(self.train_data, self.val_data, self.ctx.comm.sum)
         self.phases.done("stage_setup")
@@ -500,6 +501,13 @@ def run_stages(jobs: list[TrainJob], ctx: TrainContext, emit: Emit = ignore) -> 
             job,
             handoff_sha256={**job.handoff_sha256, **{n: r.weights_sha256 for n, r in done.items() if r.weights_sha256}},
         )
+        if job.equal_time_with:  # the baseline's budget counts the surrogate stages this group just trained
+            spent = (job.time_budget_s or 0.0) + sum(done[n].train_s for n in job.equal_time_with if n in done)
+            job = dataclasses.replace(job, time_budget_s=round(spent, 2), equal_time_with=[])
+            if ctx.rank == 0:
+                emit(Say(job.stage, f"time budget {job.time_budget_s:g}s: the surrogate's training time (equal_time)"))
+        if job.latent_build is not None:
+            build_latents(job, ctx, emit)
         prior = read_result(job.export_uri)
         if prior is not None and prior.status == "completed" and prior.attempt == job.attempt:
             result = prior
@@ -509,4 +517,28 @@ def run_stages(jobs: list[TrainJob], ctx: TrainContext, emit: Emit = ignore) -> 
         done[job.stage] = result
         if result.status != "completed":
             break
+        emit(StageDone(job.stage, result.to_dict()))
     return results
+
+
+def build_latents(job: TrainJob, ctx: TrainContext, emit: Emit = ignore) -> None:
+    """Encode the latent cache inside the group (or reuse a valid one) with the autoencoder this
+    group exported, and hand its train/val splits to the context under the job's data prefix.
+    Only a group of one process does this (the pipeline asks for it only there): the rows it
+    reads are the same files, in the same order, that the driver's cache would give it."""
+    build = job.latent_build
+    assert build is not None
+    if ctx.world != 1:
+        raise RuntimeError(f"stage {job.stage}: a latent cache is built inside a worker group of one process only")
+    digest = job.handoff_sha256.get("autoencoder")
+    if not digest:
+        raise RuntimeError(f"stage {job.stage}: no autoencoder digest to build the latent cache with")
+    t0 = time.perf_counter()
+    cache, reused = build_or_reuse(
+        Storage(build.run_uri), ctx.tasks(), DataMeta.from_dict(job.meta), C.from_dict(job.cfg),
+        build.encoder_export_uri, digest, build.data_sha256, use_ray=False,
+        say=lambda msg: emit(Say(job.stage, msg)),
+    )  # fmt: skip
+    for split in ("train", "val"):
+        ctx.provide(job.data_prefix + split, cache.trajectories(split))
+    emit(Say(job.stage, f"latent cache {'reused' if reused else 'built'} in {time.perf_counter() - t0:.1f}s"))
