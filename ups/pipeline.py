@@ -186,7 +186,7 @@ def _stages_and_eval(
             results, checkpoint = backend.train(folder, jobs, group_data, cfg, callbacks)
         _record(results, time.perf_counter() - t0, rundir, checkpoint, records)
         if build is not None and first_latent in {r.stage for r in results}:  # the group built or reused it
-            latents = _driver_latents(rundir, tasks, meta, cfg, data_sha, summary, backend, console, built_before)
+            latents = _driver_latents(rundir, tasks, meta, cfg, data_sha, summary, backend, console, True, built_before)
         rundir.write_summary(summary)
         stopped = [r.stage for r in results if r.status == "interrupted"]
         if stopped:
@@ -274,19 +274,18 @@ def _recorder(handle: Emit, rundir: RunDir, summary: RunSummary) -> Emit:
 
 def _driver_latents(
     rundir: RunDir, tasks: list[views.Task], meta: views.DataMeta, cfg: Config, data_sha: str, summary: RunSummary,
-    backend: Backend, console: Console, built_before: str | None = "",
+    backend: Backend, console: Console, in_group: bool = False, built_before: str | None = None,
 ) -> Any:  # fmt: skip
     """The latent cache for the latent stages' groups, built here (or reused, its files verified)
-    and recorded in the summary; with `built_before` (the build id found before a group that
-    encoded it itself), only checked and recorded: reused if that group found it already there."""
+    and recorded in the summary. `in_group`: a group encoded it itself; it is only checked and
+    recorded here, reused if its build id is the one found before that group (`built_before`)."""
     ae = summary.stages["autoencoder"]
     assert ae.weights_sha256
     ae_export = rundir.dir.uri_of("stages", "autoencoder", EXPORT_FILE)  # the run's own, not a record's
-    checking = built_before != ""
     with console.phase("latent cache"):
         cache, reused = build_or_reuse(rundir.dir, tasks, meta, cfg, ae_export, ae.weights_sha256, data_sha,
-                                       use_ray=backend.remote_encode and not checking, say=console.say)  # fmt: skip
-    if checking:
+                                       use_ray=backend.remote_encode and not in_group, say=console.say)  # fmt: skip
+    if in_group:
         reused = reused and cache.manifest.get("build_id") == built_before
     summary.latent_cache = LatentCacheRecord(cache.uri, reused, cache.manifest["rows"], ae.weights_sha256)
     console.say(f"   latent cache {'reused' if reused else 'built'} at {redact(cache.uri)}")
