@@ -93,6 +93,46 @@ def test_untrained_spectral_operator_is_persistence_and_training_moves_it() -> N
     assert loss.item() < 0.5 * first
 
 
+def _shifted(u: torch.Tensor, k: int) -> torch.Tensor:  # (B, 8 x 8 tokens, C) shifted by k cells along x
+    return torch.roll(u.reshape(len(u), 8, 8, -1), k, dims=1).reshape(u.shape)
+
+
+@pytest.mark.parametrize("positions", [0, 2])
+def test_position_features_are_what_breaks_shift_equivariance(positions: int) -> None:
+    """Without position features the trunk commutes with shifts of the latent grid (what a
+    shift-invariant PDE needs); with them it does not, which a forcing that depends on x needs."""
+    torch.manual_seed(0)
+    trunk = SpectralTrunk((8, 8), 1, 1, hidden=8, depth=2, modes=3, positions=positions)
+    for p in trunk.parameters():  # past the zero-initialised output layer and FiLM
+        torch.nn.init.normal_(p, std=0.3)
+    z, cond = torch.randn(2, 64, 1), torch.randn(2, 8)
+    gap = (trunk(_shifted(z, 3), cond) - _shifted(trunk(z, cond), 3)).abs().max().item()
+    assert (gap < 1e-5) == (positions == 0), gap
+    assert trunk.pos_features.shape == (1, 2 * 2 * positions, 8, 8)
+    assert "pos_features" not in trunk.state_dict()  # a function of the grid, not a weight
+
+
+def test_position_features_let_the_operator_learn_a_forcing_fixed_in_space() -> None:
+    """The FNO paper's Navier–Stokes forcing, 0.1 (sin 2π(x+y) + cos 2π(x+y)), adds the same field
+    every step wherever the flow is: an equivariant operator cannot add it, one with positions can."""
+    x = torch.arange(8) / 8
+    phase = 2 * torch.pi * (x[:, None] + x[None, :])
+    forcing = (torch.sin(phase) + torch.cos(phase)).reshape(1, 64, 1)
+    losses = {}
+    for positions in (0, 1):
+        torch.manual_seed(0)
+        op = LatentOperator(16, lambda: SpectralTrunk((8, 8), 1, 1, 16, 2, 4, positions))  # noqa: B023
+        opt = torch.optim.Adam(op.parameters(), lr=1e-2)
+        for _ in range(150):
+            z = torch.randn(8, 64, 1)
+            loss = (op(z, torch.ones(8)) - (z + forcing)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        losses[positions] = loss.item()
+    assert losses[1] < 0.1 * losses[0], losses
+
+
 def _cfg(**model: dict) -> C.Config:
     return C.Config.model_validate({"latent": {"tokens": 8, "dim": 4}, "model": model})
 
@@ -151,3 +191,20 @@ def test_consistency_student_takes_sigma_min_from_its_caller() -> None:
             assert (student(x, torch.full((3,), other), cond) - x).abs().max() > 1e-3
     with pytest.raises(ValueError, match="sigma_min"):
         factory.build("denoiser", model, meta, latent, consistency=True)
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 4, 3), (7, 4, 9)])
+def test_mode_mixing_is_the_einsum_bit_for_bit(shape: tuple[int, ...]) -> None:
+    """mix_modes is a faster layout of the spectral convolution's einsum, not new numerics: trained
+    models and the README's digits stay as they were."""
+    from ups.models.fno import mix_modes
+
+    torch.manual_seed(0)
+    f = torch.randn(*shape, dtype=torch.cfloat, requires_grad=True)
+    w = torch.randn(shape[1], 4, *shape[2:], dtype=torch.cfloat, requires_grad=True)
+    spec = "bixy,ioxy->boxy" if len(shape) == 4 else "bix,iox->box"
+    ref, new = torch.einsum(spec, f, w), mix_modes(f, w)
+    assert torch.equal(ref, new)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(ref, (f, w), g), torch.autograd.grad(new, (f, w), g)):
+        assert torch.equal(a, b)

@@ -208,6 +208,7 @@ def _floats(module: torch.nn.Module) -> int:
         [],
         ["model.operator.hidden=256", "model.operator.depth=6"],
         ["model.encoder.arch=conv", "model.decoder.arch=conv", "model.operator.arch=spectral", "latent.tokens=8"],
+        ["model.encoder.arch=conv", "model.operator.arch=spectral", "model.operator.positions=3", "latent.tokens=8"],
         ["stages.diffusion_residual.epochs=1", "model.denoiser.hidden=128"],
         ["stages.fno_baseline.epochs=1"],
     ],

@@ -72,10 +72,16 @@ class _SpectralTrunkConfig(ArchConfig):
     hidden: PosInt = 96
     depth: NonNegInt = 3
     modes: PosInt = 16  # Fourier modes per axis of the latent grid
+    # Harmonics of the position fed in beside the latent (sin and cos of 2πk·x_i for k = 1..n, per
+    # axis). 0 keeps the trunk exactly shift-equivariant, right for a shift-invariant PDE (periodic
+    # Burgers, advection); a PDE whose forcing or coefficients depend on where (the FNO paper's
+    # Navier–Stokes forcing) needs them, as the FNO's own grid input does.
+    positions: NonNegInt = 0
 
     def _trunk_parameters(self, size: NetSize, inputs: int) -> int:
         h = self.hidden
         layer = spectral_parameters(h, self.modes, size.dims) + h * h
+        inputs += 2 * size.dims * self.positions
         return conditioned_trunk_parameters(h, self.depth, layer, inputs, size.dim, size.tokens)
 
 
@@ -212,12 +218,16 @@ class SpectralTrunk(nn.Module):
     "no change", like one built on the transformer.
     """
 
-    def __init__(self, shape: tuple[int, ...], in_dim: int, out_dim: int, hidden: int, depth: int, modes: int) -> None:
+    def __init__(
+        self, shape: tuple[int, ...], in_dim: int, out_dim: int, hidden: int, depth: int, modes: int, positions: int = 0
+    ) -> None:
         super().__init__()
         d, w = len(shape), hidden
         conv = _conv_cls(d)
         self.shape = shape
-        self.lift = conv(in_dim, w, 1)
+        self.pos_features: torch.Tensor  # (1, 2·d·positions, *shape); not saved: a function of the grid
+        self.register_buffer("pos_features", position_features(shape, positions), persistent=False)
+        self.lift = conv(in_dim + self.pos_features.shape[1], w, 1)
         self.spectral = nn.ModuleList(SpectralConv(w, modes, d) for _ in range(depth))
         self.pointwise = nn.ModuleList(conv(w, w, 1) for _ in range(depth))
         films = [nn.Linear(w, 2 * w) for _ in range(depth)]
@@ -229,12 +239,31 @@ class SpectralTrunk(nn.Module):
         self.project = nn.Sequential(conv(w, 2 * w, 1), nn.GELU(), last)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        h = self.lift(_channels_first(x.reshape(len(x), *self.shape, x.shape[-1])))
+        h = _channels_first(x.reshape(len(x), *self.shape, x.shape[-1]))
+        if self.pos_features.shape[1]:
+            h = torch.cat([h, self.pos_features.to(h.dtype).expand(len(h), *self.pos_features.shape[1:])], dim=1)
+        h = self.lift(h)
         expand = (slice(None), slice(None)) + (None,) * len(self.shape)
         for spec, point, film in zip(self.spectral, self.pointwise, self.film):
             scale, shift = film(cond).chunk(2, dim=-1)
             h = F.gelu((spec(h) + point(h)) * (1 + scale[expand]) + shift[expand])
         return _channels_last(self.project(h)).flatten(1, -2)
+
+
+def position_features(shape: tuple[int, ...], harmonics: int) -> torch.Tensor:
+    """(1, 2·len(shape)·harmonics, *shape): sin and cos of 2πk·i/n along each axis of the grid, for
+    k = 1..harmonics: periodic, so the trunk stays periodic; empty for 0 harmonics."""
+    feats = []
+    for axis, n in enumerate(shape):
+        x = torch.arange(n, dtype=torch.float64) / n
+        view = [1] * len(shape)
+        view[axis] = n
+        for k in range(1, harmonics + 1):
+            for f in (torch.sin, torch.cos):
+                feats.append(f(2 * math.pi * k * x).reshape(view).expand(shape))
+    if not feats:
+        return torch.zeros(1, 0, *shape)
+    return torch.stack(feats).float()[None]
 
 
 # -- Registered builders (`model.<role>.arch`) --------------------------------------------------
@@ -252,7 +281,7 @@ def _decoder(cfg: ConvDecoderConfig, meta: DataMeta, latent: LatentSpace) -> Con
 
 @register("operator", "spectral", config=SpectralOperatorConfig, needs_anchored=True)
 def _operator(cfg: SpectralOperatorConfig, meta: DataMeta, latent: LatentSpace) -> LatentOperator:
-    trunk = SpectralTrunk(_anchored(latent)[0], latent.dim, latent.dim, cfg.hidden, cfg.depth, cfg.modes)
+    trunk = SpectralTrunk(_anchored(latent)[0], latent.dim, latent.dim, cfg.hidden, cfg.depth, cfg.modes, cfg.positions)
     return LatentOperator(cfg.hidden, lambda: trunk, len(meta.tasks))  # the trunk's weights are drawn first
 
 
@@ -266,7 +295,7 @@ def _denoiser(
     sigma_min: float | None = None,
 ) -> ResidualDenoiser:
     dim = latent.dim
-    trunk = SpectralTrunk(_anchored(latent)[0], 2 * dim, dim, cfg.hidden, cfg.depth, cfg.modes)
+    trunk = SpectralTrunk(_anchored(latent)[0], 2 * dim, dim, cfg.hidden, cfg.depth, cfg.modes, cfg.positions)
     return ResidualDenoiser(cfg.hidden, lambda: trunk, consistency=consistency, sigma_min=sigma_min)
 
 
