@@ -9,7 +9,7 @@ restore, prepare, epochs, export), which say where the time went. Also reported:
 wall time, and the same two figures for the same command with `--no-ray` (the same trainer over
 a LocalContext in the command's own process; skip with --skip-no-ray).
 
-    .venv/bin/python bench/startup.py [--skip-no-ray] [--config configs/quickstart.yaml]
+    .venv/bin/python bench/startup.py [--skip-no-ray] [--config configs/quickstart.yaml] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -50,11 +50,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-no-ray", action="store_true", help="time only the Ray path")
     ap.add_argument("--config", default=CONFIG, help="the recipe run (default: the tiny test recipe)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override for both runs")
     args = ap.parse_args()
-    loaded = load_config(ROOT / args.config)
+    sets = [flag for kv in args.set for flag in ("--set", kv)]
+    loaded = load_config(ROOT / args.config, args.set)
     ensure_data(loaded)  # generated now, outside the timed runs
     stamp = int(time.time())
-    ray = timed_run(args.config, f"bench-startup-ray-{stamp}")
+    ray = timed_run(args.config, f"bench-startup-ray-{stamp}", *sets)
     figures = {
         "command_to_first_step_s": ray["command_to_first_step_s"],
         "goal_s": 10.0,
@@ -63,7 +65,7 @@ def main() -> None:
         "stage_wall_s": ray["stage_wall_s"],
     }
     if not args.skip_no_ray:
-        local = timed_run(args.config, f"bench-startup-local-{stamp}", "--no-ray")
+        local = timed_run(args.config, f"bench-startup-local-{stamp}", "--no-ray", *sets)
         figures["no_ray"] = {
             "command_to_first_step_s": local["command_to_first_step_s"],
             "whole_tiny_run_s": local["whole_run_s"],
@@ -75,6 +77,7 @@ def main() -> None:
         figures,
         setting={
             "recipe": args.config,
+            "overrides": args.set,
             "workers": loaded.cfg.scaling.num_workers,
             "no_ray_workers": 1,
             "ray": "embedded local Ray started by the command",

@@ -54,6 +54,7 @@ def test_digest_follows_what_is_computed_not_how_it_is_watched(tmp_path):
     f = write(tmp_path, "c.yaml", "")
     base = digest(load_config(f).cfg)
     assert digest(load_config(f, ["logging.wandb.project=other"]).cfg) == base
+    assert digest(load_config(f, ["ray.dashboard=true"]).cfg) == base  # watching the run, not running it
     assert digest(load_config(f, ["training.seed=1"]).cfg) != base
 
 

@@ -586,7 +586,7 @@ def _section_class(annotation: Any) -> type[BaseModel] | None:
 # The resolved config, as saved with every run.
 
 # Keys that change how a run is watched or checked, not what it computes: they do not enter the digest.
-_NOT_DIGESTED = ("logging", "sweep", "gate", "scaling.allow_large")
+_NOT_DIGESTED = ("logging", "sweep", "gate", "scaling.allow_large", "ray.dashboard")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -595,7 +595,8 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 def digest(cfg: Config) -> str:
     d = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_DIGESTED}
-    d["scaling"] = {k: v for k, v in d["scaling"].items() if f"scaling.{k}" not in _NOT_DIGESTED}
+    for section in ("scaling", "ray"):
+        d[section] = {k: v for k, v in d[section].items() if f"{section}.{k}" not in _NOT_DIGESTED}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 

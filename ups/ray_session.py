@@ -23,7 +23,11 @@ from ups.config import Config
 
 # Train V2 settings that make a small local run responsive; a cluster keeps its own.
 _LOCAL_ENV = {
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # How often the controller polls the worker group. Ray's default, 2 s: a poll is an actor call
+    # into the worker, which on a small step costs it the GIL or a core (the smoke step at 1 thread
+    # ran at 0.88x the bare trainer at 0.2 s, 0.95x at 2 s; bench/RESULTS.md). The price, up to
+    # 2 s before a finished group is seen, is paid once now that one group trains the pipeline.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     # The watcher reports cloud nodes being preempted: nothing to watch on one machine, and it is
     # one more actor process per stage on a small box.
@@ -126,7 +130,7 @@ def connect(cfg: Config, trials: int = 0) -> bool:
                 ray.init(
                     address="local",
                     num_cpus=cfg.ray.num_cpus or local_cpus(cfg, trials),
-                    include_dashboard=True,
+                    include_dashboard=cfg.ray.dashboard,
                     dashboard_host="127.0.0.1",
                     object_store_memory=cfg.ray.object_store_mb * 2**20 if cfg.ray.object_store_mb else None,
                     # The custom resources workers ask for (a node-type label on a cluster): this machine
