@@ -595,7 +595,7 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 def digest(cfg: Config) -> str:
     d = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_DIGESTED}
-    for section in ("scaling", "ray"):
+    for section in {key.partition(".")[0] for key in _NOT_DIGESTED if "." in key}:
         d[section] = {k: v for k, v in d[section].items() if f"{section}.{k}" not in _NOT_DIGESTED}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
