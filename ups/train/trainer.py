@@ -502,7 +502,11 @@ def run_stages(jobs: list[TrainJob], ctx: TrainContext, emit: Emit = ignore) -> 
             handoff_sha256={**job.handoff_sha256, **{n: r.weights_sha256 for n, r in done.items() if r.weights_sha256}},
         )
         if job.equal_time_with:  # the baseline's budget counts the surrogate stages this group just trained
-            spent = (job.time_budget_s or 0.0) + sum(done[n].train_s for n in job.equal_time_with if n in done)
+            # Each stage's time rounded as summary.json records it, so the budget is the sum of the
+            # figures a reader sees (summing raw seconds could land 0.01 s off that sum).
+            spent = (job.time_budget_s or 0.0) + sum(
+                round(done[n].train_s, 2) for n in job.equal_time_with if n in done
+            )
             job = dataclasses.replace(job, time_budget_s=round(spent, 2), equal_time_with=[])
             if ctx.rank == 0:
                 emit(Say(job.stage, f"time budget {job.time_budget_s:g}s: the surrogate's training time (equal_time)"))
