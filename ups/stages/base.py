@@ -116,6 +116,14 @@ def pair_index(ids: torch.Tensor, per_traj: int) -> tuple[torch.Tensor, torch.Te
     return ids // per_traj, ids % per_traj
 
 
+def relative_l2(pred: torch.Tensor, target: torch.Tensor, start: int = 1) -> torch.Tensor:
+    """‖pred − target‖ / ‖target‖ over the dimensions from `start` on, per index before it (a sample,
+    or a sample's frame): the error nRMSE scores, so a state of small amplitude weighs as much in a
+    loss as a large one (a mean squared error lets the largest states decide)."""
+    diff = (pred - target).flatten(start).norm(dim=-1)
+    return diff / target.flatten(start).norm(dim=-1).clamp_min(1e-12)
+
+
 def task_sums(name: str, values: torch.Tensor, task: torch.Tensor, tasks: list[str]) -> Sums:
     """Sums of a per-sample metric, overall and (for multi-task runs) per task as `name/<task>`."""
     values = values.reshape(len(task), -1)

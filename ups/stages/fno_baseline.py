@@ -34,7 +34,7 @@ from ups.eval.rollout import frame_nrmse, norm_stats, to_physical
 from ups.models import factory
 from ups.models.fno import FNO
 from ups.schema import NonNegInt, OptimizerConfig, PosInt, SchedulerConfig, StageConfig
-from ups.stages.base import Stage, Sums, pair_index, task_sums
+from ups.stages.base import Stage, Sums, pair_index, relative_l2, task_sums
 from ups.stages.registry import register
 from ups.train.shard import Trajectories
 
@@ -86,9 +86,7 @@ class FNOStageConfig(StageConfig):
 
 def summed_relative_l2(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The FNO paper's recurrent loss: per sample, the sum over frames of ‖pred − true‖ / ‖true‖."""
-    b, t = pred.shape[:2]
-    diff = (pred - target).reshape(b, t, -1).norm(dim=-1)
-    return (diff / target.reshape(b, t, -1).norm(dim=-1).clamp_min(1e-12)).sum(1).mean()
+    return relative_l2(pred, target, start=2).sum(1).mean()
 
 
 class FNOObjective(nn.Module):

@@ -8,7 +8,7 @@ the val split, from the last input frame.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ from torch import nn
 from ups.eval.rollout import Surrogate, frame_nrmse
 from ups.models import factory
 from ups.schema import NonNegFloat, NonNegInt, PosInt, StageConfig
-from ups.stages.base import Stage, Sums, pair_index, task_sums
+from ups.stages.base import Stage, Sums, pair_index, relative_l2, task_sums
 from ups.stages.registry import register
 from ups.train.shard import Trajectories
 
@@ -26,23 +26,30 @@ class OperatorStageConfig(StageConfig):
     epochs: NonNegInt = 20
     rollout_horizon: PosInt = 1  # unrolled steps in the training loss (1 = one-step only)
     lambda_rollout: NonNegFloat = 0.5  # weight of the unrolled part when rollout_horizon > 1
+    # Each step's error: the latent MSE, or its relative L2 per sample (‖z − z*‖ / ‖z*‖, the FNO
+    # paper's loss), which weighs every trajectory as the nRMSE it is scored by does.
+    loss: Literal["mse", "relative_l2"] = "mse"
+
+
+def step_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(pred, target) if kind == "mse" else relative_l2(pred, target).mean()
 
 
 class OperatorObjective(nn.Module):
-    def __init__(self, operator: nn.Module, lambda_rollout: float) -> None:
+    def __init__(self, operator: nn.Module, lambda_rollout: float, loss: str = "mse") -> None:
         super().__init__()
-        self.operator, self.lambda_rollout = operator, lambda_rollout
+        self.operator, self.lambda_rollout, self.loss = operator, lambda_rollout, loss
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         seq, dt, task = batch["z"], batch["dt"], batch["task"]  # seq: (B, H+1, tokens, dim)
         z = self.operator(seq[:, 0], dt, task)
-        one_step = F.mse_loss(z, seq[:, 1])
+        one_step = step_loss(self.loss, z, seq[:, 1])
         if seq.shape[1] == 2:
             return one_step, {"one_step": one_step.detach()}
         later = []
         for h in range(2, seq.shape[1]):
             z = self.operator(z, dt, task)
-            later.append(F.mse_loss(z, seq[:, h]))
+            later.append(step_loss(self.loss, z, seq[:, h]))
         rollout = torch.stack(later).mean()
         return one_step + self.lambda_rollout * rollout, {"one_step": one_step.detach(), "rollout": rollout.detach()}
 
@@ -66,7 +73,7 @@ class OperatorStage(Stage[OperatorObjective, OperatorStageConfig]):
         self.decoder = factory.build("decoder", self.cfg.model, self.meta, self.cfg.latent)
         self.decoder.load_state_dict(self.handoff["autoencoder"]["decoder"])
         self.decoder.to(self.device).eval().requires_grad_(False)
-        return OperatorObjective(op, self.stage_cfg.lambda_rollout)
+        return OperatorObjective(op, self.stage_cfg.lambda_rollout, self.stage_cfg.loss)
 
     def batch(self, train: Trajectories, ids: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         h = self.stage_cfg.rollout_horizon
