@@ -62,6 +62,11 @@ def test_first_sweep_promotes_best_trial_and_asha_stops_the_bad_one(first, stora
     assert first["champion_test"]["protocol"]["split"] == "test"  # reported, never used to select
     summary = json.loads((storage / "s1" / "sweep_summary.json").read_text())
     assert {"trials", "best", "gate", "promoted", "family"} <= summary.keys()
+    # The driver kept when each trial's actor came up, so a trial's start-up can be measured
+    # (bench/sweep_startup.py): its first optimizer step comes after it.
+    assert all(isinstance(t["started_unix"], float) for t in first["trials"])
+    run = json.loads((Path(trials[2]["run"]) / "summary.json").read_text())
+    assert run["stages"]["autoencoder"]["first_step_unix"] > trials[2]["started_unix"]
 
 
 def test_identical_rerun_is_refused_and_champion_unchanged(first, smoke_data, storage):

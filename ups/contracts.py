@@ -421,6 +421,9 @@ class TrialRecord:
     metrics: dict[str, float]  # what it reported last: val_* of the watched stage, eval_nRMSE, ...
     run: str  # URI of the trial's run folder
     error: str | None = None
+    # When the driver saw the trial's actor come up (Unix seconds; None for a trial this driver did
+    # not start): with the run's first_step_unix, the trial's start-up (bench/sweep_startup.py).
+    started_unix: float | None = None
 
     @property
     def eval_nRMSE(self) -> float | None:

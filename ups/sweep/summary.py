@@ -7,7 +7,9 @@ from ups.contracts import TrialRecord
 from ups.storage import Storage
 
 
-def trial_records(grid, sweep_dir: Storage) -> list[TrialRecord]:
+def trial_records(grid, sweep_dir: Storage, started: dict[str, float] | None = None) -> list[TrialRecord]:
+    """The sweep's trials as `sweep_summary.json` lists them; `started`: trial id -> when its actor
+    came up (Unix seconds, from the driver's progress callback)."""
     out = []
     for r in grid:
         trial_id = r.path.rstrip("/").rsplit("/", 1)[-1]  # trial dirs are named by trial id
@@ -21,6 +23,7 @@ def trial_records(grid, sweep_dir: Storage) -> list[TrialRecord]:
                 metrics={k: v for k, v in m.items() if k.startswith(("eval_", "val_"))},
                 run=sweep_dir.uri_of("trials", f"trial-{trial_id}"),
                 error=repr(r.error)[:500] if r.error else None,
+                started_unix=(started or {}).get(trial_id),
             )
         )
     return sorted(out, key=lambda t: str(t.trial))

@@ -24,12 +24,15 @@ from ups.sweep.trial import trial
 
 def _trial_progress(say: Callable[[str], None], interval_s: float = 10.0) -> Any:
     """A Tune callback that keeps the console informed: a line when a trial starts or ends, and the
-    sweep's counts (done / running / stopped by the scheduler / errored) every `interval_s`."""
+    sweep's counts (done / running / stopped by the scheduler / errored) every `interval_s`. It keeps
+    when each trial's actor came up (`started`, Unix seconds, the last start where a trial restarted):
+    with the first optimizer step its run folder records, that is the trial's start-up."""
     from ray import tune
 
     class TrialProgress(tune.Callback):
         def __init__(self) -> None:
             self.last = float("-inf")
+            self.started: dict[str, float] = {}
 
         def _counts(self, trials: list[Any]) -> str:
             done = sum(t.status == "TERMINATED" and bool((t.last_result or {}).get("final")) for t in trials)
@@ -39,6 +42,7 @@ def _trial_progress(say: Callable[[str], None], interval_s: float = 10.0) -> Any
             return f"{done} done, {running} running, {stopped} stopped early by the scheduler, {errored} errored"
 
         def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self.started[trial.trial_id] = time.time()
             say(f"sweep: trial {trial.trial_id} started ({self._counts(trials)})")
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -133,6 +137,7 @@ def _run(loaded: C.LoadedConfig, name: str, storage: str, say: Callable[[str], N
         tune.PlacementGroupFactory([{"CPU": cfg.sweep.trial_cpus}, {"CPU": cfg.ray.data_cpus}]),
     )
     tune_dir = sweep_dir.uri_of("tune")
+    progress = _trial_progress(say)
     t0 = time.perf_counter()
     if tune.Tuner.can_restore(tune_dir):
         say(f"sweep {name}: resuming from {redact(tune_dir)}")
@@ -158,12 +163,12 @@ def _run(loaded: C.LoadedConfig, name: str, storage: str, say: Callable[[str], N
                 name="tune",
                 storage_path=sweep_dir.uri,
                 failure_config=tune.FailureConfig(max_failures=0),
-                callbacks=[_trial_progress(say)],
+                callbacks=[progress],
                 verbose=0,  # the project's lines instead of Tune's tables
             ),  # fmt: skip
         )
     grid = tuner.fit()
-    trials = trial_records(grid, sweep_dir)
+    trials = trial_records(grid, sweep_dir, progress.started)
     say(f"sweep {name}: {len(trials)} trials in {time.perf_counter() - t0:.0f}s")
 
     tasks = views.load_tasks(cfg.data)
