@@ -94,6 +94,21 @@ def ensure_data(loaded: LoadedConfig) -> None:
     pipeline.ensure_data(loaded.cfg, pipeline.preflight(loaded), LocalBackend(device="cpu"), quiet)
 
 
+def run_cli(module: str, config: str, name: str, *flags: str) -> tuple[float, float]:
+    """`python -m <module> --config CONFIG --name NAME --storage bench/out FLAGS` as a fresh process
+    with no RAY_ADDRESS (so an embedded Ray, as a user's first command gets); exits with its stderr
+    if it fails. Returns when it started (Unix seconds) and its wall time."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "-m", module, "--config", config, "--name", name, "--storage", str(OUT), *flags]
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd[1:])} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return t0, time.time() - t0
+
+
 def run_pipeline(loaded: LoadedConfig, name: str, backend: Any = None) -> dict:
     """The whole pipeline, quietly, in bench/out/<name>-<time>; `backend` None means Ray. Returns
     summary.json's contents."""

@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 
-from _common import OUT, ROOT, emit, ensure_data
+from _common import OUT, ROOT, emit, ensure_data, run_cli
 
 from ups.config import load_config
 
@@ -29,13 +26,7 @@ CONFIG = "tests/configs/tiny.yaml"
 
 
 def timed_run(config: str, name: str, *flags: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    cmd = [sys.executable, "-m", "ray_jobs.train", "--config", config, "--name", name, "--storage", str(OUT), *flags]
-    t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.time() - t0
-    if proc.returncode:
-        sys.exit(f"{' '.join(cmd[1:])} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    t0, wall = run_cli("ray_jobs.train", config, name, *flags)
     stages = json.loads((OUT / name / "summary.json").read_text())["stages"]
     ae = stages["autoencoder"]
     return {

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from _common import OUT, ROOT, emit, ensure_data
+from _common import OUT, ROOT, emit, ensure_data, run_cli
 
 from ups.config import load_config
 
@@ -48,18 +45,14 @@ def main() -> None:
     loaded = load_config(ROOT / args.config, args.set)
     ensure_data(loaded)  # generated now, outside the timed run
     name = f"bench-sweep-startup-{int(time.time())}"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     sets = [flag for kv in args.set for flag in ("--set", kv)]
-    cmd = [sys.executable, "-m", "ray_jobs.tune", "--config", args.config, "--name", name, "--storage", str(OUT), *sets]
-    t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.time() - t0
-    if proc.returncode:
-        sys.exit(f"{' '.join(cmd[1:])} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    t0, wall = run_cli("ray_jobs.tune", args.config, name, *sets)
     records = json.loads((OUT / name / "sweep_summary.json").read_text())["trials"]
-    trials = []
+    trials, firsts = [], []
     for t in sorted(records, key=lambda t: t["started_unix"] or float("inf")):
         first = first_stage(Path(t["run"]))
+        if first is not None:
+            firsts.append(first[1]["first_step_unix"])
         row = {"trial": t["trial"], "status": t["status"], "started_after_command_s": None, "startup_s": None}
         if t["started_unix"] is not None:
             row["started_after_command_s"] = round(t["started_unix"] - t0, 2)
@@ -68,8 +61,6 @@ def main() -> None:
             row.update(startup_s=round(record["first_step_unix"] - t["started_unix"], 2), first_stage=stage,
                        first_stage_phases_s=record.get("phases_s"))  # fmt: skip
         trials.append(row)
-    steps = [first_stage(Path(t["run"])) for t in records]
-    firsts = [r["first_step_unix"] for r in (s[1] for s in steps if s is not None)]
     emit(
         "sweep_startup",
         {
